@@ -1,0 +1,1 @@
+//! The operator's reconcilers, one module per resource.

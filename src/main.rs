@@ -1,0 +1,59 @@
+//! The `sluice` binary: the operator, and the task runtime its pods run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::task::TaskConfig;
+use sluice::termination::{self, TerminationMessage};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "MongoDB ⇄ Kafka connectors on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one connector task from the config file the operator rendered.
+    Task {
+        /// The task's config file.
+        #[arg(long, env = "SLUICE_TASK_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Task { config } => run_task(&config),
+    }
+}
+
+fn run_task(path: &std::path::Path) -> ExitCode {
+    let config = match TaskConfig::load(path) {
+        Ok(config) => config,
+        Err(err) => return fail("ConfigInvalid", &err.to_string(), 2),
+    };
+    fail(
+        "Unsupported",
+        &format!(
+            "sluice {} checks task configs but has no {:?} runtime yet",
+            env!("CARGO_PKG_VERSION"),
+            config.connector_type
+        ),
+        3,
+    )
+}
+
+/// Reports why the process ends on stderr and in the termination message, and returns the exit code.
+fn fail(reason: &str, message: &str, code: u8) -> ExitCode {
+    eprintln!("sluice: {message}");
+    TerminationMessage::new(reason, message).write_to(&termination::path_from_env());
+    ExitCode::from(code)
+}

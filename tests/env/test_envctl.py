@@ -1,0 +1,72 @@
+"""Tests of the environment's own code: the fault peer's wire handling and rules, and that `envctl.py down`
+leaves nothing running. `make test` runs these after the environment went down."""
+
+import struct
+import sys
+from pathlib import Path
+
+import bson
+
+sys.path.insert(0, str(Path(__file__).parent))
+import envctl  # noqa: E402
+import faultpeer  # noqa: E402
+
+
+def test_no_process_of_the_environment_remains_after_down():
+    assert envctl.running_components() == []
+    assert envctl.marked_processes() == []
+
+
+def op_msg(request_id, body, sequences=None):
+    return faultpeer.Message(request_id, 0, 0, body, sequences or {}).encode()
+
+
+def test_op_msg_round_trips_with_document_sequences():
+    raw = op_msg(7, {"insert": "orders", "$db": "shop", "ordered": False}, {"documents": [{"_id": 1}, {"_id": 2}]})
+    length, request_id, _, opcode = struct.unpack("<iiii", raw[:16])
+    assert (length, request_id, opcode) == (len(raw), 7, faultpeer.OP_MSG)
+    msg = faultpeer.Message.parse(raw[:16], raw[16:])
+    assert msg.body["insert"] == "orders"
+    assert msg.sequences == {"documents": [{"_id": 1}, {"_id": 2}]}
+
+
+def test_checksum_flag_is_understood_and_dropped_on_reencode():
+    body = bytes(struct.pack("<I", faultpeer.FLAG_CHECKSUM)) + b"\x00" + bson.encode({"ping": 1}) + b"\x00\x00\x00\x00"
+    header = struct.pack("<iiii", 16 + len(body), 3, 0, faultpeer.OP_MSG)
+    msg = faultpeer.Message.parse(header, body)
+    assert msg.body == {"ping": 1}
+    assert struct.unpack_from("<I", msg.encode(), 16)[0] & faultpeer.FLAG_CHECKSUM == 0
+
+
+def test_reply_answers_the_request():
+    raw = faultpeer.reply_to(42, {"ok": 0, "code": 286})
+    _, _, response_to, _ = struct.unpack("<iiii", raw[:16])
+    assert response_to == 42
+    assert faultpeer.Message.parse(raw[:16], raw[16:]).body == {"ok": 0, "code": 286}
+
+
+def change_stream(coll):
+    return {"aggregate": coll, "pipeline": [{"$changeStream": {}}], "$db": "shop"}
+
+
+def test_rules_match_command_collection_skip_and_times():
+    rules = faultpeer.Rules()
+    rules.add({"command": "aggregate", "changeStream": True, "collection": "orders", "skip": 1, "times": 1,
+               "reply": {"ok": 0, "code": 286}})
+    assert rules.match("aggregate", {"aggregate": "orders", "pipeline": [{"$match": {}}]}) is None
+    assert rules.match("aggregate", change_stream("other")) is None
+    assert rules.match("aggregate", change_stream("orders")) is None  # skipped
+    assert rules.match("aggregate", change_stream("orders"))["reply"]["code"] == 286
+    assert rules.match("aggregate", change_stream("orders")) is None  # used up
+    assert rules.snapshot()["commands"] == {"aggregate": 5, "changeStreamAggregates": 4}
+
+
+def test_rules_are_checked():
+    rules = faultpeer.Rules()
+    for bad in ({}, {"command": "insert"}, {"command": "find", "failIndexes": [0]},
+                {"command": "insert", "reply": {}, "closeConnection": True}):
+        try:
+            rules.add(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")

@@ -1,0 +1,163 @@
+//! What the integration tests share: the loopback environment's coordinates (from the variables that
+//! `tests/env/envctl.py` writes to `.env/env`), polling with a deadline, and a namespace per test.
+#![allow(dead_code)] // each test crate uses a different part of this module
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+/// The loopback environment, as `envctl.py up` describes it.
+pub struct Env {
+    pub dir: String,
+    pub kafka_bootstrap: String,
+    pub mongodb_uri: String,
+    pub fault_peer_uri: String,
+    pub fault_peer_control: String,
+    pub marker: String,
+    pub node_pods_dir: String,
+}
+
+impl Env {
+    /// The environment, or `None` when it is not up. With `SLUICE_REQUIRE_ENV=1` (make test, CI) a missing
+    /// environment fails the test instead of skipping it.
+    pub fn get() -> Option<Env> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let names = [
+            "SLUICE_ENV_DIR",
+            "KUBECONFIG",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "MONGODB_URI",
+            "SLUICE_FAULT_PEER_URI",
+            "SLUICE_FAULT_PEER_CONTROL",
+            "SLUICE_ENV_MARKER",
+            "SLUICE_NODE_PODS_DIR",
+        ];
+        let missing: Vec<&str> = names.iter().copied().filter(|n| var(n).is_none()).collect();
+        if !missing.is_empty() {
+            if std::env::var("SLUICE_REQUIRE_ENV").as_deref() == Ok("1") {
+                panic!(
+                    "SLUICE_REQUIRE_ENV=1 but the loopback environment is not set up (missing {}); \
+                     run `make test`, or `make env-up` and `source .env/env`",
+                    missing.join(", ")
+                );
+            }
+            eprintln!(
+                "skipped: loopback environment not up (missing {})",
+                missing.join(", ")
+            );
+            return None;
+        }
+        Some(Env {
+            dir: var("SLUICE_ENV_DIR")?,
+            kafka_bootstrap: var("KAFKA_BOOTSTRAP_SERVERS")?,
+            mongodb_uri: var("MONGODB_URI")?,
+            fault_peer_uri: var("SLUICE_FAULT_PEER_URI")?,
+            fault_peer_control: var("SLUICE_FAULT_PEER_CONTROL")?,
+            marker: var("SLUICE_ENV_MARKER")?,
+            node_pods_dir: var("SLUICE_NODE_PODS_DIR")?,
+        })
+    }
+
+    /// Scripts the fault peer (see `tests/env/faultpeer.py`); returns the rule's id.
+    pub async fn fault_peer_rule(&self, rule: serde_json::Value) -> u64 {
+        let reply = http_json(&self.fault_peer_control, "POST", "/rules", Some(rule)).await;
+        reply["id"].as_u64().expect("rule id")
+    }
+
+    /// How often the fault peer saw each command (and `changeStreamAggregates`).
+    pub async fn fault_peer_commands(&self) -> serde_json::Value {
+        http_json(&self.fault_peer_control, "GET", "/commands", None).await
+    }
+
+    pub async fn kube(&self) -> Client {
+        Client::try_default()
+            .await
+            .expect("kube client from KUBECONFIG")
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with the last thing it saw.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A name unique to this test run: `<prefix>-<random>`, valid as a namespace, topic or database name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Creates a namespace of its own for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = unique(prefix);
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "sluice.dev/test": "true" } }
+    }))
+    .expect("namespace object");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create test namespace");
+    name
+}
+
+/// Deletes a test's namespace (the namespace controller removes what is in it).
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// A minimal HTTP/1.1 JSON call (for the fault peer's control API; keeps an HTTP client crate out of the
+/// build).
+async fn http_json(
+    base: &str,
+    verb: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("fault peer control at {addr}: {e}"));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{verb} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send to fault peer");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("fault peer reply");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.split(' ')
+            .nth(1)
+            .is_some_and(|code| code.starts_with('2')),
+        "fault peer said {head}: {body}"
+    );
+    serde_json::from_str(body).expect("JSON from the fault peer")
+}
