@@ -31,6 +31,10 @@ deps:
 build:
 	cargo build --all-targets --locked
 
+## crds: regenerate the CRD YAML under crds/ from src/crd/ (a test fails when they differ)
+crds:
+	cargo run --quiet --locked -- crdgen --out-dir crds
+
 ## lint: formatting and clippy, warnings are errors
 lint:
 	cargo fmt --all -- --check

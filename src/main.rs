@@ -20,6 +20,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the CustomResourceDefinitions (or write one file per CRD into --out-dir).
+    Crdgen {
+        /// Write `<crd name>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Run one connector task from the config file the operator rendered.
     Task {
         /// The task's config file.
@@ -32,7 +38,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Task { config } => run_task(&config),
+        Command::Crdgen { out_dir } => crdgen(out_dir.as_deref()),
     }
+}
+
+fn crdgen(out_dir: Option<&std::path::Path>) -> ExitCode {
+    for (file, crd) in sluice::crd::crds() {
+        let yaml = match sluice::crd::to_yaml(&crd) {
+            Ok(yaml) => yaml,
+            Err(err) => return fail("CrdInvalid", &format!("{file}: {err}"), 1),
+        };
+        match out_dir {
+            Some(dir) => {
+                if let Err(err) = std::fs::write(dir.join(&file), yaml) {
+                    return fail(
+                        "WriteFailed",
+                        &format!("{}: {err}", dir.join(&file).display()),
+                        1,
+                    );
+                }
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_task(path: &std::path::Path) -> ExitCode {

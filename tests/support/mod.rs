@@ -18,6 +18,7 @@ pub struct Env {
     pub fault_peer_control: String,
     pub marker: String,
     pub node_pods_dir: String,
+    pub bin_dir: String,
 }
 
 impl Env {
@@ -34,6 +35,7 @@ impl Env {
             "SLUICE_FAULT_PEER_CONTROL",
             "SLUICE_ENV_MARKER",
             "SLUICE_NODE_PODS_DIR",
+            "SLUICE_BIN_DIR",
         ];
         let missing: Vec<&str> = names.iter().copied().filter(|n| var(n).is_none()).collect();
         if !missing.is_empty() {
@@ -58,6 +60,7 @@ impl Env {
             fault_peer_control: var("SLUICE_FAULT_PEER_CONTROL")?,
             marker: var("SLUICE_ENV_MARKER")?,
             node_pods_dir: var("SLUICE_NODE_PODS_DIR")?,
+            bin_dir: var("SLUICE_BIN_DIR")?,
         })
     }
 
@@ -77,6 +80,46 @@ impl Env {
             .await
             .expect("kube client from KUBECONFIG")
     }
+}
+
+/// Installs (server-side applies) sluice's CRDs and waits until the apiserver serves them.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::{conditions, wait::await_condition};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in sluice::crd::crds() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(
+            &name,
+            &PatchParams::apply("sluice-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not established within 30s"))
+        .expect("watch CRD");
+    }
+}
+
+/// Runs the environment's kubectl with the admin kubeconfig; returns stdout, panics with stderr on failure.
+pub fn kubectl(env: &Env, args: &[&str]) -> String {
+    let out = std::process::Command::new(format!("{}/kubectl", env.bin_dir))
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with the last thing it saw.

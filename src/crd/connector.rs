@@ -1,0 +1,682 @@
+//! The Connector resource: one MongoDB source or sink connector and its tasks.
+//!
+//! Every field with a Kafka Connect or MongoDB Kafka connector twin keeps that twin's meaning and names it in
+//! its description; the few deliberate differences say so.
+// kube's `printcolumn(...)` attributes repeat `type_ = ...`, which clippy takes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{KafkaConnection, LocalObjectRef, SecretKeyRef};
+
+/// A MongoDB ⇄ Kafka connector run by sluice as one pod per task.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "Connector",
+    namespaced,
+    status = "ConnectorStatus",
+    shortname = "conn",
+    category = "sluice",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "State", type_ = "string", json_path = ".spec.state"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Tasks",
+        type_ = "string",
+        json_path = ".status.taskSummary",
+        description = "ready/desired tasks"
+    ),
+    printcolumn(
+        name = "Failures",
+        type_ = "integer",
+        json_path = ".status.totals.totalRecordFailures"
+    ),
+    printcolumn(
+        name = "Skipped",
+        type_ = "integer",
+        json_path = ".status.totals.totalRecordsSkipped"
+    ),
+    printcolumn(
+        name = "DLQ",
+        type_ = "integer",
+        json_path = ".status.totals.deadLetterQueueProduceRequests",
+        description = "records sent to the dead-letter queue"
+    ),
+    printcolumn(
+        name = "Partition",
+        type_ = "string",
+        json_path = ".status.offsets.partitionName",
+        description = "offset partition name"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.type != 'mongodb-source' || has(self.source)")
+        .message("spec.source is required when spec.type is mongodb-source"),
+    validation = Rule::new("self.type != 'mongodb-sink' || has(self.sink)")
+        .message("spec.sink is required when spec.type is mongodb-sink"),
+    validation = Rule::new("self.type != 'mongodb-source' || !has(self.sink)")
+        .message("spec.sink is not allowed when spec.type is mongodb-source"),
+    validation = Rule::new("self.type != 'mongodb-sink' || !has(self.source)")
+        .message("spec.source is not allowed when spec.type is mongodb-sink"),
+    validation = Rule::new("self.type != 'mongodb-sink' || (has(self.mongodb.database) && has(self.mongodb.collection))")
+        .message("a mongodb-sink needs spec.mongodb.database and spec.mongodb.collection"),
+)]
+pub struct ConnectorSpec {
+    /// `mongodb-source` (change streams → Kafka) or `mongodb-sink` (Kafka → MongoDB). Kafka Connect:
+    /// `connector.class`. Immutable.
+    #[serde(rename = "type")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.type is immutable: create a new Connector"))]
+    pub connector_type: ConnectorType,
+
+    /// The most tasks to run (Kafka Connect: `tasks.max`). A source runs one task per change stream.
+    #[serde(default = "default_tasks_max")]
+    #[schemars(range(min = 1, max = 64))]
+    pub tasks_max: i32,
+
+    /// `running`, `paused` (tasks removed, offsets kept) or `stopped` (tasks removed, offsets may be
+    /// rotated or reset). Strimzi: `spec.state`; Kafka Connect: `PUT /connectors/{name}/pause|stop|resume`.
+    #[serde(default)]
+    pub state: ConnectorState,
+
+    /// The Kafka cluster records flow to or from.
+    pub kafka: KafkaConnection,
+
+    /// The MongoDB deployment records flow from or to.
+    pub mongodb: MongoConnection,
+
+    /// Settings of a `mongodb-source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+
+    /// Settings of a `mongodb-sink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+
+    /// Error handling for every stage of every task (KIP-298).
+    #[serde(default)]
+    pub errors: ErrorsSpec,
+
+    /// How the operator restarts a failed task (Strimzi: `spec.autoRestart`).
+    #[serde(default)]
+    pub restart: RestartSpec,
+
+    /// What the task pods look like.
+    #[serde(default)]
+    pub template: TaskTemplate,
+}
+
+fn default_tasks_max() -> i32 {
+    1
+}
+
+/// Which way a connector moves records.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectorType {
+    MongodbSource,
+    MongodbSink,
+}
+
+/// Whether the connector's tasks run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ConnectorState {
+    #[default]
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// How to reach MongoDB and what to read or write.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.collection) || has(self.database)")
+    .message("spec.mongodb.collection needs spec.mongodb.database"))]
+pub struct MongoConnection {
+    /// The Secret key holding the connection string (MongoDB connector: `connection.uri`). Only ever
+    /// from a Secret: a URI carries credentials.
+    pub connection_uri_secret_ref: SecretKeyRef,
+    /// Database to watch or write (MongoDB connector: `database`). A source without it watches the whole
+    /// deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub database: Option<String>,
+    /// Collection to watch or write (MongoDB connector: `collection`). A source without it watches the
+    /// whole database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub collection: Option<String>,
+}
+
+/// Settings of a MongoDB source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.topicPrefix) || has(self.topicNamespaceMap)")
+    .message("spec.source needs topicPrefix or topicNamespaceMap to name its topics"))]
+pub struct SourceSpec {
+    /// Topic name prefix: records of `db.coll` go to `<prefix>.db.coll` (MongoDB connector: `topic.prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub topic_prefix: Option<String>,
+    /// Topic name suffix (MongoDB connector: `topic.suffix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub topic_suffix: Option<String>,
+    /// Namespace → topic map, e.g. `{"shop.orders": "orders"}`; `"shop"` maps a whole database (MongoDB
+    /// connector: `topic.namespace.map`). Takes precedence over the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_namespace_map: Option<BTreeMap<String, String>>,
+    /// Aggregation pipeline stages appended to the change stream, as a JSON array (MongoDB connector:
+    /// `pipeline`), e.g. `[{"$match": {"operationType": "insert"}}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub pipeline: Option<String>,
+    /// Full document on updates (MongoDB connector: `change.stream.full.document`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_document: Option<FullDocument>,
+    /// Publish only the full document instead of the change event (MongoDB connector:
+    /// `publish.full.document.only`).
+    #[serde(default)]
+    pub publish_full_document_only: bool,
+    /// Where a connector without stored offsets starts (MongoDB connector: `startup.mode`).
+    #[serde(default)]
+    pub startup: Startup,
+    /// Heartbeats keep the stored resume token fresh on quiet collections (MongoDB connector:
+    /// `heartbeat.interval.ms`, `heartbeat.topic.name`). Unlike the MongoDB connector, on by default.
+    #[serde(default)]
+    pub heartbeat: Heartbeat,
+    /// Where the source stores its resume tokens.
+    #[serde(default)]
+    pub offsets: OffsetsSpec,
+    /// What to do when MongoDB says the resume point is gone (error 286 ChangeStreamHistoryLost and its
+    /// cousins).
+    #[serde(default)]
+    pub resume_token_recovery: ResumeTokenRecovery,
+}
+
+/// `change.stream.full.document` values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FullDocument {
+    Default,
+    UpdateLookup,
+    WhenAvailable,
+    Required,
+}
+
+/// Where a source starts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StartupMode {
+    /// From now on (MongoDB connector: `latest`).
+    #[default]
+    Latest,
+    /// From an operation time (MongoDB connector: `timestamp`).
+    Timestamp,
+    /// Copy the existing documents, then stream from the point captured before the copy (MongoDB
+    /// connector: `copy_existing`).
+    CopyExisting,
+}
+
+/// The startup mode and its operation time.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'timestamp' || has(self.startAtOperationTime)")
+    .message("spec.source.startup.startAtOperationTime is required when the mode is timestamp"))]
+pub struct Startup {
+    #[serde(default)]
+    pub mode: StartupMode,
+    /// RFC 3339 time or seconds since the epoch (MongoDB connector:
+    /// `startup.mode.timestamp.start.at.operation.time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub start_at_operation_time: Option<String>,
+}
+
+/// Heartbeat settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// Milliseconds between heartbeats; 0 turns them off (MongoDB connector: `heartbeat.interval.ms`).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    #[schemars(range(min = 0, max = 86_400_000))]
+    pub interval_ms: i64,
+    /// Topic of the heartbeat records (MongoDB connector: `heartbeat.topic.name`).
+    #[serde(default = "default_heartbeat_topic")]
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+}
+
+fn default_heartbeat_interval_ms() -> i64 {
+    10_000
+}
+
+fn default_heartbeat_topic() -> String {
+    "__mongodb_heartbeats".into()
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_heartbeat_interval_ms(),
+            topic: default_heartbeat_topic(),
+        }
+    }
+}
+
+/// Offset storage of a source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetsSpec {
+    /// Base of the offset partition name (MongoDB connector: `offset.partition.name`); default the
+    /// Connector's name. After a lost resume token the operator rotates `<base>.<n>` to `<base>.<n+1>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub partition_name: Option<String>,
+    /// The compacted topic holding the offsets (Kafka Connect: `offset.storage.topic`); default
+    /// `sluice-offsets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249))]
+    pub storage_topic: Option<String>,
+}
+
+/// Automatic recovery from a lost resume point.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeTokenRecovery {
+    /// `rotate`: the operator rotates the offset partition name and restarts the task; `fail`: the
+    /// Connector is Degraded until a person decides.
+    #[serde(default)]
+    pub policy: RecoveryPolicy,
+    /// Where the task starts after a rotation.
+    #[serde(default)]
+    pub startup_mode_after_rotation: StartupMode,
+}
+
+/// Resume-token recovery policies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RecoveryPolicy {
+    #[default]
+    Rotate,
+    Fail,
+}
+
+/// Settings of a MongoDB sink.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.topics) != has(self.topicsRegex)")
+    .message("spec.sink needs exactly one of topics or topicsRegex"))]
+pub struct SinkSpec {
+    /// Topics to consume (Kafka Connect: `topics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    pub topics: Option<Vec<String>>,
+    /// Regular expression of topics to consume (Kafka Connect: `topics.regex`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub topics_regex: Option<String>,
+    /// How a record becomes a write (MongoDB connector: `writemodel.strategy`).
+    #[serde(default)]
+    pub write_model: WriteModel,
+    /// Where a document's `_id` comes from (MongoDB connector: `document.id.strategy`).
+    #[serde(default)]
+    pub document_id_strategy: DocumentIdStrategy,
+    /// Most records in one bulk write; 0 = as many as one poll returns (MongoDB connector:
+    /// `max.batch.size`).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub max_batch_size: i32,
+    /// Ordered bulk writes stop at the first failed record (MongoDB connector: `bulk.write.ordered`).
+    /// Unlike the MongoDB connector, unordered by default, so one bad record doesn't hold back the rest.
+    #[serde(default)]
+    pub bulk_write_ordered: bool,
+    /// How record keys are read (Kafka Connect: `key.converter`).
+    #[serde(default = "default_key_converter")]
+    pub key_converter: Converter,
+    /// How record values are read (Kafka Connect: `value.converter`).
+    #[serde(default)]
+    pub value_converter: Converter,
+}
+
+fn default_key_converter() -> Converter {
+    Converter::String
+}
+
+/// Write models.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WriteModel {
+    /// Insert every record as a new document (`InsertOneDefaultStrategy`).
+    Insert,
+    /// Replace the document with the same `_id`, inserting it if missing (`ReplaceOneDefaultStrategy`).
+    #[default]
+    Replace,
+    /// Update the document with the same `_id` by `$set`, inserting it if missing
+    /// (`UpdateOneDefaultStrategy`).
+    Upsert,
+}
+
+/// Document id strategies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DocumentIdStrategy {
+    /// A new ObjectId unless the value has an `_id` (`BsonOidStrategy`).
+    #[default]
+    ObjectId,
+    /// The record key is the `_id` (`ProvidedInKeyStrategy`).
+    ProvidedInKey,
+    /// The value's `_id` field (`ProvidedInValueStrategy`).
+    ProvidedInValue,
+    /// `{topic, partition, offset}` of the record (`KafkaMetaDataStrategy`).
+    KafkaCoordinates,
+}
+
+/// Record converters.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Converter {
+    /// JSON without an embedded schema (`JsonConverter`, `schemas.enable=false`).
+    #[default]
+    Json,
+    /// UTF-8 text (`StringConverter`).
+    String,
+    /// Raw BSON documents.
+    Bson,
+    /// Opaque bytes (`ByteArrayConverter`).
+    Bytes,
+}
+
+/// KIP-298 error handling.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.maxErrors) || has(self.window)")
+        .message("spec.errors.maxErrors needs spec.errors.window"),
+    validation = Rule::new("!has(self.window) || has(self.maxErrors)")
+        .message("spec.errors.window needs spec.errors.maxErrors"),
+    validation = Rule::new("!has(self.maxErrors) || self.tolerance == 'all'")
+        .message("spec.errors.maxErrors limits tolerance: all; with tolerance: none the first error fails the task"),
+    validation = Rule::new("!(has(self.deadLetterQueueRef) && has(self.deadLetterQueueTopic))")
+        .message("spec.errors: set deadLetterQueueRef or deadLetterQueueTopic, not both"),
+)]
+pub struct ErrorsSpec {
+    /// Total time to retry a failed operation, in ms; -1 = forever, 0 = no retry (Kafka Connect:
+    /// `errors.retry.timeout`).
+    #[serde(default)]
+    #[schemars(range(min = -1))]
+    pub retry_timeout_ms: i64,
+    /// Longest wait between retries, in ms; backoff starts at 300 ms and doubles (Kafka Connect:
+    /// `errors.retry.delay.max.ms`).
+    #[serde(default = "default_retry_delay_max_ms")]
+    #[schemars(range(min = 0))]
+    pub retry_delay_max_ms: i64,
+    /// `none`: the first failed record fails the task; `all`: failed records are skipped and reported
+    /// (Kafka Connect: `errors.tolerance`).
+    #[serde(default)]
+    pub tolerance: Tolerance,
+    /// With `tolerance: all`, fail the task when more than this many records fail within `window`
+    /// (KIP-298's proposed, never shipped "tolerate up to N errors").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_errors: Option<i64>,
+    /// The window of `maxErrors`, e.g. `5m`, `30s`, `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub window: Option<String>,
+    /// Log each error with its context (Kafka Connect: `errors.log.enable`).
+    #[serde(default)]
+    pub log_enable: bool,
+    /// Include record keys, values and headers in error logs (Kafka Connect:
+    /// `errors.log.include.messages`). Off by default: records may hold personal data.
+    #[serde(default)]
+    pub log_include_messages: bool,
+    /// A DeadLetterQueue in this namespace that receives failed records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_queue_ref: Option<LocalObjectRef>,
+    /// A plain topic that receives failed records (Kafka Connect: `errors.deadletterqueue.topic.name`);
+    /// it must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249))]
+    pub dead_letter_queue_topic: Option<String>,
+    /// Add the `__connect.errors.*` context headers to dead-letter records (Kafka Connect:
+    /// `errors.deadletterqueue.context.headers.enable`). Default: the DeadLetterQueue's
+    /// `contextHeadersEnable`, or false for a plain topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_headers_enable: Option<bool>,
+    /// Errors never retried: error class names (`MongoBulkWriteException`) or MongoDB error codes
+    /// (`11000`). Spring Kafka: `addNotRetryableExceptions`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub not_retryable: Vec<String>,
+}
+
+fn default_retry_delay_max_ms() -> i64 {
+    60_000
+}
+
+impl Default for ErrorsSpec {
+    fn default() -> Self {
+        Self {
+            retry_timeout_ms: 0,
+            retry_delay_max_ms: default_retry_delay_max_ms(),
+            tolerance: Tolerance::None,
+            max_errors: None,
+            window: None,
+            log_enable: false,
+            log_include_messages: false,
+            dead_letter_queue_ref: None,
+            dead_letter_queue_topic: None,
+            context_headers_enable: None,
+            not_retryable: Vec::new(),
+        }
+    }
+}
+
+/// `errors.tolerance` values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Tolerance {
+    #[default]
+    None,
+    All,
+}
+
+/// Restarting failed tasks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.backoffInitialSeconds <= self.backoffMaxSeconds")
+    .message("spec.restart.backoffInitialSeconds must not exceed backoffMaxSeconds"))]
+pub struct RestartSpec {
+    /// Wait before the first restart of a failed task; doubles per restart.
+    #[serde(default = "default_backoff_initial")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub backoff_initial_seconds: i64,
+    /// Longest wait between restarts.
+    #[serde(default = "default_backoff_max")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub backoff_max_seconds: i64,
+    /// Stop restarting a task after this many restarts; the Connector becomes Degraded (Strimzi:
+    /// `autoRestart.maxRestarts`). Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_restarts: Option<i32>,
+}
+
+fn default_backoff_initial() -> i64 {
+    10
+}
+
+fn default_backoff_max() -> i64 {
+    600
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        Self {
+            backoff_initial_seconds: default_backoff_initial(),
+            backoff_max_seconds: default_backoff_max(),
+            max_restarts: None,
+        }
+    }
+}
+
+/// The task pods' template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskTemplate {
+    /// Task image; default the operator's own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute resources of the task container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra labels on task pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on task pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Node selector of task pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of task pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Service account of task pods; default one with no API rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// What the operator observed of a Connector.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `ResumeTokenRecovered`, `ResumeTokenAtRisk`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Ready tasks / desired tasks, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_summary: Option<String>,
+    /// One entry per task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskStatus>,
+    /// The error counters summed over tasks, including tasks that were replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<ErrorCounters>,
+    /// Offsets of a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<OffsetsStatus>,
+}
+
+/// One task as the operator sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    /// Task index (Kafka Connect: task id).
+    pub id: i32,
+    /// The task's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `Pending`, `Running`, `Failed`, `Restarting`, `Stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// How often the operator restarted it.
+    #[serde(default)]
+    pub restarts: i32,
+    /// When the operator restarts it next (after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_time: Option<String>,
+    /// When the phase last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// Why it is in this phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The task's KIP-298 error counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<ErrorCounters>,
+}
+
+/// The eight KIP-298 per-task error metrics (`kafka.connect:type=task-error-metrics`), camelCase.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorCounters {
+    /// `total-record-failures`: failed attempts to process a record (including retries).
+    #[serde(default)]
+    pub total_record_failures: i64,
+    /// `total-record-errors`: records that failed for good.
+    #[serde(default)]
+    pub total_record_errors: i64,
+    /// `total-records-skipped`: records skipped by `tolerance: all`.
+    #[serde(default)]
+    pub total_records_skipped: i64,
+    /// `total-retries`.
+    #[serde(default)]
+    pub total_retries: i64,
+    /// `total-errors-logged`.
+    #[serde(default)]
+    pub total_errors_logged: i64,
+    /// `deadletterqueue-produce-requests`.
+    #[serde(default)]
+    pub dead_letter_queue_produce_requests: i64,
+    /// `deadletterqueue-produce-failures`.
+    #[serde(default)]
+    pub dead_letter_queue_produce_failures: i64,
+    /// `last-error-timestamp`, ms since the epoch (0: never).
+    #[serde(default)]
+    pub last_error_timestamp: i64,
+}
+
+/// Offsets of a source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetsStatus {
+    /// The offset partition name the tasks use now (`<base>` or `<base>.<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_name: Option<String>,
+    /// Every rotation, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<OffsetRotation>,
+}
+
+/// One rotation of the offset partition name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetRotation {
+    pub from: String,
+    pub to: String,
+    /// RFC 3339.
+    pub time: String,
+    /// The MongoDB error code that caused it, if any (absent for an on-demand rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
