@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: reconcile Connectors and DeadLetterQueues.
+    Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions (or write one file per CRD into --out-dir).
     Crdgen {
         /// Write `<crd name>.yaml` files into this directory instead of printing.
@@ -34,9 +36,32 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "SLUICE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Image of task pods unless a Connector's template names one.
+    #[arg(long, env = "SLUICE_TASK_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice:", env!("CARGO_PKG_VERSION")))]
+    task_image: String,
+    /// Watch only this namespace (namespaced mode); all namespaces when absent.
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Elect a leader through a Lease so several replicas are safe.
+    #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Operator(args) => run_operator(args),
         Command::Task { config } => run_task(&config),
         Command::Crdgen { out_dir } => crdgen(out_dir.as_deref()),
     }
@@ -64,6 +89,68 @@ fn crdgen(out_dir: Option<&std::path::Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn run_operator(args: OperatorArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn,rdkafka=warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            return fail(
+                "RuntimeFailed",
+                &format!("starting the async runtime: {err}"),
+                1,
+            );
+        }
+    };
+    runtime.block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(err) => return fail("KubeConfigInvalid", &format!("connecting to Kubernetes: {err}"), 1),
+        };
+        let metrics = std::sync::Arc::new(sluice::controller::metrics::Metrics::default());
+        let server = tokio::spawn(sluice::controller::metrics::serve(args.metrics_addr, metrics.clone()));
+        let config = sluice::controller::OperatorConfig {
+            task_image: args.task_image,
+            namespace: args.watch_namespace,
+        };
+        use sluice::controller::leader;
+        let lease = "sluice-operator";
+        let identity = args.identity.unwrap_or_else(|| format!("sluice-{}", std::process::id()));
+        let timing = leader::Timing::default();
+        if args.leader_election {
+            tokio::select! {
+                _ = leader::acquire(&client, &args.lease_namespace, lease, &identity, timing) => {}
+                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            }
+        }
+        metrics.set_ready(true);
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?config.namespace, "operator running");
+        let controllers = sluice::controller::run(client.clone(), config, metrics);
+        let outcome = if args.leader_election {
+            tokio::select! {
+                _ = controllers => None,
+                lost = leader::keep(&client, &args.lease_namespace, lease, &identity, timing) => Some(lost),
+            }
+        } else {
+            controllers.await;
+            None
+        };
+        server.abort();
+        match outcome {
+            Some(lost) => fail("LeaderLost", &lost.to_string(), 1),
+            None => {
+                tracing::info!("operator stopped");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
 fn run_task(path: &std::path::Path) -> ExitCode {
     let config = match TaskConfig::load(path) {
         Ok(config) => config,
@@ -72,9 +159,9 @@ fn run_task(path: &std::path::Path) -> ExitCode {
     fail(
         "Unsupported",
         &format!(
-            "sluice {} checks task configs but has no {:?} runtime yet",
+            "sluice {} checks task configs but has no {} runtime yet",
             env!("CARGO_PKG_VERSION"),
-            config.connector_type
+            config.connector_type.as_str()
         ),
         3,
     )

@@ -1,1 +1,139 @@
-//! The operator's reconcilers, one module per resource.
+//! The operator: one reconciler per resource ([`connector`], [`dead_letter_queue`]), sharing a [`Context`].
+//!
+//! Reconcilers follow the same steps: dereference (read what the spec points at) → validate → build the
+//! desired objects (pure, unit-tested) → apply them with server-side apply → write status when it changed.
+
+pub mod conditions;
+pub mod connector;
+pub mod dead_letter_queue;
+pub mod kafka;
+pub mod leader;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+
+/// The operator's settings.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Image of task pods unless a Connector's template names one.
+    pub task_image: String,
+    /// Watch only this namespace (namespaced mode); `None` watches all.
+    pub namespace: Option<String>,
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub config: OperatorConfig,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+        }
+    }
+}
+
+/// Errors a reconcile can end with; the controller retries them after [`RETRY_AFTER_ERROR`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Kafka admin ({operation}): {source}")]
+    Kafka {
+        operation: &'static str,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{0} has no namespace")]
+    NotNamespaced(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long after a failed reconcile the controller tries again.
+pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
+
+/// Runs both controllers until a shutdown signal.
+pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) {
+    let ctx = Arc::new(Context::new(client, config, metrics));
+    tokio::join!(
+        connector::run(ctx.clone()),
+        dead_letter_queue::run(ctx.clone())
+    );
+}
+
+/// A spec the API accepted but the operator can't use yet (a missing Secret, an unknown topic, …). It
+/// becomes `Ready=False` with this reason and message plus a Warning Event; nothing is created or removed
+/// until it is fixed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads one key of a Secret; a missing Secret or key is a [`Problem`] naming the spec field that points
+/// at it. The value never leaves the operator except into a client config.
+pub async fn secret_value(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    field: &str,
+) -> Result<Result<String, Problem>> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(Err(Problem::new(
+            "SecretNotFound",
+            format!("Secret {namespace}/{name} ({field}) not found"),
+        )));
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key).cloned())
+        });
+    Ok(value.ok_or_else(|| {
+        Problem::new(
+            "SecretKeyNotFound",
+            format!("Secret {namespace}/{name} has no key {key:?} ({field})"),
+        )
+    }))
+}

@@ -135,6 +135,16 @@ pub enum ConnectorType {
     MongodbSink,
 }
 
+impl ConnectorType {
+    /// The name as written in a spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MongodbSource => "mongodb-source",
+            Self::MongodbSink => "mongodb-sink",
+        }
+    }
+}
+
 /// Whether the connector's tasks run.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,31 +1,91 @@
-//! A task's config file, as the controller renders it. Unknown or misspelt fields are errors that name the
-//! field, so a bad config fails at start instead of being half-applied.
+//! A task's config file, as the controller renders it into the Connector's ConfigMap. Secrets are not in it:
+//! the task reads them from env (`SLUICE_MONGODB_URI`, `SLUICE_KAFKA_SASL_USERNAME`, …) that the pod fills
+//! from Secret references. Unknown or misspelt fields are errors that name the field, so a bad config
+//! fails at start instead of being half-applied.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Which way a connector moves records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConnectorType {
-    /// MongoDB change streams → Kafka.
-    MongodbSource,
-    /// Kafka → MongoDB.
-    MongodbSink,
-}
+use crate::crd::common::SaslMechanism;
+pub use crate::crd::connector::ConnectorType;
+use crate::crd::connector::{ErrorsSpec, SinkSpec, SourceSpec, StartupMode};
 
 /// The config of one task of one connector.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskConfig {
-    /// The Connector's name (Kafka Connect's `name`).
-    pub connector: String,
-    /// The task's index, 0-based (Kafka Connect's task id).
-    pub task_id: u32,
     /// Source or sink.
     #[serde(rename = "type")]
     pub connector_type: ConnectorType,
+    /// The Connector's name (Kafka Connect's `name`).
+    pub connector: String,
+    /// The Connector's namespace.
+    pub namespace: String,
+    /// The task's index, 0-based (Kafka Connect's task id).
+    pub task_id: u32,
+    /// How many tasks the connector runs (a sink task consumes its share of the partitions).
+    pub tasks: u32,
+    pub kafka: TaskKafka,
+    pub mongodb: TaskMongo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TaskSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+    pub errors: TaskErrors,
+    /// Port of the task's HTTP server (`/metrics`, `/v1/status`, `/healthz`) on the pod IP.
+    pub http_port: u16,
+}
+
+/// Kafka settings without secrets (those come from env).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskKafka {
+    pub bootstrap_servers: String,
+    /// TLS on: CA, certificate and key files come from env `SLUICE_KAFKA_TLS_{CA,CERT,KEY}_FILE`.
+    #[serde(default)]
+    pub tls: bool,
+    /// SASL mechanism; username and password come from env `SLUICE_KAFKA_SASL_{USERNAME,PASSWORD}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// MongoDB settings without the connection string (env `SLUICE_MONGODB_URI`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskMongo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+}
+
+/// A source task's settings: the Connector's plus what the operator decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskSource {
+    pub spec: SourceSpec,
+    /// The offset partition name in use (`<base>` or `<base>.<n>` after rotations).
+    pub offset_partition_name: String,
+    /// The compacted topic holding the offsets.
+    pub offset_storage_topic: String,
+    /// Where to start without a stored offset (the spec's mode, or the after-rotation mode).
+    pub startup_mode: StartupMode,
+}
+
+/// Error handling: the Connector's settings with the dead-letter target resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskErrors {
+    pub spec: ErrorsSpec,
+    /// The dead-letter topic, from the DeadLetterQueue or the plain topic name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Whether dead-letter records get the `__connect.errors.*` headers.
+    pub context_headers_enable: bool,
 }
 
 /// Why a task config can't be used.
@@ -66,29 +126,35 @@ impl TaskConfig {
 mod tests {
     use super::*;
 
+    const SINK: &str = "type: mongodb-sink\nconnector: orders\nnamespace: shop\ntaskId: 0\ntasks: 1\n\
+        kafka: {bootstrapServers: 'k:9092'}\nmongodb: {database: shop, collection: orders}\n\
+        sink: {topics: [orders]}\nerrors: {spec: {}, contextHeadersEnable: true}\nhttpPort: 8080\n";
+
     #[test]
-    fn parses_a_source_task() {
-        let cfg =
-            TaskConfig::parse("connector: orders\ntaskId: 0\ntype: mongodb-source\n").unwrap();
+    fn parses_a_sink_task() {
+        let cfg = TaskConfig::parse(SINK).unwrap();
         assert_eq!(cfg.connector, "orders");
-        assert_eq!(cfg.connector_type, ConnectorType::MongodbSource);
+        assert_eq!(cfg.connector_type, ConnectorType::MongodbSink);
+        assert_eq!(cfg.sink.unwrap().topics.unwrap(), ["orders"]);
+        assert_eq!(
+            cfg.errors.spec.retry_delay_max_ms, 60_000,
+            "spec defaults apply"
+        );
     }
 
     #[test]
     fn a_bad_value_names_its_field() {
-        let err =
-            TaskConfig::parse("connector: orders\ntaskId: 0\ntype: mongodb-sourc\n").unwrap_err();
+        let err = TaskConfig::parse(&SINK.replace("mongodb-sink", "mongodb-sinc")).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("type: unknown variant `mongodb-sourc`"),
+                .starts_with("type: unknown variant `mongodb-sinc`"),
             "{err}"
         );
     }
 
     #[test]
     fn an_unknown_field_is_named() {
-        let err = TaskConfig::parse("connector: o\ntaskId: 0\ntype: mongodb-sink\ntopicz: [a]\n")
-            .unwrap_err();
+        let err = TaskConfig::parse(&format!("{SINK}topicz: [a]\n")).unwrap_err();
         assert!(err.to_string().contains("unknown field `topicz`"), "{err}");
     }
 }

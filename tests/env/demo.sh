@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: sluice on the embedded loopback cluster. Grows with the project; today it brings the cluster up,
-# runs a sluice pod through the real scheduler and the local node, and shows what a user can poke at.
+# installs the CRDs, runs the operator, applies a DeadLetterQueue and a Connector and shows what happens.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ENVCTL="python3 tests/env/envctl.py"
@@ -18,17 +18,57 @@ kubectl() { "$SLUICE_BIN_DIR/kubectl" "$@"; }
 step "The cluster"
 kubectl get nodes -o wide
 
-step "A pod of the sluice image, scheduled onto the local node"
+step "Installing the CRDs"
+kubectl apply --server-side -f crds/
+
+step "Running the operator (log: $SLUICE_ENV_DIR/logs/operator.log)"
+# The marker lets `envctl.py down` find and stop it with the rest of the environment.
+env "${SLUICE_ENV_MARKER%%=*}=${SLUICE_ENV_MARKER#*=}" SLUICE_METRICS_ADDR=127.0.0.1:0 POD_NAMESPACE=default \
+  SLUICE_TASK_IMAGE=ghcr.io/sluice-dev/sluice:dev target/debug/sluice operator >"$SLUICE_ENV_DIR/logs/operator.log" 2>&1 &
+
+step "A DeadLetterQueue and a source Connector"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl -n demo delete pod sluice-version --ignore-not-found >/dev/null
-kubectl -n demo run sluice-version --image=ghcr.io/sluice-dev/sluice:dev --restart=Never -- --version
-kubectl -n demo wait --for=jsonpath='{.status.phase}'=Succeeded pod/sluice-version --timeout=60s
-kubectl -n demo get pod sluice-version -o wide
-echo "its output: $(cat "$SLUICE_NODE_PODS_DIR"/$(kubectl -n demo get pod sluice-version -o jsonpath='{.metadata.uid}')/containers/sluice-version/output.log 2>/dev/null || echo '(removed)')"
+kubectl -n demo create secret generic mongo --from-literal=uri="$MONGODB_URI" --dry-run=client -o yaml \
+  | kubectl apply -f - >/dev/null
+manifest=$(cat <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: DeadLetterQueue
+metadata: {name: orders-dlq}
+spec:
+  kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS"}
+  partitions: 3
+  retentionMs: 604800000
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Connector
+metadata: {name: orders}
+spec:
+  type: mongodb-source
+  kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS"}
+  mongodb: {connectionUriSecretRef: {name: mongo, key: uri}, database: shop, collection: orders}
+  source: {topicPrefix: cdc}
+  errors: {tolerance: all, deadLetterQueueRef: {name: orders-dlq}}
+  restart: {backoffInitialSeconds: 5, backoffMaxSeconds: 60}
+YAML
+)
+echo "$manifest"
+echo "$manifest" | kubectl -n demo apply -f -
+kubectl -n demo wait --for=condition=Ready dlq/orders-dlq --timeout=60s
+sleep 5
+
+step "kubectl get conn,dlq"
+kubectl -n demo get conn,dlq
+step "The task pods the operator created, run by the local node"
+kubectl -n demo get pods -o wide
+step "The Connector's conditions (the task runtime is not built yet: its task fails and is restarted with backoff)"
+kubectl -n demo get conn orders -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+step "Events"
+kubectl -n demo get events --field-selector involvedObject.kind=Connector --sort-by=.lastTimestamp | tail -6
 
 if [ "${KEEP:-}" = 1 ]; then
   step "Left running. Try:"
   echo "  source $SLUICE_ENV_DIR/env"
-  echo "  $SLUICE_BIN_DIR/kubectl get nodes,pods -A"
+  echo "  \$SLUICE_BIN_DIR/kubectl -n demo get conn,dlq,pods"
+  echo "  \$SLUICE_BIN_DIR/kubectl -n demo describe conn orders"
   echo "  make env-down    # when done"
 fi

@@ -521,24 +521,46 @@ def marked_processes() -> list[tuple[int, str]]:
     return found
 
 
+def stop(pid: int, grace: float, group: bool) -> bool:
+    """SIGTERM, then SIGKILL after `grace` seconds. Returns whether SIGKILL was needed."""
+    kill = os.killpg if group else os.kill
+    try:
+        kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not alive(pid):
+        return False
+    try:
+        kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
 def down(quiet: bool = False) -> None:
-    # The node first (it ends its pods' processes), then everything else, newest first.
+    # The node first (it ends its pods' processes), then anything else started with the marker (an operator
+    # run by hand or by a test), then the components, clients of the apiserver before it.
     order = ["localnode", "fault-peer", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd",
              "kafka", "mongo-peer"]
     pids = {name: pid for name, pid in running_components()}
+    if "localnode" in pids:
+        if stop(pids.pop("localnode"), 20, group=True):
+            say("localnode ignored SIGTERM for 20s; killed it")
+        elif not quiet:
+            say("stopped localnode")
+    component_pids = set(pids.values())
+    strays = [(p, c) for p, c in marked_processes() if p not in component_pids]
+    for pid, cmd in strays:
+        stop(pid, 5, group=False)
+    if strays and not quiet:
+        say(f"stopped {len(strays)} other process(es) of the environment: " + "; ".join(c for _, c in strays))
     for name in sorted(pids, key=lambda n: order.index(n) if n in order else -1):
-        pid = pids[name]
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + (20 if name == "localnode" else 10)
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if alive(pid):
-            say(f"{name} ignored SIGTERM; killing it")
-            os.killpg(pid, signal.SIGKILL)
-        if not quiet:
+        if stop(pids[name], 20, group=True):
+            say(f"{name} ignored SIGTERM for 20s; killed it")
+        elif not quiet:
             say(f"stopped {name}")
     for pidfile in (STATE / "pids").glob("*.pid"):
         pidfile.unlink()

@@ -204,3 +204,121 @@ async fn http_json(
     );
     serde_json::from_str(body).expect("JSON from the fault peer")
 }
+
+/// The sluice operator binary running against the environment, watching one namespace. It is killed when
+/// this value drops (and by the kernel if the test process dies first).
+pub struct Operator {
+    child: std::process::Child,
+    pub metrics_addr: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Operator {
+    pub fn start(env: &Env, namespace: &str, leader_election: bool, identity: &str) -> Operator {
+        use std::os::unix::process::CommandExt;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let log = std::path::Path::new(&env.dir)
+            .join("logs")
+            .join(format!("operator-{namespace}-{identity}.log"));
+        let out = std::fs::File::create(&log).expect("operator log file");
+        let (marker_key, marker_value) = env.marker.split_once('=').expect("marker KEY=VALUE");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("operator")
+            .env("SLUICE_METRICS_ADDR", &metrics_addr)
+            .env("SLUICE_WATCH_NAMESPACE", namespace)
+            .env("SLUICE_LEADER_ELECTION", leader_election.to_string())
+            .env("POD_NAMESPACE", namespace)
+            .env("POD_NAME", identity)
+            .env("SLUICE_TASK_IMAGE", "ghcr.io/sluice-dev/sluice:dev")
+            .env(marker_key, marker_value)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when the parent thread ends.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start the operator");
+        Operator {
+            child,
+            metrics_addr,
+            log,
+        }
+    }
+
+    /// The operator's `/readyz` status code (0 if it does not answer).
+    pub async fn readyz(&self) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(&self.metrics_addr).await else {
+            return 0;
+        };
+        let req = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        if s.write_all(req).await.is_err() {
+            return 0;
+        }
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp).await;
+        resp.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last lines of the operator's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Creates a Kafka topic for a test.
+pub async fn create_topic(env: &Env, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "create topic {topic}: {r:?}");
+}
+
+/// Creates a Secret with string data.
+pub async fn create_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    use k8s_openapi::api::core::v1::Secret;
+    let string_data: std::collections::BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name }, "stringData": string_data
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}

@@ -1,0 +1,1337 @@
+//! The Connector reconciler: a ConfigMap with every task's rendered config and one Pod per task.
+//!
+//! Pods use `restartPolicy: Never`; the operator itself restarts a failed task after a backoff, so it can
+//! change the task's config between runs. The pure parts (task configs, the ConfigMap and Pods, the plan for
+//! existing pods, the status) are functions of the spec, the observed pods and the time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
+use super::{
+    Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, kafka, secret_value,
+};
+use crate::crd::connector::{
+    ConnectorState, ConnectorType, OffsetsStatus, RestartSpec, TaskStatus,
+};
+use crate::crd::{Connector, ConnectorStatus, DeadLetterQueue};
+use crate::task::config::{TaskConfig, TaskErrors, TaskKafka, TaskMongo, TaskSource};
+
+pub const LABEL_CONNECTOR: &str = "sluice.dev/connector";
+pub const LABEL_TASK: &str = "sluice.dev/task";
+pub const ANNOTATION_CONFIG_HASH: &str = "sluice.dev/config-hash";
+/// Port of the task's HTTP server.
+pub const TASK_HTTP_PORT: u16 = 8080;
+/// Where a task pod mounts its config.
+pub const CONFIG_DIR: &str = "/etc/sluice";
+pub const DEFAULT_OFFSET_TOPIC: &str = "sluice-offsets";
+/// How soon a Connector with a [`Problem`] is looked at again.
+const RETRY_PROBLEM: Duration = Duration::from_secs(10);
+const CONTROLLER: &str = "connector";
+
+/// What the spec points at, read from the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub dead_letter_topic: Option<String>,
+    pub context_headers_enable: bool,
+}
+
+/// The number of tasks that should run: none unless running; a source runs one change stream.
+pub fn desired_tasks(conn: &Connector) -> u32 {
+    match (conn.spec.state, conn.spec.connector_type) {
+        (ConnectorState::Running, ConnectorType::MongodbSource) => 1,
+        (ConnectorState::Running, ConnectorType::MongodbSink) => conn.spec.tasks_max.max(1) as u32,
+        _ => 0,
+    }
+}
+
+/// The offset partition name in use: what status recorded (after rotations), else the spec's base, else
+/// the Connector's name.
+pub fn offset_partition_name(conn: &Connector) -> String {
+    let recorded = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.offsets.as_ref()?.partition_name.clone());
+    recorded.unwrap_or_else(|| {
+        conn.spec
+            .source
+            .as_ref()
+            .and_then(|s| s.offsets.partition_name.clone())
+            .unwrap_or_else(|| conn.name_any())
+    })
+}
+
+/// The config of task `task_id`.
+pub fn task_config(conn: &Connector, task_id: u32, resolved: &Resolved) -> TaskConfig {
+    let spec = &conn.spec;
+    let rotated = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.offsets.as_ref())
+        .is_some_and(|o| !o.rotations.is_empty());
+    TaskConfig {
+        connector_type: spec.connector_type,
+        connector: conn.name_any(),
+        namespace: conn.namespace().unwrap_or_default(),
+        task_id,
+        tasks: desired_tasks(conn).max(1),
+        kafka: TaskKafka {
+            bootstrap_servers: spec.kafka.bootstrap_servers.clone(),
+            tls: spec.kafka.tls.is_some(),
+            sasl_mechanism: spec.kafka.sasl.as_ref().map(|s| s.mechanism),
+            properties: spec.kafka.properties.clone(),
+        },
+        mongodb: TaskMongo {
+            database: spec.mongodb.database.clone(),
+            collection: spec.mongodb.collection.clone(),
+        },
+        source: spec.source.as_ref().map(|source| TaskSource {
+            spec: source.clone(),
+            offset_partition_name: offset_partition_name(conn),
+            offset_storage_topic: source
+                .offsets
+                .storage_topic
+                .clone()
+                .unwrap_or_else(|| DEFAULT_OFFSET_TOPIC.into()),
+            startup_mode: if rotated {
+                source.resume_token_recovery.startup_mode_after_rotation
+            } else {
+                source.startup.mode
+            },
+        }),
+        sink: spec.sink.clone(),
+        errors: TaskErrors {
+            spec: spec.errors.clone(),
+            dead_letter_topic: resolved.dead_letter_topic.clone(),
+            context_headers_enable: resolved.context_headers_enable,
+        },
+        http_port: TASK_HTTP_PORT,
+    }
+}
+
+/// A stable 64-bit FNV-1a hash (std's hasher may change between Rust releases; this must not).
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn config_map_name(conn: &Connector) -> String {
+    format!("{}-tasks", conn.name_any())
+}
+
+pub fn pod_name(conn: &Connector, task_id: u32) -> String {
+    format!("{}-task-{task_id}", conn.name_any())
+}
+
+fn labels(conn: &Connector) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sluice-task".into()),
+        ("app.kubernetes.io/instance".into(), conn.name_any()),
+        ("app.kubernetes.io/managed-by".into(), "sluice".into()),
+        (LABEL_CONNECTOR.into(), conn.name_any()),
+    ])
+}
+
+/// The ConfigMap holding `task-<i>.yaml` for every task.
+pub fn build_config_map(conn: &Connector, configs: &[TaskConfig]) -> Result<ConfigMap> {
+    let mut data = BTreeMap::new();
+    for cfg in configs {
+        let yaml = serde_yaml::to_string(cfg).map_err(|e| Error::Serialize {
+            what: "task config",
+            source: serde_json::Error::io(std::io::Error::other(e)),
+        })?;
+        data.insert(format!("task-{}.yaml", cfg.task_id), yaml);
+    }
+    let owner = conn
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::NotNamespaced(conn.name_any()))?;
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": config_map_name(conn), "namespace": conn.namespace(),
+                      "labels": labels(conn), "ownerReferences": [owner] },
+        "data": data,
+    });
+    serde_json::from_value(cm).map_err(|source| Error::Serialize {
+        what: "ConfigMap",
+        source,
+    })
+}
+
+/// Env of a task container: the downward API and every Secret the task needs, by reference.
+fn task_env(conn: &Connector) -> Vec<serde_json::Value> {
+    let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
+    let secret = |name: &str, secret: &str, key: &str| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } });
+    let uri = &conn.spec.mongodb.connection_uri_secret_ref;
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("POD_IP", "status.podIP"),
+        json!({ "name": "SLUICE_TERMINATION_LOG", "value": "/dev/termination-log" }),
+        secret("SLUICE_MONGODB_URI", &uri.name, &uri.key),
+    ];
+    if let Some(sasl) = &conn.spec.kafka.sasl {
+        let r = &sasl.secret_ref;
+        env.push(secret(
+            "SLUICE_KAFKA_SASL_USERNAME",
+            &r.name,
+            &r.username_key,
+        ));
+        env.push(secret(
+            "SLUICE_KAFKA_SASL_PASSWORD",
+            &r.name,
+            &r.password_key,
+        ));
+    }
+    if let Some(tls) = &conn.spec.kafka.tls {
+        for (var, present) in [
+            ("SLUICE_KAFKA_TLS_CA_FILE", tls.ca.is_some()),
+            ("SLUICE_KAFKA_TLS_CERT_FILE", tls.certificate.is_some()),
+            ("SLUICE_KAFKA_TLS_KEY_FILE", tls.key.is_some()),
+        ] {
+            if present {
+                let file = var
+                    .trim_start_matches("SLUICE_KAFKA_TLS_")
+                    .trim_end_matches("_FILE")
+                    .to_lowercase();
+                env.push(json!({ "name": var, "value": format!("{CONFIG_DIR}/kafka-tls/{file}/{file}.pem") }));
+            }
+        }
+    }
+    env
+}
+
+/// Secret volumes for the Kafka TLS material, mounted under `/etc/sluice/kafka-tls/<part>/`.
+fn tls_volumes(conn: &Connector) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let Some(tls) = &conn.spec.kafka.tls else {
+        return (vec![], vec![]);
+    };
+    let mut volumes = vec![];
+    let mut mounts = vec![];
+    for (part, reference) in [
+        ("ca", &tls.ca),
+        ("cert", &tls.certificate),
+        ("key", &tls.key),
+    ] {
+        if let Some(r) = reference {
+            let name = format!("kafka-tls-{part}");
+            volumes.push(json!({ "name": name, "secret": { "secretName": r.name,
+                "items": [{ "key": r.key, "path": format!("{part}.pem") }] } }));
+            mounts.push(json!({ "name": name, "mountPath": format!("{CONFIG_DIR}/kafka-tls/{part}"), "readOnly": true }));
+        }
+    }
+    (volumes, mounts)
+}
+
+/// The Pod of task `task_id`. `config_hash` covers the task's config and everything else that shapes the
+/// pod, so a change of either replaces it.
+pub fn build_pod(conn: &Connector, task_id: u32, image: &str, config_yaml: &str) -> Result<Pod> {
+    let template = &conn.spec.template;
+    let image = template.image.clone().unwrap_or_else(|| image.to_string());
+    let owner = conn
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::NotNamespaced(conn.name_any()))?;
+    let mut pod_labels = template.labels.clone();
+    pod_labels.extend(labels(conn));
+    pod_labels.insert(LABEL_TASK.into(), task_id.to_string());
+    let (tls_vols, tls_mounts) = tls_volumes(conn);
+    let mut volumes = vec![
+        json!({ "name": "config", "configMap": { "name": config_map_name(conn),
+        "items": [{ "key": format!("task-{task_id}.yaml"), "path": "task.yaml" }] } }),
+    ];
+    volumes.extend(tls_vols);
+    let mut mounts = vec![json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true })];
+    mounts.extend(tls_mounts);
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": pod_name(conn, task_id), "namespace": conn.namespace(),
+            "labels": pod_labels, "annotations": template.annotations, "ownerReferences": [owner],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 30,
+            "nodeSelector": template.node_selector,
+            "tolerations": template.tolerations,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                 "seccompProfile": { "type": "RuntimeDefault" } },
+            "volumes": volumes,
+            "containers": [{
+                "name": "task",
+                "image": image,
+                "args": ["task", "--config", format!("{CONFIG_DIR}/task.yaml")],
+                "env": task_env(conn),
+                "ports": [{ "name": "http", "containerPort": TASK_HTTP_PORT }],
+                "readinessProbe": { "httpGet": { "path": "/healthz", "port": "http" }, "periodSeconds": 5 },
+                "resources": template.resources,
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                     "capabilities": { "drop": ["ALL"] } },
+            }],
+        },
+    });
+    if let Some(sa) = &template.service_account_name {
+        pod["spec"]["serviceAccountName"] = json!(sa);
+    }
+    let hash = fnv1a(format!("{config_yaml}\n{}", pod["spec"]).as_bytes());
+    pod["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] = json!(hash);
+    serde_json::from_value(pod).map_err(|source| Error::Serialize {
+        what: "Pod",
+        source,
+    })
+}
+
+/// Wait before restart number `restarts + 1`: the initial backoff doubled per restart, capped.
+pub fn restart_delay(restarts: i32, spec: &RestartSpec) -> Duration {
+    let initial = spec.backoff_initial_seconds.max(1) as u64;
+    let max = spec.backoff_max_seconds.max(1) as u64;
+    let factor = 1u64
+        .checked_shl(restarts.clamp(0, 62) as u32)
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(initial.saturating_mul(factor).min(max))
+}
+
+/// A task pod as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedPod {
+    pub name: String,
+    pub task_id: Option<u32>,
+    pub config_hash: Option<String>,
+    pub deleting: bool,
+    pub phase: String,
+    pub ready: bool,
+    /// When the task's container ended (for a Failed or Succeeded pod).
+    pub finished_at: Option<Timestamp>,
+    /// The termination message's reason and message, or the exit code.
+    pub termination: Option<(String, String)>,
+}
+
+impl ObservedPod {
+    pub fn from_pod(pod: &Pod) -> Self {
+        let status = pod.status.clone().unwrap_or_default();
+        let terminated = status
+            .container_statuses
+            .as_ref()
+            .and_then(|cs| cs.first())
+            .and_then(|c| c.state.as_ref()?.terminated.clone());
+        let termination = terminated.as_ref().map(|t| {
+            let parsed: Option<serde_json::Value> = t
+                .message
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok());
+            match parsed {
+                Some(v) if v["reason"].is_string() => (
+                    v["reason"].as_str().unwrap_or_default().to_string(),
+                    v["message"].as_str().unwrap_or_default().to_string(),
+                ),
+                _ => (
+                    t.reason.clone().unwrap_or_else(|| "Error".into()),
+                    format!(
+                        "exit code {}: {}",
+                        t.exit_code,
+                        t.message.clone().unwrap_or_default().trim()
+                    ),
+                ),
+            }
+        });
+        Self {
+            name: pod.name_any(),
+            task_id: pod.labels().get(LABEL_TASK).and_then(|v| v.parse().ok()),
+            config_hash: pod.annotations().get(ANNOTATION_CONFIG_HASH).cloned(),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            phase: status.phase.unwrap_or_else(|| "Pending".into()),
+            ready: status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            finished_at: terminated.and_then(|t| t.finished_at.map(|f| f.0)),
+            termination,
+        }
+    }
+}
+
+/// What to do with the pods, and the task statuses that follow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub create: Vec<u32>,
+    /// Pods to delete, with why.
+    pub delete: Vec<(String, DeleteReason)>,
+    pub tasks: Vec<TaskStatus>,
+    pub requeue_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteReason {
+    ConfigChanged,
+    Restart {
+        task_id: u32,
+        restart: i32,
+        after: Duration,
+    },
+    NotWanted,
+}
+
+/// Decides per task what happens to its pod.
+pub fn plan(
+    conn: &Connector,
+    pods: &[ObservedPod],
+    desired_hashes: &[String],
+    now: Timestamp,
+) -> Plan {
+    let previous = conn
+        .status
+        .as_ref()
+        .map(|s| s.tasks.clone())
+        .unwrap_or_default();
+    let restart = &conn.spec.restart;
+    let mut out = Plan::default();
+    let requeue = |d: Duration, out: &mut Plan| {
+        out.requeue_after = Some(out.requeue_after.map_or(d, |r| r.min(d)));
+    };
+    for pod in pods {
+        let wanted = pod
+            .task_id
+            .is_some_and(|id| (id as usize) < desired_hashes.len());
+        if !wanted && !pod.deleting {
+            out.delete.push((pod.name.clone(), DeleteReason::NotWanted));
+        }
+    }
+    for (id, hash) in desired_hashes.iter().enumerate() {
+        let id = id as u32;
+        let prev = previous.iter().find(|t| t.id == id as i32).cloned();
+        let restarts = prev.as_ref().map_or(0, |t| t.restarts);
+        let mut task = TaskStatus {
+            id: id as i32,
+            pod: Some(pod_name(conn, id)),
+            restarts,
+            metrics: prev.as_ref().and_then(|t| t.metrics.clone()),
+            ..Default::default()
+        };
+        let pod = pods.iter().find(|p| p.task_id == Some(id));
+        match pod {
+            None => {
+                out.create.push(id);
+                task.phase = Some("Pending".into());
+                task.reason = Some(
+                    if restarts > 0 {
+                        "Restarting"
+                    } else {
+                        "Creating"
+                    }
+                    .into(),
+                );
+            }
+            Some(p) if p.deleting => {
+                task.phase = Some("Stopping".into());
+                task.reason = Some("PodTerminating".into());
+            }
+            Some(p)
+                if p.config_hash.as_deref() != Some(hash.as_str())
+                    && !matches!(p.phase.as_str(), "Failed" | "Succeeded") =>
+            {
+                out.delete
+                    .push((p.name.clone(), DeleteReason::ConfigChanged));
+                task.phase = Some("Stopping".into());
+                task.reason = Some("ConfigChanged".into());
+            }
+            Some(p) if matches!(p.phase.as_str(), "Failed" | "Succeeded") => {
+                let (reason, message) = p
+                    .termination
+                    .clone()
+                    .unwrap_or_else(|| ("Error".into(), format!("pod {}", p.phase)));
+                task.phase = Some("Failed".into());
+                task.reason = Some(reason);
+                task.message = Some(message);
+                let finished = p.finished_at.unwrap_or(now);
+                if restart.max_restarts.is_some_and(|max| restarts >= max) {
+                    task.reason = Some("MaxRestartsReached".into());
+                    task.message = Some(format!(
+                        "task {id} failed {} times; restarts stopped at spec.restart.maxRestarts={}: {}",
+                        restarts + 1,
+                        restarts,
+                        task.message.clone().unwrap_or_default()
+                    ));
+                } else if p.config_hash.as_deref() != Some(hash.as_str()) {
+                    // A new config deserves a fresh start right away.
+                    out.delete
+                        .push((p.name.clone(), DeleteReason::ConfigChanged));
+                } else {
+                    let delay = restart_delay(restarts, restart);
+                    let due =
+                        finished + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);
+                    if now >= due {
+                        out.delete.push((
+                            p.name.clone(),
+                            DeleteReason::Restart {
+                                task_id: id,
+                                restart: restarts + 1,
+                                after: delay,
+                            },
+                        ));
+                        task.restarts = restarts + 1;
+                        task.phase = Some("Restarting".into());
+                    } else {
+                        task.next_restart_time = Some(due.to_string());
+                        let wait = due.duration_since(now).unsigned_abs();
+                        requeue(wait, &mut out);
+                    }
+                }
+            }
+            Some(p) => {
+                task.phase = Some(
+                    if p.phase == "Running" && p.ready {
+                        "Running"
+                    } else {
+                        "Pending"
+                    }
+                    .into(),
+                );
+                if p.phase == "Running" && !p.ready {
+                    task.reason = Some("NotReady".into());
+                }
+            }
+        }
+        task.last_transition_time = match &prev {
+            Some(old) if old.phase == task.phase => old.last_transition_time.clone(),
+            _ => Some(now.to_string()),
+        };
+        out.tasks.push(task);
+    }
+    out
+}
+
+/// The conditions that follow from the plan (or from a problem that stopped it).
+pub fn decide_conditions(
+    conn: &Connector,
+    plan: Option<&Plan>,
+    problem: Option<&Problem>,
+) -> Vec<Desired> {
+    let desired = desired_tasks(conn);
+    let Some(plan) = plan else {
+        let p = problem
+            .cloned()
+            .unwrap_or_else(|| Problem::new("Unknown", ""));
+        return vec![
+            Desired::new(READY, false, p.reason, p.message),
+            Desired::new(
+                PROGRESSING,
+                false,
+                "Blocked",
+                "waiting for the problem in the Ready condition to be fixed",
+            ),
+            Desired::new(DEGRADED, false, "AsExpected", ""),
+        ];
+    };
+    let running = plan
+        .tasks
+        .iter()
+        .filter(|t| t.phase.as_deref() == Some("Running"))
+        .count() as u32;
+    let failed: Vec<&TaskStatus> = plan
+        .tasks
+        .iter()
+        .filter(|t| t.phase.as_deref() == Some("Failed"))
+        .collect();
+    let ready = match conn.spec.state {
+        ConnectorState::Running if running == desired => Desired::new(
+            READY,
+            true,
+            "TasksReady",
+            format!("{running}/{desired} tasks running"),
+        ),
+        ConnectorState::Running => Desired::new(
+            READY,
+            false,
+            "TasksNotReady",
+            format!("{running}/{desired} tasks running"),
+        ),
+        ConnectorState::Paused => Desired::new(
+            READY,
+            true,
+            "Paused",
+            "spec.state is paused: no tasks run, offsets are kept",
+        ),
+        ConnectorState::Stopped => Desired::new(
+            READY,
+            true,
+            "Stopped",
+            "spec.state is stopped: no tasks run",
+        ),
+    };
+    let busy = !plan.create.is_empty()
+        || !plan.delete.is_empty()
+        || plan.tasks.iter().any(|t| {
+            matches!(
+                t.phase.as_deref(),
+                Some("Pending" | "Stopping" | "Restarting")
+            )
+        });
+    let progressing = if busy {
+        Desired::new(
+            PROGRESSING,
+            true,
+            "TasksChanging",
+            "task pods are being created, replaced or removed",
+        )
+    } else {
+        Desired::new(
+            PROGRESSING,
+            false,
+            "Stable",
+            "every task is as the spec asks",
+        )
+    };
+    let degraded = match failed.first() {
+        Some(t) => {
+            let reason = if t.reason.as_deref() == Some("MaxRestartsReached") {
+                "MaxRestartsReached"
+            } else {
+                "TaskFailed"
+            };
+            let next = t
+                .next_restart_time
+                .as_deref()
+                .map(|n| format!("; next restart at {n}"))
+                .unwrap_or_default();
+            Desired::new(
+                DEGRADED,
+                true,
+                reason,
+                format!(
+                    "task {} failed ({}): {}{next}",
+                    t.id,
+                    t.reason.clone().unwrap_or_default(),
+                    t.message.clone().unwrap_or_default()
+                ),
+            )
+        }
+        None => Desired::new(DEGRADED, false, "AsExpected", "no task failed"),
+    };
+    vec![ready, progressing, degraded]
+}
+
+/// The status to write.
+pub fn build_status(
+    conn: &Connector,
+    plan: Option<&Plan>,
+    problem: Option<&Problem>,
+    now: Timestamp,
+) -> ConnectorStatus {
+    let old = conn.status.clone().unwrap_or_default();
+    let desired = desired_tasks(conn);
+    let tasks = plan.map(|p| p.tasks.clone()).unwrap_or(old.tasks.clone());
+    let running = tasks
+        .iter()
+        .filter(|t| t.phase.as_deref() == Some("Running"))
+        .count();
+    let offsets = match conn.spec.connector_type {
+        ConnectorType::MongodbSource => Some(OffsetsStatus {
+            partition_name: Some(offset_partition_name(conn)),
+            rotations: old.offsets.clone().map(|o| o.rotations).unwrap_or_default(),
+        }),
+        ConnectorType::MongodbSink => None,
+    };
+    ConnectorStatus {
+        observed_generation: conn.metadata.generation,
+        conditions: conditions::merge(
+            &old.conditions,
+            &decide_conditions(conn, plan, problem),
+            conn.metadata.generation,
+            now,
+        ),
+        task_summary: Some(format!("{running}/{desired}")),
+        tasks,
+        totals: Some(old.totals.unwrap_or_default()),
+        offsets,
+    }
+}
+
+/// Reads what the spec points at. `Ok(Err(problem))`: the spec can't be used yet.
+async fn dereference(
+    ctx: &Context,
+    conn: &Connector,
+    ns: &str,
+) -> Result<Result<Resolved, Problem>> {
+    let client = &ctx.client;
+    let uri = &conn.spec.mongodb.connection_uri_secret_ref;
+    if let Err(p) = secret_value(
+        client,
+        ns,
+        &uri.name,
+        &uri.key,
+        "spec.mongodb.connectionUriSecretRef",
+    )
+    .await?
+    {
+        return Ok(Err(p));
+    }
+    let creds = match kafka::credentials(client, ns, &conn.spec.kafka, "spec.kafka").await? {
+        Ok(c) => c,
+        Err(p) => return Ok(Err(p)),
+    };
+    let errors = &conn.spec.errors;
+    let mut resolved = Resolved {
+        dead_letter_topic: errors.dead_letter_queue_topic.clone(),
+        context_headers_enable: errors.context_headers_enable.unwrap_or(false),
+    };
+    if let Some(r) = &errors.dead_letter_queue_ref {
+        let dlqs: Api<DeadLetterQueue> = Api::namespaced(client.clone(), ns);
+        let Some(dlq) = dlqs.get_opt(&r.name).await? else {
+            return Ok(Err(Problem::new(
+                "DeadLetterQueueNotFound",
+                format!(
+                    "DeadLetterQueue {ns}/{} (spec.errors.deadLetterQueueRef) not found",
+                    r.name
+                ),
+            )));
+        };
+        resolved.dead_letter_topic = Some(
+            dlq.spec
+                .topic_name
+                .clone()
+                .unwrap_or_else(|| dlq.name_any()),
+        );
+        resolved.context_headers_enable = errors
+            .context_headers_enable
+            .unwrap_or(dlq.spec.context_headers_enable);
+    }
+    if let Some(source) = &conn.spec.source
+        && let Some(pipeline) = &source.pipeline
+    {
+        match serde_json::from_str::<serde_json::Value>(pipeline) {
+            Ok(serde_json::Value::Array(_)) => {}
+            Ok(_) => {
+                return Ok(Err(Problem::new(
+                    "ConfigInvalid",
+                    "spec.source.pipeline must be a JSON array of stages",
+                )));
+            }
+            Err(e) => {
+                return Ok(Err(Problem::new(
+                    "ConfigInvalid",
+                    format!("spec.source.pipeline is not valid JSON: {e}"),
+                )));
+            }
+        }
+    }
+    // Topics the connector reads or writes to and does not create itself must exist.
+    let mut needed: Vec<(String, &str)> = Vec::new();
+    if let Some(topics) = conn.spec.sink.as_ref().and_then(|s| s.topics.as_ref()) {
+        needed.extend(topics.iter().map(|t| (t.clone(), "spec.sink.topics")));
+    }
+    if let Some(topic) = &errors.dead_letter_queue_topic {
+        needed.push((topic.clone(), "spec.errors.deadLetterQueueTopic"));
+    }
+    if !needed.is_empty() {
+        let admin = kafka::admin(&kafka::client_properties(&conn.spec.kafka, &creds))?;
+        for (topic, field) in needed {
+            match kafka::topic_metadata(&admin, &topic).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Ok(Err(Problem::new(
+                        "TopicNotFound",
+                        format!(
+                            "topic {topic} ({field}) does not exist in Kafka {}",
+                            conn.spec.kafka.bootstrap_servers
+                        ),
+                    )));
+                }
+                Err(e) => {
+                    return Ok(Err(Problem::new(
+                        "KafkaUnavailable",
+                        format!(
+                            "cannot reach Kafka {} to check topic {topic}: {e}",
+                            conn.spec.kafka.bootstrap_servers
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Ok(resolved))
+}
+
+async fn publish(ctx: &Context, conn: &Connector, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &conn.object_ref(&())).await {
+        warn!(connector = %conn.name_any(), error = %err, "publishing event failed");
+    }
+}
+
+/// One reconcile of one Connector.
+#[tracing::instrument(skip_all, fields(connector = %conn.name_any(), namespace = conn.namespace().unwrap_or_default()))]
+pub async fn reconcile(conn: Arc<Connector>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    // Decide from what the API server has now, not from the watch cache, which may not yet show the
+    // status this operator wrote a moment ago (a restart counted twice, or not at all).
+    let api: Api<Connector> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let fresh = match api.get_opt(&conn.name_any()).await {
+        Ok(Some(fresh)) => fresh,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(err) => {
+            ctx.metrics.observe(CONTROLLER, false, started.elapsed());
+            return Err(err.into());
+        }
+    };
+    let result = reconcile_inner(&fresh, &ctx).await;
+    ctx.metrics
+        .observe(CONTROLLER, result.is_ok(), started.elapsed());
+    result
+}
+
+async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
+    let ns = conn
+        .namespace()
+        .ok_or_else(|| Error::NotNamespaced(conn.name_any()))?;
+    let name = conn.name_any();
+    let now = Timestamp::now();
+    let old_status = conn.status.clone().unwrap_or_default();
+    let old_ready_reason = old_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.clone());
+
+    let resolved = dereference(ctx, conn, &ns).await?;
+    let resolved = match resolved {
+        Ok(r) => r,
+        Err(problem) => {
+            if old_ready_reason.as_deref() != Some(problem.reason) {
+                publish(
+                    ctx,
+                    conn,
+                    EventType::Warning,
+                    problem.reason,
+                    problem.message.clone(),
+                )
+                .await;
+            }
+            write_status(ctx, conn, build_status(conn, None, Some(&problem), now)).await?;
+            return Ok(Action::requeue(RETRY_PROBLEM));
+        }
+    };
+    if old_ready_reason
+        .as_deref()
+        .is_some_and(|r| !matches!(r, "TasksReady" | "TasksNotReady" | "Paused" | "Stopped"))
+    {
+        publish(
+            ctx,
+            conn,
+            EventType::Normal,
+            "ConfigValid",
+            "the spec's references resolve now".into(),
+        )
+        .await;
+    }
+
+    let desired = desired_tasks(conn);
+    let configs: Vec<TaskConfig> = (0..desired)
+        .map(|id| task_config(conn, id, &resolved))
+        .collect();
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let cm = build_config_map(conn, &configs)?;
+    cm_api
+        .patch(
+            &cm.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
+    let pod_specs: Vec<Pod> = configs
+        .iter()
+        .map(|cfg| {
+            let yaml = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&format!("task-{}.yaml", cfg.task_id)))
+                .cloned()
+                .unwrap_or_default();
+            build_pod(conn, cfg.task_id, &ctx.config.task_image, &yaml)
+        })
+        .collect::<Result<_>>()?;
+    let hashes: Vec<String> = pod_specs
+        .iter()
+        .map(|p| {
+            p.annotations()
+                .get(ANNOTATION_CONFIG_HASH)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let observed: Vec<ObservedPod> = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_CONNECTOR}={name}")))
+        .await?
+        .items
+        .iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == conn.uid().as_ref())
+        })
+        .map(ObservedPod::from_pod)
+        .collect();
+    let plan = plan(conn, &observed, &hashes, now);
+
+    for (pod, why) in &plan.delete {
+        match pods.delete(pod, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (reason, note) = match why {
+            DeleteReason::ConfigChanged => (
+                "TaskReplaced",
+                format!("the task's config changed: replacing pod {pod}"),
+            ),
+            DeleteReason::NotWanted => (
+                "TaskRemoved",
+                format!(
+                    "removed pod {pod} (spec.state {:?}, {} tasks wanted)",
+                    conn.spec.state, desired
+                ),
+            ),
+            DeleteReason::Restart {
+                task_id,
+                restart,
+                after,
+            } => (
+                "TaskRestarted",
+                format!(
+                    "task {task_id} failed: restart {restart} after {}s backoff",
+                    after.as_secs()
+                ),
+            ),
+        };
+        info!(pod, reason, "deleting task pod");
+        publish(ctx, conn, EventType::Normal, reason, note).await;
+    }
+    // A failed pod is gone at once (terminal pods have no grace period): start its replacement now.
+    let restarted = plan.delete.iter().filter_map(|(_, why)| match why {
+        DeleteReason::Restart { task_id, .. } => Some(*task_id),
+        _ => None,
+    });
+    let mut created = Vec::new();
+    for id in plan
+        .create
+        .iter()
+        .copied()
+        .chain(restarted)
+        .collect::<Vec<_>>()
+        .iter()
+    {
+        match pods
+            .create(&PostParams::default(), &pod_specs[*id as usize])
+            .await
+        {
+            Ok(p) => created.push(p.name_any()),
+            // The old pod is still terminating; its deletion triggers the next reconcile.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !created.is_empty() {
+        publish(
+            ctx,
+            conn,
+            EventType::Normal,
+            "TasksCreated",
+            format!("created task pods {}", created.join(", ")),
+        )
+        .await;
+    }
+    for task in &plan.tasks {
+        let was_failed = old_status
+            .tasks
+            .iter()
+            .any(|t| t.id == task.id && t.phase.as_deref() == Some("Failed"));
+        if task.phase.as_deref() == Some("Failed") && !was_failed {
+            let why = format!(
+                "task {} failed ({}): {}",
+                task.id,
+                task.reason.clone().unwrap_or_default(),
+                task.message.clone().unwrap_or_default()
+            );
+            publish(ctx, conn, EventType::Warning, "TaskFailed", why).await;
+        }
+    }
+
+    write_status(ctx, conn, build_status(conn, Some(&plan), None, now)).await?;
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// Writes status with server-side apply, only when it differs from what is stored.
+async fn write_status(ctx: &Context, conn: &Connector, status: ConnectorStatus) -> Result<()> {
+    if conn.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Connector> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let patch =
+        json!({ "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector", "status": status });
+    api.patch_status(
+        &conn.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy(conn: Arc<Connector>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(connector = %conn.name_any(), error = %err, "reconcile failed; retrying");
+    Action::requeue(RETRY_AFTER_ERROR)
+}
+
+/// Runs the Connector controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (connectors, pods, configmaps) = match &ctx.config.namespace {
+        Some(ns) => (
+            Api::<Connector>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let owned = watcher::Config::default().labels(LABEL_CONNECTOR);
+    Controller::new(connectors, watcher::Config::default())
+        .owns(pods, owned.clone())
+        .owns(configmaps, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::connector::StartupMode;
+
+    fn connector(yaml: &str) -> Connector {
+        let mut conn: Connector = serde_yaml::from_str(yaml).unwrap();
+        conn.metadata.uid = Some("uid-1".into());
+        conn.metadata.namespace = Some("shop".into());
+        conn
+    }
+
+    const SINK: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Connector
+metadata: {name: orders}
+spec:
+  type: mongodb-sink
+  tasksMax: 2
+  kafka: {bootstrapServers: "kafka:9092", sasl: {mechanism: SCRAM-SHA-512, secretRef: {name: kafka-user}}}
+  mongodb: {connectionUriSecretRef: {name: mongo, key: uri}, database: shop, collection: orders}
+  sink: {topics: [orders]}
+  errors: {tolerance: all, deadLetterQueueRef: {name: orders-dlq}}
+  restart: {backoffInitialSeconds: 10, backoffMaxSeconds: 60, maxRestarts: 3}
+"#;
+
+    const SOURCE: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Connector
+metadata: {name: events}
+spec:
+  type: mongodb-source
+  kafka: {bootstrapServers: "kafka:9092"}
+  mongodb: {connectionUriSecretRef: {name: mongo, key: uri}, database: shop}
+  source: {topicPrefix: cdc, offsets: {partitionName: shop-events}, resumeTokenRecovery: {startupModeAfterRotation: copyExisting}}
+"#;
+
+    fn resolved() -> Resolved {
+        Resolved {
+            dead_letter_topic: Some("orders-dlq".into()),
+            context_headers_enable: true,
+        }
+    }
+
+    #[test]
+    fn a_sink_runs_tasks_max_tasks_and_a_source_one() {
+        assert_eq!(desired_tasks(&connector(SINK)), 2);
+        assert_eq!(desired_tasks(&connector(SOURCE)), 1);
+        let mut paused = connector(SINK);
+        paused.spec.state = ConnectorState::Paused;
+        assert_eq!(desired_tasks(&paused), 0);
+    }
+
+    #[test]
+    fn task_configs_resolve_the_dead_letter_queue_and_offsets() {
+        let cfg = task_config(&connector(SINK), 1, &resolved());
+        assert_eq!((cfg.task_id, cfg.tasks), (1, 2));
+        assert_eq!(cfg.errors.dead_letter_topic.as_deref(), Some("orders-dlq"));
+        assert!(cfg.errors.context_headers_enable);
+
+        let mut src = connector(SOURCE);
+        let cfg = task_config(&src, 0, &Resolved::default());
+        let s = cfg.source.unwrap();
+        assert_eq!(s.offset_partition_name, "shop-events");
+        assert_eq!(s.offset_storage_topic, DEFAULT_OFFSET_TOPIC);
+        assert_eq!(s.startup_mode, StartupMode::Latest);
+        src.status = Some(ConnectorStatus {
+            offsets: Some(OffsetsStatus {
+                partition_name: Some("shop-events.2".into()),
+                rotations: vec![Default::default()],
+            }),
+            ..Default::default()
+        });
+        let s = task_config(&src, 0, &Resolved::default()).source.unwrap();
+        assert_eq!(s.offset_partition_name, "shop-events.2");
+        assert_eq!(
+            s.startup_mode,
+            StartupMode::CopyExisting,
+            "after a rotation the recovery mode applies"
+        );
+    }
+
+    #[test]
+    fn the_config_map_holds_one_config_per_task_and_no_secret() {
+        let conn = connector(SINK);
+        let configs: Vec<_> = (0..2).map(|i| task_config(&conn, i, &resolved())).collect();
+        let cm = build_config_map(&conn, &configs).unwrap();
+        let data = cm.data.unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["task-0.yaml", "task-1.yaml"]
+        );
+        assert_eq!(
+            TaskConfig::parse(&data["task-1.yaml"]).unwrap(),
+            configs[1],
+            "the task reads back what was rendered"
+        );
+        assert!(
+            !data["task-0.yaml"].contains("kafka-user"),
+            "no secret names or values in the config"
+        );
+        assert_eq!(cm.metadata.owner_references.unwrap()[0].kind, "Connector");
+    }
+
+    #[test]
+    fn pods_take_secrets_by_reference_and_change_hash_with_the_config() {
+        let conn = connector(SINK);
+        let pod = build_pod(&conn, 0, "sluice:dev", "a: 1").unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("orders-task-0"));
+        let spec = pod.spec.clone().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let env = spec.containers[0].env.clone().unwrap();
+        let from_secret = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.clone()?.secret_key_ref)
+                .map(|r| (r.name, r.key))
+        };
+        assert_eq!(
+            from_secret("SLUICE_MONGODB_URI"),
+            Some(("mongo".into(), "uri".into()))
+        );
+        assert_eq!(
+            from_secret("SLUICE_KAFKA_SASL_PASSWORD"),
+            Some(("kafka-user".into(), "password".into()))
+        );
+        assert!(
+            env.iter()
+                .all(|e| e.value.as_deref().is_none_or(|v| !v.contains("mongodb://")))
+        );
+        let hash = |p: &Pod| p.annotations()[ANNOTATION_CONFIG_HASH].clone();
+        assert_eq!(
+            hash(&pod),
+            hash(&build_pod(&conn, 0, "sluice:dev", "a: 1").unwrap()),
+            "stable"
+        );
+        assert_ne!(
+            hash(&pod),
+            hash(&build_pod(&conn, 0, "sluice:dev", "a: 2").unwrap()),
+            "config changes it"
+        );
+        assert_ne!(
+            hash(&pod),
+            hash(&build_pod(&conn, 0, "sluice:v2", "a: 1").unwrap()),
+            "image changes it"
+        );
+    }
+
+    #[test]
+    fn restart_backoff_doubles_up_to_the_cap() {
+        let spec = RestartSpec {
+            backoff_initial_seconds: 10,
+            backoff_max_seconds: 60,
+            max_restarts: None,
+        };
+        let delays: Vec<u64> = (0..5).map(|n| restart_delay(n, &spec).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 60, 60]);
+        assert_eq!(restart_delay(1000, &spec).as_secs(), 60, "no overflow");
+    }
+
+    fn observed(id: u32, phase: &str, hash: &str) -> ObservedPod {
+        ObservedPod {
+            name: format!("orders-task-{id}"),
+            task_id: Some(id),
+            config_hash: Some(hash.into()),
+            deleting: false,
+            phase: phase.into(),
+            ready: phase == "Running",
+            finished_at: None,
+            termination: None,
+        }
+    }
+
+    #[test]
+    fn the_plan_creates_missing_replaces_changed_and_removes_unwanted_pods() {
+        let conn = connector(SINK);
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let pods = [observed(0, "Running", "old"), observed(5, "Running", "h")];
+        let plan = plan(&conn, &pods, &["new".into(), "h".into()], now);
+        assert_eq!(plan.create, [1]);
+        assert_eq!(
+            plan.delete,
+            [
+                ("orders-task-5".into(), DeleteReason::NotWanted),
+                ("orders-task-0".into(), DeleteReason::ConfigChanged)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_task_restarts_after_its_backoff_until_max_restarts() {
+        let mut conn = connector(SINK);
+        let finished: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut failed = observed(0, "Failed", "h");
+        failed.finished_at = Some(finished);
+        failed.termination = Some(("ConfigInvalid".into(), "bad".into()));
+
+        let early = plan(
+            &conn,
+            &[failed.clone()],
+            &["h".into()],
+            finished + SignedDuration::from_secs(5),
+        );
+        assert!(early.delete.is_empty(), "not before the backoff");
+        assert_eq!(early.requeue_after, Some(Duration::from_secs(5)));
+        assert_eq!(early.tasks[0].phase.as_deref(), Some("Failed"));
+        assert_eq!(
+            early.tasks[0].next_restart_time.as_deref(),
+            Some("2026-01-01T00:00:10Z")
+        );
+
+        let due = plan(
+            &conn,
+            &[failed.clone()],
+            &["h".into()],
+            finished + SignedDuration::from_secs(10),
+        );
+        assert_eq!(
+            due.delete,
+            [(
+                "orders-task-0".into(),
+                DeleteReason::Restart {
+                    task_id: 0,
+                    restart: 1,
+                    after: Duration::from_secs(10)
+                }
+            )]
+        );
+        assert_eq!(due.tasks[0].restarts, 1);
+
+        conn.status = Some(ConnectorStatus {
+            tasks: vec![TaskStatus {
+                id: 0,
+                restarts: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let exhausted = plan(
+            &conn,
+            &[failed],
+            &["h".into()],
+            finished + SignedDuration::from_secs(3600),
+        );
+        assert!(exhausted.delete.is_empty());
+        assert_eq!(
+            exhausted.tasks[0].reason.as_deref(),
+            Some("MaxRestartsReached")
+        );
+        let conds = decide_conditions(&conn, Some(&exhausted), None);
+        assert_eq!(
+            (conds[2].type_, conds[2].status, conds[2].reason.as_str()),
+            (DEGRADED, true, "MaxRestartsReached")
+        );
+    }
+
+    #[test]
+    fn conditions_say_ready_only_when_every_task_runs() {
+        let conn = connector(SINK);
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let all = plan(
+            &conn,
+            &[observed(0, "Running", "a"), observed(1, "Running", "b")],
+            &["a".into(), "b".into()],
+            now,
+        );
+        let conds = decide_conditions(&conn, Some(&all), None);
+        assert!(
+            conds[0].status && !conds[1].status && !conds[2].status,
+            "{conds:?}"
+        );
+        let status = build_status(&conn, Some(&all), None, now);
+        assert_eq!(status.task_summary.as_deref(), Some("2/2"));
+
+        let half = plan(
+            &conn,
+            &[observed(0, "Running", "a")],
+            &["a".into(), "b".into()],
+            now,
+        );
+        let conds = decide_conditions(&conn, Some(&half), None);
+        assert!(!conds[0].status && conds[1].status, "{conds:?}");
+
+        let problem = Problem::new(
+            "SecretNotFound",
+            "Secret shop/mongo (spec.mongodb.connectionUriSecretRef) not found",
+        );
+        let conds = decide_conditions(&conn, None, Some(&problem));
+        assert_eq!(
+            (conds[0].status, conds[0].reason.as_str()),
+            (false, "SecretNotFound")
+        );
+    }
+}
