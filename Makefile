@@ -31,9 +31,10 @@ deps:
 build:
 	cargo build --all-targets --locked
 
-## crds: regenerate the CRD YAML under crds/ from src/crd/ (a test fails when they differ)
+## crds: regenerate the CRD YAML under crds/ and the chart's crds/ from src/crd/ (a test fails when they differ)
 crds:
 	cargo run --quiet --locked -- crdgen --out-dir crds
+	cargo run --quiet --locked -- crdgen --out-dir charts/sluice/crds
 
 ## lint: formatting and clippy, warnings are errors
 lint:

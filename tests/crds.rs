@@ -18,24 +18,26 @@ fn repo_path(rel: &str) -> PathBuf {
 #[test]
 fn committed_crds_match_the_generated_ones() {
     let generated = sluice::crd::crds();
-    for (file, crd) in &generated {
-        let path = repo_path("crds").join(file);
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run `make crds`)", path.display()));
-        assert!(
-            committed == sluice::crd::to_yaml(crd).unwrap(),
-            "{} differs from the generated CRD: run `make crds` and commit the result",
-            path.display()
-        );
+    for dir in ["crds", "charts/sluice/crds"] {
+        for (file, crd) in &generated {
+            let path = repo_path(dir).join(file);
+            let committed = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (run `make crds`)", path.display()));
+            assert!(
+                committed == sluice::crd::to_yaml(crd).unwrap(),
+                "{} differs from the generated CRD: run `make crds` and commit the result",
+                path.display()
+            );
+        }
+        let mut on_disk: Vec<String> = std::fs::read_dir(repo_path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut expected: Vec<String> = generated.iter().map(|(f, _)| f.clone()).collect();
+        expected.sort();
+        assert_eq!(on_disk, expected, "{dir}/ holds exactly the generated CRDs");
     }
-    let mut on_disk: Vec<String> = std::fs::read_dir(repo_path("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    on_disk.sort();
-    let mut expected: Vec<String> = generated.into_iter().map(|(f, _)| f).collect();
-    expected.sort();
-    assert_eq!(on_disk, expected, "crds/ holds exactly the generated CRDs");
 }
 
 /// One manifest of `tests/invalid/`: the message the apiserver must answer with is on its first line.
