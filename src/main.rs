@@ -152,19 +152,56 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
 }
 
 fn run_task(path: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .init();
     let config = match TaskConfig::load(path) {
         Ok(config) => config,
         Err(err) => return fail("ConfigInvalid", &err.to_string(), 2),
     };
-    fail(
-        "Unsupported",
-        &format!(
-            "sluice {} checks task configs but has no {} runtime yet",
-            env!("CARGO_PKG_VERSION"),
-            config.connector_type.as_str()
-        ),
-        3,
-    )
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            return fail(
+                "RuntimeFailed",
+                &format!("starting the async runtime: {err}"),
+                1,
+            );
+        }
+    };
+    runtime.block_on(async move {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping: finishing the batch in flight");
+            let _ = stop.send(true);
+        });
+        match sluice::task::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                let message = err.termination_message();
+                eprintln!("sluice: {err}");
+                message.write_to(&termination::path_from_env());
+                ExitCode::from(match err {
+                    sluice::task::TaskError::Config(_) => 2,
+                    sluice::task::TaskError::Unsupported(_) => 3,
+                    sluice::task::TaskError::Failed(_) => 1,
+                })
+            }
+        }
+    })
 }
 
 /// Reports why the process ends on stderr and in the termination message, and returns the exit code.

@@ -18,6 +18,18 @@ pub struct TerminationMessage {
     pub reason: String,
     /// What happened, for people.
     pub message: String,
+    /// The Kafka Connect stage that failed (`TASK_PUT`, `VALUE_CONVERTER`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The error class.
+    #[serde(rename = "errorClass", skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// A MongoDB or Kafka error code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Where the failed record is (`topic-partition@offset`), never its contents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
 }
 
 impl TerminationMessage {
@@ -25,6 +37,10 @@ impl TerminationMessage {
         Self {
             reason: reason.into(),
             message: message.into(),
+            stage: None,
+            error_class: None,
+            code: None,
+            record: None,
         }
     }
 

@@ -186,8 +186,11 @@ async fn a_connector_runs_task_pods_that_follow_its_spec_and_state() {
             .iter()
             .all(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("sluice-local"))
     );
-    let status = connectors.get("orders").await.unwrap().status.unwrap();
+    // The sink tasks run: their readiness probes pass and the Connector is Ready.
+    let ready = wait_condition(&s, "orders", "Ready", "True", "TasksReady").await;
+    let status = ready.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.task_summary.as_deref(), Some("2/2"));
 
     // A spec change replaces the pods (new UIDs, new config hash).
     let hash = |p: &Pod| p.annotations()["sluice.dev/config-hash"].clone();
@@ -298,9 +301,9 @@ async fn a_failed_task_is_restarted_after_its_backoff_until_max_restarts() {
     };
     let topic = unique("orders");
     create_topic(&s.env, &topic, 1).await;
-    create_secret(&s.client, &s.ns, "mongo", &[("uri", &s.env.mongodb_uri)]).await;
+    // A connection string the driver rejects: the task fails at start, every time.
+    create_secret(&s.client, &s.ns, "mongo", &[("uri", "not-a-mongodb-uri")]).await;
     let connectors: Api<Connector> = Api::namespaced(s.client.clone(), &s.ns);
-    // The task runtime fails at start today (no runtime built yet), which is exactly a failing task.
     let spec = json!({ "tasksMax": 1, "restart": { "backoffInitialSeconds": 1, "backoffMaxSeconds": 2, "maxRestarts": 2 } });
     connectors
         .create(&PostParams::default(), &sink("flaky", &s.env, &topic, spec))

@@ -1,7 +1,117 @@
 //! The connector runtime a task pod runs: `sluice task --config FILE`.
 //!
-//! The controller renders each task's config into a ConfigMap; Secrets arrive as mounted files or env.
+//! - [`config`]: the config the controller renders; secrets come from env.
+//! - [`errors`]: the KIP-298 machinery (retry, tolerance, reporting) every stage goes through.
+//! - [`dlq`]: dead-letter records and their `__connect.errors.*` headers.
+//! - [`metrics`]: the per-task error metrics and the task's HTTP endpoints.
+//! - [`convert`]: record key/value converters.
+//! - [`sink`]: Kafka → MongoDB.
 
 pub mod config;
+pub mod convert;
+pub mod dlq;
+pub mod errors;
+pub mod kafka;
+pub mod metrics;
+pub mod sink;
 
 pub use config::{ConfigError, ConnectorType, TaskConfig};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::termination::TerminationMessage;
+use errors::{ErrorHandler, TaskFailed};
+use metrics::TaskMetrics;
+
+/// Why a task ended before or instead of running.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Failed(#[from] TaskFailed),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl TaskError {
+    /// The termination message the operator reads.
+    pub fn termination_message(&self) -> TerminationMessage {
+        match self {
+            TaskError::Config(m) => TerminationMessage::new("ConfigInvalid", m.clone()),
+            TaskError::Unsupported(m) => TerminationMessage::new("Unsupported", m.clone()),
+            TaskError::Failed(f) => {
+                let mut t = TerminationMessage::new(f.reason, f.failure.message.clone());
+                t.stage = Some(f.failure.stage.connect_name().into());
+                t.error_class = Some(f.failure.class.clone());
+                t.code = f.failure.code;
+                t.record = f.record.as_ref().map(|r| r.coordinates());
+                t
+            }
+        }
+    }
+}
+
+/// Runs a task until SIGTERM (then finishes its batch and returns `Ok`) or until it fails.
+pub async fn run(cfg: TaskConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskError> {
+    let metrics = Arc::new(TaskMetrics::new(&cfg.connector, cfg.task_id));
+    let ip = std::env::var("POD_IP").unwrap_or_else(|_| "127.0.0.1".into());
+    let addr: SocketAddr = format!("{ip}:{}", cfg.http_port).parse().map_err(|e| {
+        TaskError::Config(format!(
+            "POD_IP {ip:?} with httpPort {}: {e}",
+            cfg.http_port
+        ))
+    })?;
+    let server = tokio::spawn(metrics::serve(addr, metrics.clone()));
+    let uri = std::env::var("SLUICE_MONGODB_URI")
+        .map_err(|_| TaskError::Config("SLUICE_MONGODB_URI is not set (the pod takes it from spec.mongodb.connectionUriSecretRef)".into()))?;
+    let mongo = mongodb::Client::with_uri_str(&uri).await.map_err(|e| {
+        TaskError::Config(format!(
+            "SLUICE_MONGODB_URI is not a usable connection string: {}",
+            e.kind
+        ))
+    })?;
+    let dlq = match &cfg.errors.dead_letter_topic {
+        Some(topic) => Some(dlq::DeadLetterQueue {
+            topic: topic.clone(),
+            context_headers: cfg.errors.context_headers_enable,
+            producer: kafka::client_config(&cfg.kafka)
+                .set(
+                    "client.id",
+                    format!("sluice-{}-{}-dlq", cfg.connector, cfg.task_id),
+                )
+                .set("enable.idempotence", "true")
+                .create()
+                .map_err(|e| TaskError::Config(format!("dead-letter producer: {e}")))?,
+        }),
+        None => None,
+    };
+    let handler = Arc::new(ErrorHandler::new(
+        cfg.errors.spec.clone(),
+        cfg.connector.clone(),
+        cfg.task_id,
+        metrics.clone(),
+        dlq,
+    ));
+    let result = match cfg.connector_type {
+        ConnectorType::MongodbSink => {
+            let sink = sink::Sink::new(cfg, mongo, handler, metrics.clone())
+                .map_err(|f| TaskError::Config(f.message))?;
+            sink.run(shutdown.clone()).await.map_err(TaskError::from)
+        }
+        ConnectorType::MongodbSource => Err(TaskError::Unsupported(format!(
+            "sluice {} has no mongodb-source runtime yet",
+            env!("CARGO_PKG_VERSION")
+        ))),
+    };
+    // Let a last scrape of /v1/status see the final counters unless we are shutting down anyway.
+    if result.is_err() && !*shutdown.borrow_and_update() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.abort();
+    result
+}

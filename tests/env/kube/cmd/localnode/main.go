@@ -966,17 +966,27 @@ func (r *podRunner) runContainer(ctx context.Context, c preparedContainer, podSt
 		cmd.Stdout, cmd.Stderr = logFile, logFile
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		started := metav1.Now()
-		if err := cmd.Start(); err != nil {
+		// Start under the lock that requestDelete takes: a process either starts before the pod is marked
+		// deleting (and killAll sees it) or not at all.
+		r.mu.Lock()
+		if r.deleting {
+			r.mu.Unlock()
+			logFile.Close()
+			return containerResult{exitCode: 0}
+		}
+		err = cmd.Start()
+		if err == nil {
+			r.procs[c.spec.Name] = cmd
+			r.ready[c.spec.Name] = c.spec.ReadinessProbe == nil
+		}
+		r.mu.Unlock()
+		if err != nil {
 			logFile.Close()
 			r.setContainerStatus(ctx, c.spec, corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image,
 				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 128,
 					Reason: "StartError", Message: err.Error(), StartedAt: started, FinishedAt: metav1.Now()}}}, podStart)
 			return containerResult{exitCode: 128}
 		}
-		r.mu.Lock()
-		r.procs[c.spec.Name] = cmd
-		r.ready[c.spec.Name] = c.spec.ReadinessProbe == nil
-		r.mu.Unlock()
 		containerID := fmt.Sprintf("local://%d", cmd.Process.Pid)
 		r.logf("container %s started as pid %d on %s", c.spec.Name, cmd.Process.Pid, r.ip)
 		running := func() corev1.ContainerStatus {

@@ -1,0 +1,220 @@
+//! Record converters (Kafka Connect's `key.converter` / `value.converter`) and the sink's write models:
+//! a Kafka record becomes one MongoDB write. Conversion errors are DataExceptions and never retried.
+
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+
+use super::errors::{Failure, Stage};
+use crate::crd::connector::{Converter, DocumentIdStrategy, WriteModel};
+
+/// A record's value as a document. JSON and string values must hold a JSON object (MongoDB extended JSON is
+/// understood); bson and bytes values must be one BSON document.
+pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Document, Failure> {
+    let stage = Stage::ValueConverter;
+    match converter {
+        Converter::Json | Converter::String => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| Failure::conversion(stage, format!("value is not UTF-8: {e}")))?;
+            let json: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| Failure::conversion(stage, format!("value is not JSON: {e}")))?;
+            match Bson::try_from(json) {
+                Ok(Bson::Document(d)) => Ok(d),
+                Ok(other) => Err(Failure::conversion(
+                    stage,
+                    format!("value is a JSON {}, not an object", bson_kind(&other)),
+                )),
+                Err(e) => Err(Failure::conversion(
+                    stage,
+                    format!("value is not valid extended JSON: {e}"),
+                )),
+            }
+        }
+        Converter::Bson | Converter::Bytes => Document::from_reader(bytes)
+            .map_err(|e| Failure::conversion(stage, format!("value is not a BSON document: {e}"))),
+    }
+}
+
+/// A record's key as a BSON value (for `providedInKey`).
+pub fn key_value(bytes: &[u8], converter: Converter) -> Result<Bson, Failure> {
+    let stage = Stage::KeyConverter;
+    match converter {
+        Converter::String => std::str::from_utf8(bytes)
+            .map(|s| Bson::String(s.to_string()))
+            .map_err(|e| Failure::conversion(stage, format!("key is not UTF-8: {e}"))),
+        Converter::Json => {
+            let json: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| Failure::conversion(stage, format!("key is not JSON: {e}")))?;
+            Bson::try_from(json).map_err(|e| {
+                Failure::conversion(stage, format!("key is not valid extended JSON: {e}"))
+            })
+        }
+        Converter::Bson | Converter::Bytes => Document::from_reader(bytes)
+            .map(Bson::Document)
+            .map_err(|e| Failure::conversion(stage, format!("key is not a BSON document: {e}"))),
+    }
+}
+
+fn bson_kind(b: &Bson) -> &'static str {
+    match b {
+        Bson::Array(_) => "array",
+        Bson::String(_) => "string",
+        Bson::Null => "null",
+        Bson::Boolean(_) => "boolean",
+        _ => "scalar",
+    }
+}
+
+/// One write of a bulk: the statement for MongoDB's `insert` or `update` command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Insert(Document),
+    /// An `update` statement (`{q, u, upsert}`); `u` is a replacement or a `$set`.
+    Update(Document),
+}
+
+/// Where a record came from, for `kafkaCoordinates` ids.
+#[derive(Clone, Copy, Debug)]
+pub struct Coordinates<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The write for one record under a write model and id strategy.
+pub fn build_write(
+    mut value: Document,
+    key: Option<Bson>,
+    model: WriteModel,
+    ids: DocumentIdStrategy,
+    at: Coordinates<'_>,
+) -> Result<Write, Failure> {
+    let id = match ids {
+        DocumentIdStrategy::ObjectId => value
+            .get("_id")
+            .cloned()
+            .unwrap_or_else(|| Bson::ObjectId(ObjectId::new())),
+        DocumentIdStrategy::ProvidedInKey => key.ok_or_else(|| {
+            Failure::conversion(
+                Stage::KeyConverter,
+                "documentIdStrategy providedInKey needs a record key",
+            )
+        })?,
+        DocumentIdStrategy::ProvidedInValue => value.get("_id").cloned().ok_or_else(|| {
+            Failure::conversion(
+                Stage::ValueConverter,
+                "documentIdStrategy providedInValue needs an _id field in the value",
+            )
+        })?,
+        DocumentIdStrategy::KafkaCoordinates => Bson::Document(
+            doc! { "topic": at.topic, "partition": at.partition, "offset": at.offset },
+        ),
+    };
+    value.insert("_id", id.clone());
+    Ok(match model {
+        WriteModel::Insert => Write::Insert(value),
+        WriteModel::Replace => {
+            Write::Update(doc! { "q": { "_id": id }, "u": value, "upsert": true })
+        }
+        WriteModel::Upsert => {
+            value.remove("_id");
+            Write::Update(doc! { "q": { "_id": id }, "u": { "$set": value }, "upsert": true })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: Coordinates<'static> = Coordinates {
+        topic: "orders",
+        partition: 1,
+        offset: 7,
+    };
+
+    #[test]
+    fn json_values_become_documents_and_bad_ones_are_data_exceptions() {
+        let d = value_document(
+            br#"{"_id": 1, "qty": {"$numberLong": "5"}}"#,
+            Converter::Json,
+        )
+        .unwrap();
+        assert_eq!(d.get_i64("qty").unwrap(), 5, "extended JSON understood");
+        let bad = value_document(b"{not json", Converter::Json).unwrap_err();
+        assert_eq!((bad.stage, bad.retriable), (Stage::ValueConverter, false));
+        assert!(bad.class.ends_with("DataException"));
+        assert!(
+            value_document(b"[1,2]", Converter::Json)
+                .unwrap_err()
+                .message
+                .contains("array")
+        );
+        let raw = mongodb::bson::to_vec(&doc! { "a": 1 }).unwrap();
+        assert_eq!(
+            value_document(&raw, Converter::Bson).unwrap(),
+            doc! { "a": 1 }
+        );
+    }
+
+    #[test]
+    fn write_models_and_id_strategies() {
+        let value = doc! { "_id": 5, "item": "apple" };
+        match build_write(
+            value.clone(),
+            None,
+            WriteModel::Replace,
+            DocumentIdStrategy::ProvidedInValue,
+            AT,
+        )
+        .unwrap()
+        {
+            Write::Update(u) => {
+                assert_eq!(u.get_document("q").unwrap(), &doc! { "_id": 5 });
+                assert_eq!(u.get_document("u").unwrap(), &value);
+                assert!(u.get_bool("upsert").unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+        match build_write(
+            doc! { "item": "pear" },
+            Some(Bson::String("k1".into())),
+            WriteModel::Upsert,
+            DocumentIdStrategy::ProvidedInKey,
+            AT,
+        )
+        .unwrap()
+        {
+            Write::Update(u) => {
+                assert_eq!(u.get_document("q").unwrap(), &doc! { "_id": "k1" });
+                assert_eq!(
+                    u.get_document("u").unwrap(),
+                    &doc! { "$set": { "item": "pear" } }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match build_write(
+            doc! {},
+            None,
+            WriteModel::Insert,
+            DocumentIdStrategy::KafkaCoordinates,
+            AT,
+        )
+        .unwrap()
+        {
+            Write::Insert(d) => assert_eq!(
+                d.get_document("_id").unwrap(),
+                &doc! { "topic": "orders", "partition": 1, "offset": 7_i64 }
+            ),
+            other => panic!("{other:?}"),
+        }
+        let err = build_write(
+            doc! {},
+            None,
+            WriteModel::Insert,
+            DocumentIdStrategy::ProvidedInValue,
+            AT,
+        )
+        .unwrap_err();
+        assert_eq!(err.stage, Stage::ValueConverter);
+    }
+}

@@ -1,0 +1,220 @@
+//! The dead-letter queue: failed records with their original key, value and headers, plus (when enabled)
+//! the `__connect.errors.*` context headers exactly as Kafka Connect's `DeadLetterQueueReporter` writes
+//! them, so tools that read Connect dead-letter topics read sluice's.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::errors::{Failure, Stage};
+use super::kafka::classify_kafka_error;
+
+pub const HEADER_PREFIX: &str = "__connect.errors.";
+
+/// Where a record came from and what it held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordContext {
+    /// The original topic (sink) or the topic it was going to (source).
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    /// For a source record: the change event's `_id` (its resume token).
+    pub event_id: Option<String>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RecordContext {
+    /// Where the record is, for logs and termination messages (never its contents).
+    pub fn coordinates(&self) -> String {
+        match (&self.partition, &self.offset, &self.event_id) {
+            (Some(p), Some(o), _) => format!("{}-{p}@{o}", self.topic),
+            (_, _, Some(id)) => format!("{} change event {id}", self.topic),
+            _ => self.topic.clone(),
+        }
+    }
+
+    /// Key and value as text, for `errors.logIncludeMessages`.
+    pub fn contents_for_log(&self) -> String {
+        let text = |b: &Option<Vec<u8>>| {
+            b.as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned()
+        };
+        format!("key={:?} value={:?}", text(&self.key), text(&self.value))
+    }
+}
+
+/// The class that ran the stage (`__connect.errors.class.name`).
+pub fn operation_class(stage: Stage) -> &'static str {
+    match stage {
+        Stage::KeyConverter | Stage::ValueConverter | Stage::HeaderConverter => {
+            "sluice.task.convert.Converter"
+        }
+        Stage::Transformation => "sluice.task.Transformation",
+        Stage::TaskPut => "sluice.task.sink.MongoSinkTask",
+        Stage::TaskPoll => "sluice.task.source.MongoSourceTask",
+        Stage::KafkaProduce => "sluice.task.KafkaProducer",
+        Stage::KafkaConsume => "sluice.task.KafkaConsumer",
+    }
+}
+
+/// The `__connect.errors.*` headers for a failed record, in Connect's order and string encodings.
+pub fn dead_letter_headers(
+    record: &RecordContext,
+    failure: &Failure,
+    connector: &str,
+    task_id: u32,
+) -> Vec<(String, String)> {
+    let mut h = vec![("topic", record.topic.clone())];
+    if let Some(p) = record.partition {
+        h.push(("partition", p.to_string()));
+    }
+    if let Some(o) = record.offset {
+        h.push(("offset", o.to_string()));
+    }
+    h.push(("connector.name", connector.to_string()));
+    h.push(("task.id", task_id.to_string()));
+    h.push(("stage", failure.stage.connect_name().to_string()));
+    h.push(("class.name", operation_class(failure.stage).to_string()));
+    h.push(("exception.class.name", failure.class.clone()));
+    h.push(("exception.message", failure.message.clone()));
+    let code = failure
+        .code
+        .map(|c| format!(" (code {c})"))
+        .unwrap_or_default();
+    h.push((
+        "exception.stacktrace",
+        format!(
+            "{}: {}{code}\n\tat {}",
+            failure.class,
+            failure.message,
+            operation_class(failure.stage)
+        ),
+    ));
+    h.into_iter()
+        .map(|(k, v)| (format!("{HEADER_PREFIX}{k}"), v))
+        .collect()
+}
+
+/// A dead-letter topic and the producer that writes to it.
+pub struct DeadLetterQueue {
+    pub topic: String,
+    pub context_headers: bool,
+    pub producer: FutureProducer,
+}
+
+impl DeadLetterQueue {
+    /// Writes one failed record and waits for the broker's acknowledgement.
+    pub async fn send(
+        &self,
+        record: &RecordContext,
+        failure: &Failure,
+        connector: &str,
+        task_id: u32,
+    ) -> Result<(), Failure> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        if self.context_headers {
+            for (k, v) in dead_letter_headers(record, failure, connector, task_id) {
+                headers = headers.insert(Header {
+                    key: &k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+        }
+        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(k) = &record.key {
+            out = out.key(k.as_slice());
+        }
+        if let Some(v) = &record.value {
+            out = out.payload(v.as_slice());
+        }
+        self.producer
+            .send(out, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_follow_kafka_connect() {
+        let record = RecordContext {
+            topic: "orders".into(),
+            partition: Some(2),
+            offset: Some(41),
+            ..Default::default()
+        };
+        let failure = Failure::conversion(Stage::ValueConverter, "Unexpected character ('x')");
+        let h = dead_letter_headers(&record, &failure, "orders-sink", 1);
+        let names: Vec<&str> = h
+            .iter()
+            .map(|(k, _)| k.strip_prefix(HEADER_PREFIX).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "topic",
+                "partition",
+                "offset",
+                "connector.name",
+                "task.id",
+                "stage",
+                "class.name",
+                "exception.class.name",
+                "exception.message",
+                "exception.stacktrace"
+            ]
+        );
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| k == &format!("{HEADER_PREFIX}{n}"))
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(get("partition"), "2");
+        assert_eq!(get("offset"), "41");
+        assert_eq!(get("task.id"), "1");
+        assert_eq!(get("stage"), "VALUE_CONVERTER");
+        assert_eq!(
+            get("exception.class.name"),
+            "org.apache.kafka.connect.errors.DataException"
+        );
+        assert_eq!(get("exception.message"), "Unexpected character ('x')");
+    }
+
+    #[test]
+    fn a_source_record_has_no_partition_or_offset_headers() {
+        let record = RecordContext {
+            topic: "cdc.shop.orders".into(),
+            event_id: Some("8263…".into()),
+            ..Default::default()
+        };
+        let failure = Failure::new(
+            Stage::KafkaProduce,
+            "KafkaError",
+            "message too large",
+            false,
+        );
+        let h = dead_letter_headers(&record, &failure, "src", 0);
+        assert!(
+            h.iter()
+                .all(|(k, _)| !k.ends_with(".partition") && !k.ends_with(".offset"))
+        );
+        assert_eq!(record.coordinates(), "cdc.shop.orders change event 8263…");
+    }
+}

@@ -1,0 +1,298 @@
+//! A task's metrics: the eight KIP-298 error counters, records in and out, and batch latency, served as
+//! Prometheus text on `/metrics` and as JSON on `/v1/status` (what the operator reads), plus `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::crd::connector::ErrorCounters;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    connector: String,
+    task: String,
+}
+
+/// Counters of one task. The atomics are the truth; the Prometheus families mirror them.
+pub struct TaskMetrics {
+    labels: TaskLabels,
+    registry: Registry,
+    record_failures: Family<TaskLabels, Counter>,
+    record_errors: Family<TaskLabels, Counter>,
+    records_skipped: Family<TaskLabels, Counter>,
+    retries: Family<TaskLabels, Counter>,
+    errors_logged: Family<TaskLabels, Counter>,
+    dlq_requests: Family<TaskLabels, Counter>,
+    dlq_failures: Family<TaskLabels, Counter>,
+    last_error: Family<TaskLabels, Gauge>,
+    records_in: Family<TaskLabels, Counter>,
+    records_out: Family<TaskLabels, Counter>,
+    batch_seconds: Family<TaskLabels, Histogram>,
+    last_error_ms: AtomicI64,
+    running: AtomicBool,
+}
+
+/// What `/v1/status` returns.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub connector: String,
+    pub task: String,
+    pub running: bool,
+    pub errors: ErrorCounters,
+    pub records_in: u64,
+    pub records_out: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl TaskMetrics {
+    pub fn new(connector: &str, task_id: u32) -> Self {
+        let labels = TaskLabels {
+            connector: connector.into(),
+            task: task_id.to_string(),
+        };
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let f = Family::<TaskLabels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let record_failures = counter(
+            "sluice_task_total_record_failures",
+            "KIP-298 total-record-failures: failed attempts, retries included",
+        );
+        let record_errors = counter(
+            "sluice_task_total_record_errors",
+            "KIP-298 total-record-errors: records that failed for good",
+        );
+        let records_skipped = counter(
+            "sluice_task_total_records_skipped",
+            "KIP-298 total-records-skipped",
+        );
+        let retries = counter("sluice_task_total_retries", "KIP-298 total-retries");
+        let errors_logged = counter(
+            "sluice_task_total_errors_logged",
+            "KIP-298 total-errors-logged",
+        );
+        let dlq_requests = counter(
+            "sluice_task_deadletterqueue_produce_requests",
+            "KIP-298 deadletterqueue-produce-requests",
+        );
+        let dlq_failures = counter(
+            "sluice_task_deadletterqueue_produce_failures",
+            "KIP-298 deadletterqueue-produce-failures",
+        );
+        let records_in = counter(
+            "sluice_task_records_in",
+            "Records read (consumed or change events)",
+        );
+        let records_out = counter(
+            "sluice_task_records_out",
+            "Records written (documents or produced records)",
+        );
+        let last_error = Family::<TaskLabels, Gauge>::default();
+        registry.register(
+            "sluice_task_last_error_timestamp_ms",
+            "KIP-298 last-error-timestamp, ms since the epoch",
+            last_error.clone(),
+        );
+        let batch_seconds = Family::<TaskLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "sluice_task_batch_seconds",
+            "Time to handle one batch end to end",
+            batch_seconds.clone(),
+        );
+        Self {
+            labels,
+            registry,
+            record_failures,
+            record_errors,
+            records_skipped,
+            retries,
+            errors_logged,
+            dlq_requests,
+            dlq_failures,
+            last_error,
+            records_in,
+            records_out,
+            batch_seconds,
+            last_error_ms: AtomicI64::new(0),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    fn inc(&self, f: &Family<TaskLabels, Counter>) {
+        f.get_or_create(&self.labels).inc();
+    }
+
+    pub fn record_failure(&self) {
+        self.inc(&self.record_failures);
+        let now = now_ms();
+        self.last_error_ms.store(now, Ordering::Relaxed);
+        self.last_error.get_or_create(&self.labels).set(now);
+    }
+    pub fn record_error(&self) {
+        self.inc(&self.record_errors);
+        let now = now_ms();
+        self.last_error_ms.store(now, Ordering::Relaxed);
+        self.last_error.get_or_create(&self.labels).set(now);
+    }
+    pub fn record_skipped(&self) {
+        self.inc(&self.records_skipped);
+    }
+    pub fn record_retry(&self) {
+        self.inc(&self.retries);
+    }
+    pub fn record_logged(&self) {
+        self.inc(&self.errors_logged);
+    }
+    pub fn record_dlq_request(&self) {
+        self.inc(&self.dlq_requests);
+    }
+    pub fn record_dlq_failure(&self) {
+        self.inc(&self.dlq_failures);
+    }
+    pub fn records_in(&self, n: u64) {
+        self.records_in.get_or_create(&self.labels).inc_by(n);
+    }
+    pub fn records_out(&self, n: u64) {
+        self.records_out.get_or_create(&self.labels).inc_by(n);
+    }
+    pub fn batch(&self, took: Duration) {
+        self.batch_seconds
+            .get_or_create(&self.labels)
+            .observe(took.as_secs_f64());
+    }
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::SeqCst);
+    }
+
+    pub fn report(&self) -> StatusReport {
+        let get = |f: &Family<TaskLabels, Counter>| f.get_or_create(&self.labels).get();
+        StatusReport {
+            connector: self.labels.connector.clone(),
+            task: self.labels.task.clone(),
+            running: self.running.load(Ordering::SeqCst),
+            errors: ErrorCounters {
+                total_record_failures: get(&self.record_failures) as i64,
+                total_record_errors: get(&self.record_errors) as i64,
+                total_records_skipped: get(&self.records_skipped) as i64,
+                total_retries: get(&self.retries) as i64,
+                total_errors_logged: get(&self.errors_logged) as i64,
+                dead_letter_queue_produce_requests: get(&self.dlq_requests) as i64,
+                dead_letter_queue_produce_failures: get(&self.dlq_failures) as i64,
+                last_error_timestamp: self.last_error_ms.load(Ordering::Relaxed),
+            },
+            records_in: get(&self.records_in),
+            records_out: get(&self.records_out),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/v1/status` and `/healthz` (200 while the task runs).
+pub async fn serve(addr: SocketAddr, metrics: Arc<TaskMetrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<TaskMetrics>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }),
+        )
+        .route(
+            "/v1/status",
+            get(|State(m): State<Arc<TaskMetrics>>| async move { Json(m.report()) }),
+        )
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<TaskMetrics>>| async move {
+                if m.running.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "running").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+                }
+            }),
+        )
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_and_prometheus_agree() {
+        let m = TaskMetrics::new("orders", 1);
+        m.record_failure();
+        m.record_failure();
+        m.record_retry();
+        m.record_error();
+        m.record_dlq_request();
+        m.record_skipped();
+        let r = m.report();
+        assert_eq!(
+            (
+                r.errors.total_record_failures,
+                r.errors.total_retries,
+                r.errors.total_record_errors
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(
+            (
+                r.errors.dead_letter_queue_produce_requests,
+                r.errors.total_records_skipped
+            ),
+            (1, 1)
+        );
+        assert!(r.errors.last_error_timestamp > 0);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"sluice_task_total_record_failures_total{connector="orders",task="1"} 2"#
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["errors"]["deadLetterQueueProduceRequests"], 1,
+            "camelCase as in Connector status"
+        );
+    }
+}
