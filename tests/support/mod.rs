@@ -322,3 +322,118 @@ pub async fn create_secret(client: &Client, ns: &str, name: &str, data: &[(&str,
         .await
         .expect("create secret");
 }
+
+/// A `sluice task` process run directly from a config (as the task pod would run it), on 127.0.0.1.
+pub struct TaskProcess {
+    child: std::process::Child,
+    pub http: String,
+    pub termination_log: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TaskProcess {
+    /// Starts a task; `config` is the task config YAML without `httpPort` (chosen here).
+    pub fn start(env: &Env, name: &str, config: &str, mongodb_uri: &str) -> TaskProcess {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("task.yaml");
+        std::fs::write(&cfg, format!("{config}\nhttpPort: {port}\n")).unwrap();
+        let termination_log = dir.path().join("termination-log");
+        let log = std::path::Path::new(&env.dir)
+            .join("logs")
+            .join(format!("task-{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let (mk, mv) = env.marker.split_once('=').unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["task", "--config"])
+            .arg(&cfg)
+            .env("POD_IP", "127.0.0.1")
+            .env("SLUICE_MONGODB_URI", mongodb_uri)
+            .env("SLUICE_TERMINATION_LOG", &termination_log)
+            .env(mk, mv)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // SAFETY: see Operator::start.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start sluice task");
+        TaskProcess {
+            child,
+            http: format!("127.0.0.1:{port}"),
+            termination_log,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// GET a path of the task's HTTP server; `None` if it does not answer.
+    pub async fn get(&self, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.http).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.ok()?;
+        resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    }
+
+    /// The task's `/v1/status`.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.get("/v1/status").await?).ok()
+    }
+
+    /// Waits for the process to end by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task did not exit; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub async fn stop(&mut self) -> i32 {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    pub fn termination_message(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.termination_log).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("termination message {text:?}: {e}"))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for TaskProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,443 @@
+//! The MongoDB sink task end to end against Apache Kafka, mongo-java-server and the fault peer: records land
+//! per write model; poison records and failed bulk indexes go to the dead-letter topic with Kafka Connect's
+//! context headers; retriable errors are retried; `tolerance: none` ends the task with a termination
+//! message; the counters on `/v1/status` and `/metrics` match what happened.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use support::{Env, TaskProcess, create_topic, unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn task_config(topic: &str, db: &str, sink: &str, errors: &str, dlq: Option<&str>) -> String {
+    let dlq = dlq
+        .map(|t| format!("\n  deadLetterTopic: {t}"))
+        .unwrap_or_default();
+    format!(
+        "type: mongodb-sink\nconnector: orders-sink\nnamespace: test\ntaskId: 0\ntasks: 1\n\
+         kafka: {{bootstrapServers: '{{KAFKA}}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
+         sink: {{topics: [{topic}], {sink}}}\nerrors:\n  spec: {{{errors}}}\n  contextHeadersEnable: true{dlq}"
+    )
+}
+
+fn config(env: &Env, topic: &str, db: &str, sink: &str, errors: &str, dlq: Option<&str>) -> String {
+    task_config(topic, db, sink, errors, dlq).replace("{KAFKA}", &env.kafka_bootstrap)
+}
+
+async fn produce(env: &Env, topic: &str, records: &[(&str, &str)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "trace-id",
+            value: Some("t-1"),
+        });
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(*key)
+                    .payload(*value)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+struct DeadLetter {
+    key: Option<String>,
+    value: Option<String>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Reads `n` records of a dead-letter topic from its start.
+async fn dead_letters(env: &Env, topic: &str, n: usize) -> Vec<DeadLetter> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("dead-letter record in time")
+            .unwrap();
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+        out.push(DeadLetter {
+            key: text(m.key()),
+            value: text(m.payload()),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), text(h.value).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    // Nothing more than expected arrives.
+    let more = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await;
+    assert!(more.is_err(), "more dead letters than expected");
+    out
+}
+
+async fn documents(env: &Env, db: &str, expected: usize) -> Vec<Document> {
+    let client = mongodb::Client::with_uri_str(&env.mongodb_uri)
+        .await
+        .unwrap();
+    let coll = client.database(db).collection::<Document>("orders");
+    wait_for(
+        &format!("{expected} documents in {db}.orders"),
+        WAIT,
+        || async {
+            use futures::TryStreamExt;
+            let docs: Vec<Document> = coll
+                .find(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .map_err(|e| e.to_string())?
+                .try_collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            if docs.len() == expected {
+                Ok(docs)
+            } else {
+                Err(format!("{} documents: {docs:?}", docs.len()))
+            }
+        },
+    )
+    .await
+}
+
+async fn counters(task: &TaskProcess) -> serde_json::Value {
+    task.status().await.expect("/v1/status answers")["errors"].clone()
+}
+
+#[tokio::test]
+async fn records_land_as_documents_per_write_model() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    produce(
+        &env,
+        &topic,
+        &[
+            ("a", r#"{"_id": 1, "item": "apple", "qty": 1}"#),
+            ("b", r#"{"_id": 2, "item": "pear"}"#),
+            ("a", r#"{"_id": 1, "item": "apple", "qty": 5}"#),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: replace, documentIdStrategy: providedInValue",
+        "",
+        None,
+    );
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    let docs = documents(&env, &db, 2).await;
+    wait_for("the replacement to land", WAIT, || async {
+        let docs = documents(&env, &db, 2).await;
+        if docs[0].get_i32("qty") == Ok(5) {
+            Ok(())
+        } else {
+            Err(format!("{docs:?}"))
+        }
+    })
+    .await;
+    assert_eq!(docs[1], doc! { "_id": 2, "item": "pear" });
+    let status = task.status().await.unwrap();
+    assert_eq!(status["recordsIn"], 3);
+    assert_eq!(status["errors"]["totalRecordErrors"], 0);
+    assert_eq!(task.stop().await, 0, "SIGTERM ends the task cleanly");
+
+    // Upsert by key merges fields into the document.
+    let topic2 = unique("profiles");
+    create_topic(&env, &topic2, 1).await;
+    produce(
+        &env,
+        &topic2,
+        &[
+            ("u1", r#"{"name": "Ada"}"#),
+            ("u1", r#"{"city": "London"}"#),
+        ],
+    )
+    .await;
+    let db2 = unique("sink");
+    let cfg = config(
+        &env,
+        &topic2,
+        &db2,
+        "writeModel: upsert, documentIdStrategy: providedInKey",
+        "",
+        None,
+    );
+    let mut task = TaskProcess::start(&env, &db2, &cfg, &env.mongodb_uri);
+    let docs = documents(&env, &db2, 1).await;
+    wait_for("both fields merged", WAIT, || async {
+        let d = documents(&env, &db2, 1).await;
+        if d[0] == doc! { "_id": "u1", "name": "Ada", "city": "London" } {
+            Ok(())
+        } else {
+            Err(format!("{d:?}"))
+        }
+    })
+    .await;
+    assert_eq!(docs.len(), 1);
+    assert_eq!(task.stop().await, 0);
+}
+
+#[tokio::test]
+async fn a_poison_record_goes_to_the_dead_letter_topic_with_every_context_header() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 1).await;
+    let db = unique("sink");
+    produce(
+        &env,
+        &topic,
+        &[
+            ("k0", r#"{"item": "apple"}"#),
+            ("k1", "{not json"),
+            ("k2", r#"{"item": "pear"}"#),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all, logEnable: true",
+        Some(&dlq),
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+
+    documents(&env, &db, 2).await;
+    let letters = dead_letters(&env, &dlq, 1).await;
+    let d = &letters[0];
+    assert_eq!(d.key.as_deref(), Some("k1"), "original key");
+    assert_eq!(d.value.as_deref(), Some("{not json"), "original value");
+    let h = &d.headers;
+    assert_eq!(h["trace-id"], "t-1", "original headers kept");
+    assert_eq!(h["__connect.errors.topic"], topic);
+    assert_eq!(h["__connect.errors.partition"], "0");
+    assert_eq!(h["__connect.errors.offset"], "1");
+    assert_eq!(h["__connect.errors.connector.name"], "orders-sink");
+    assert_eq!(h["__connect.errors.task.id"], "0");
+    assert_eq!(h["__connect.errors.stage"], "VALUE_CONVERTER");
+    assert_eq!(
+        h["__connect.errors.class.name"],
+        "sluice.task.convert.Converter"
+    );
+    assert_eq!(
+        h["__connect.errors.exception.class.name"],
+        "org.apache.kafka.connect.errors.DataException"
+    );
+    assert!(
+        h["__connect.errors.exception.message"].starts_with("value is not JSON"),
+        "{h:?}"
+    );
+    assert!(
+        h["__connect.errors.exception.stacktrace"].contains("DataException"),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.keys()
+            .filter(|k| k.starts_with("__connect.errors."))
+            .count(),
+        10
+    );
+
+    let c = wait_for("the counters", WAIT, || async {
+        let c = counters(&task).await;
+        if c["totalRecordsSkipped"] == 1 {
+            Ok(c)
+        } else {
+            Err(c.to_string())
+        }
+    })
+    .await;
+    assert_eq!(c["totalRecordFailures"], 1);
+    assert_eq!(c["totalRecordErrors"], 1);
+    assert_eq!(c["totalErrorsLogged"], 1);
+    assert_eq!(c["deadLetterQueueProduceRequests"], 1);
+    assert_eq!(c["deadLetterQueueProduceFailures"], 0);
+    assert_eq!(c["totalRetries"], 0);
+    assert!(c["lastErrorTimestamp"].as_i64().unwrap() > 0);
+    let metrics = task.get("/metrics").await.unwrap();
+    assert!(metrics.contains(r#"sluice_task_deadletterqueue_produce_requests_total{connector="orders-sink",task="0"} 1"#), "{metrics}");
+    assert!(
+        !std::fs::read_to_string(&task.log)
+            .unwrap()
+            .contains("not json"),
+        "contents are not logged unless logIncludeMessages"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 1).await;
+    let db = unique("sink");
+    env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 1, "failIndexes": [1],
+                                "writeError": { "code": 121, "errmsg": "Document failed validation" } }))
+        .await;
+    // Produced before the task starts, so the three arrive in one batch, one bulk insert.
+    produce(
+        &env,
+        &topic,
+        &[
+            ("k0", r#"{"n": 0}"#),
+            ("k1", r#"{"n": 1}"#),
+            ("k2", r#"{"n": 2}"#),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all",
+        Some(&dlq),
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.fault_peer_uri);
+
+    let docs = documents(&env, &db, 2).await;
+    let ns: Vec<i32> = docs
+        .iter()
+        .map(|d| d.get_i32("n").unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        {
+            let mut n = ns.clone();
+            n.sort();
+            n
+        },
+        [0, 2],
+        "the other records were written"
+    );
+    let letters = dead_letters(&env, &dlq, 1).await;
+    assert_eq!(letters[0].key.as_deref(), Some("k1"));
+    assert_eq!(letters[0].headers["__connect.errors.stage"], "TASK_PUT");
+    assert_eq!(
+        letters[0].headers["__connect.errors.exception.class.name"],
+        "com.mongodb.MongoBulkWriteException"
+    );
+    assert_eq!(
+        letters[0].headers["__connect.errors.exception.message"],
+        "Document failed validation"
+    );
+    assert_eq!(letters[0].headers["__connect.errors.offset"], "1");
+    let c = counters(&task).await;
+    assert_eq!(
+        (
+            c["totalRecordErrors"].as_i64(),
+            c["totalRecordsSkipped"].as_i64()
+        ),
+        (Some(1), Some(1)),
+        "{c}"
+    );
+}
+
+#[tokio::test]
+async fn a_retriable_error_that_clears_loses_nothing_and_counts_its_retries() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 3,
+        "reply": { "ok": 0, "code": 91, "codeName": "ShutdownInProgress", "errmsg": "The server is in quiesce mode",
+                   "errorLabels": ["RetryableWriteError"] } }))
+        .await;
+    produce(
+        &env,
+        &topic,
+        &[("k0", r#"{"n": 0}"#), ("k1", r#"{"n": 1}"#)],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "retryTimeoutMs: 30000, retryDelayMaxMs: 1000",
+        None,
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.fault_peer_uri);
+    documents(&env, &db, 2).await;
+    let c = counters(&task).await;
+    assert_eq!(c["totalRetries"], 3, "{c}");
+    assert_eq!(c["totalRecordFailures"], 3, "{c}");
+    assert_eq!(c["totalRecordErrors"], 0, "{c}");
+}
+
+#[tokio::test]
+async fn tolerance_none_ends_the_task_with_a_termination_message_and_no_commit() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    produce(&env, &topic, &[("k0", "[1, 2]")]).await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: none",
+        None,
+    );
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
+    let m = task.termination_message();
+    assert_eq!(m["reason"], "RecordFailed");
+    assert_eq!(m["stage"], "VALUE_CONVERTER");
+    assert_eq!(
+        m["errorClass"],
+        "org.apache.kafka.connect.errors.DataException"
+    );
+    assert_eq!(m["record"], format!("{topic}-0@0"));
+    assert!(m["message"].as_str().unwrap().contains("array"), "{m}");
+
+    // Nothing was committed: the record is still ahead of the connector's consumer group.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", "sluice-test-orders-sink")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&topic, 0);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        committed.find_partition(&topic, 0).unwrap().offset(),
+        rdkafka::Offset::Invalid
+    );
+}
