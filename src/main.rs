@@ -197,6 +197,9 @@ fn run_task(path: &std::path::Path) -> ExitCode {
                 ExitCode::from(match err {
                     sluice::task::TaskError::Config(_) => 2,
                     sluice::task::TaskError::Unsupported(_) => 3,
+                    sluice::task::TaskError::Failed(f) if f.reason == "ResumeTokenLost" => {
+                        sluice::task::source::RESUME_TOKEN_LOST_EXIT
+                    }
                     sluice::task::TaskError::Failed(_) => 1,
                 })
             }

@@ -30,6 +30,12 @@ pub struct TerminationMessage {
     /// Where the failed record is (`topic-partition@offset`), never its contents.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// MongoDB's name for `code` (`ChangeStreamHistoryLost`).
+    #[serde(rename = "codeName", skip_serializing_if = "Option::is_none")]
+    pub code_name: Option<String>,
+    /// The offset partition name whose resume point is gone.
+    #[serde(rename = "partitionName", skip_serializing_if = "Option::is_none")]
+    pub partition_name: Option<String>,
 }
 
 impl TerminationMessage {
@@ -41,6 +47,8 @@ impl TerminationMessage {
             error_class: None,
             code: None,
             record: None,
+            code_name: None,
+            partition_name: None,
         }
     }
 

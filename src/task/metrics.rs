@@ -218,8 +218,16 @@ impl TaskMetrics {
     }
 }
 
+/// Binds the task's HTTP address (a failure here is a start failure, not a silent one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
 /// Serves `/metrics`, `/v1/status` and `/healthz` (200 while the task runs).
-pub async fn serve(addr: SocketAddr, metrics: Arc<TaskMetrics>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<TaskMetrics>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
@@ -248,7 +256,6 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<TaskMetrics>) -> std::io::Resu
             }),
         )
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 

@@ -6,6 +6,7 @@
 //! - [`metrics`]: the per-task error metrics and the task's HTTP endpoints.
 //! - [`convert`]: record key/value converters.
 //! - [`sink`]: Kafka → MongoDB.
+//! - [`source`]: MongoDB change streams → Kafka.
 
 pub mod config;
 pub mod convert;
@@ -14,6 +15,7 @@ pub mod errors;
 pub mod kafka;
 pub mod metrics;
 pub mod sink;
+pub mod source;
 
 pub use config::{ConfigError, ConnectorType, TaskConfig};
 
@@ -44,6 +46,14 @@ impl TaskError {
         match self {
             TaskError::Config(m) => TerminationMessage::new("ConfigInvalid", m.clone()),
             TaskError::Unsupported(m) => TerminationMessage::new("Unsupported", m.clone()),
+            TaskError::Failed(f) if f.reason == "ResumeTokenLost" => {
+                let mut t = TerminationMessage::new(f.reason, f.failure.message.clone());
+                t.code = f.failure.code;
+                t.code_name = Some(f.failure.class.clone());
+                t.partition_name = f.record.as_ref().map(|r| r.topic.clone());
+                t.stage = Some(f.failure.stage.connect_name().into());
+                t
+            }
             TaskError::Failed(f) => {
                 let mut t = TerminationMessage::new(f.reason, f.failure.message.clone());
                 t.stage = Some(f.failure.stage.connect_name().into());
@@ -66,7 +76,10 @@ pub async fn run(cfg: TaskConfig, mut shutdown: watch::Receiver<bool>) -> Result
             cfg.http_port
         ))
     })?;
-    let server = tokio::spawn(metrics::serve(addr, metrics.clone()));
+    let listener = metrics::bind(addr)
+        .await
+        .map_err(|e| TaskError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
     let uri = std::env::var("SLUICE_MONGODB_URI")
         .map_err(|_| TaskError::Config("SLUICE_MONGODB_URI is not set (the pod takes it from spec.mongodb.connectionUriSecretRef)".into()))?;
     let mongo = mongodb::Client::with_uri_str(&uri).await.map_err(|e| {
@@ -103,10 +116,11 @@ pub async fn run(cfg: TaskConfig, mut shutdown: watch::Receiver<bool>) -> Result
                 .map_err(|f| TaskError::Config(f.message))?;
             sink.run(shutdown.clone()).await.map_err(TaskError::from)
         }
-        ConnectorType::MongodbSource => Err(TaskError::Unsupported(format!(
-            "sluice {} has no mongodb-source runtime yet",
-            env!("CARGO_PKG_VERSION")
-        ))),
+        ConnectorType::MongodbSource => {
+            let source = source::Source::new(cfg, mongo, handler, metrics.clone())
+                .map_err(|f| TaskError::Config(f.message))?;
+            source.run(shutdown.clone()).await.map_err(TaskError::from)
+        }
     };
     // Let a last scrape of /v1/status see the final counters unless we are shutting down anyway.
     if result.is_err() && !*shutdown.borrow_and_update() {

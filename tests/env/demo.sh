@@ -54,13 +54,28 @@ YAML
 echo "$manifest"
 echo "$manifest" | kubectl -n demo apply -f -
 kubectl -n demo wait --for=condition=Ready dlq/orders-dlq --timeout=60s
-sleep 5
+kubectl -n demo wait --for=condition=Ready conn/orders --timeout=90s
 
 step "kubectl get conn,dlq"
 kubectl -n demo get conn,dlq
-step "The task pods the operator created, run by the local node"
+step "The task pod the operator created, run by the local node"
 kubectl -n demo get pods -o wide
-step "The Connector's conditions (the task runtime is not built yet: its task fails and is restarted with backoff)"
+step "Writing documents into MongoDB; the source task streams them to Kafka (topic cdc.shop.orders)"
+.cache/venv/bin/python - <<PY
+import os, pymongo
+orders = pymongo.MongoClient(os.environ["MONGODB_URI"]).shop.orders
+orders.insert_many([{"_id": 1, "item": "apple", "qty": 3}, {"_id": 2, "item": "pear", "qty": 1}])
+orders.update_one({"_id": 1}, {"\$set": {"qty": 5}})
+print("inserted 2 documents, updated 1")
+PY
+pod_ip=$(kubectl -n demo get pod orders-task-0 -o jsonpath='{.status.podIP}')
+for _ in $(seq 1 50); do
+  status=$(curl -s "http://$pod_ip:8080/v1/status" || true)
+  case "$status" in *'"recordsOut":3'*) break ;; esac
+  sleep 0.2
+done
+echo "task status (http://$pod_ip:8080/v1/status): $status"
+step "The Connector's conditions"
 kubectl -n demo get conn orders -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 step "Events"
 kubectl -n demo get events --field-selector involvedObject.kind=Connector --sort-by=.lastTimestamp | tail -6

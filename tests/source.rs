@@ -1,0 +1,250 @@
+//! The MongoDB source task end to end against mongo-java-server's change streams, Apache Kafka and the
+//! fault peer: events in order, resuming from the stored token after a restart, copyExisting, and a lost resume point ending the task with its termination message and without a retry storm.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use serde_json::{Value, json};
+use support::{Env, TaskProcess, unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(env: &Env, db: &str, partition: &str, source: &str) -> String {
+    format!(
+        "type: mongodb-source\nconnector: {partition}\nnamespace: test\ntaskId: 0\ntasks: 1\n\
+         kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
+         source:\n  spec: {{topicPrefix: cdc, {source}}}\n  offsetPartitionName: {partition}\n  \
+         offsetStorageTopic: sluice-offsets\n  startupMode: {}\n\
+         errors:\n  spec: {{}}\n  contextHeadersEnable: false",
+        env.kafka_bootstrap,
+        if source.contains("copyExisting") {
+            "copyExisting"
+        } else {
+            "latest"
+        }
+    )
+}
+
+async fn wait_running(task: &TaskProcess) {
+    wait_for("the task to run", WAIT, || async {
+        match task.get("/healthz").await.as_deref() {
+            Some("running") => Ok(()),
+            other => Err(format!("{other:?}; log:\n{}", task.log_tail())),
+        }
+    })
+    .await;
+}
+
+/// Every record of a topic (from its start), once at least `n` arrived and no more came for a moment.
+async fn records(env: &Env, topic: &str, n: usize) -> Vec<(String, Value)> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    wait_for(&format!("topic {topic}"), WAIT, || async {
+        let md = probe
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        match md.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err("not created yet".to_string()),
+        }
+    })
+    .await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let wait = if out.len() < n {
+            WAIT
+        } else {
+            Duration::from_secs(3)
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(m) => {
+                let m = m.unwrap();
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let value = m
+                    .payload()
+                    .map(|p| serde_json::from_slice(p).unwrap())
+                    .unwrap_or(Value::Null);
+                out.push((key, value));
+            }
+            Err(_) if out.len() >= n => return out,
+            Err(_) => panic!("only {} of {n} records on {topic}: {out:?}", out.len()),
+        }
+    }
+}
+
+async fn collection(env: &Env, db: &str) -> mongodb::Collection<Document> {
+    mongodb::Client::with_uri_str(&env.mongodb_uri)
+        .await
+        .unwrap()
+        .database(db)
+        .collection("orders")
+}
+
+#[tokio::test]
+async fn events_arrive_in_order_and_a_restart_resumes_without_loss_or_replay() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("src");
+    let partition = unique("orders-src");
+    let coll = collection(&env, &db).await;
+    coll.insert_one(doc! { "_id": 0, "item": "before the connector" })
+        .await
+        .unwrap();
+    let cfg = config(&env, &db, &partition, "heartbeat: {intervalMs: 0}");
+    let mut task = TaskProcess::start(&env, &partition, &cfg, &env.mongodb_uri);
+    wait_running(&task).await;
+
+    coll.insert_one(doc! { "_id": 1, "item": "apple" })
+        .await
+        .unwrap();
+    coll.insert_one(doc! { "_id": 2, "item": "pear" })
+        .await
+        .unwrap();
+    coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "qty": 5 } })
+        .await
+        .unwrap();
+    coll.delete_one(doc! { "_id": 2 }).await.unwrap();
+    let topic = format!("cdc.{db}.orders");
+    let got = records(&env, &topic, 4).await;
+    let ops: Vec<&str> = got
+        .iter()
+        .map(|(_, v)| v["operationType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        ["insert", "insert", "update", "delete"],
+        "latest: nothing from before the start, in order"
+    );
+    assert_eq!(
+        got[0].1["fullDocument"],
+        json!({ "_id": 1, "item": "apple" })
+    );
+    assert_eq!(got[3].1["documentKey"], json!({ "_id": 2 }));
+    let key: Value = serde_json::from_str(&got[0].0).unwrap();
+    assert_eq!(
+        key["_id"], got[0].1["_id"],
+        "the key is the event's resume token"
+    );
+    assert_eq!(task.stop().await, 0);
+
+    // Changes made while the task is down arrive after the restart; nothing before them is replayed.
+    coll.insert_one(doc! { "_id": 3, "item": "plum" })
+        .await
+        .unwrap();
+    let task = TaskProcess::start(&env, &format!("{partition}-2"), &cfg, &env.mongodb_uri);
+    wait_running(&task).await;
+    coll.insert_one(doc! { "_id": 4, "item": "fig" })
+        .await
+        .unwrap();
+    let all = records(&env, &topic, 6).await;
+    let keys: BTreeSet<&String> = all.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), all.len(), "no event twice: {all:?}");
+    let inserted: Vec<i64> = all
+        .iter()
+        .filter(|(_, v)| v["operationType"] == "insert")
+        .map(|(_, v)| v["documentKey"]["_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(inserted, [1, 2, 3, 4]);
+    let status = task.status().await.unwrap();
+    assert_eq!(
+        status["recordsOut"], 2,
+        "the restarted task produced only the new events"
+    );
+}
+
+#[tokio::test]
+async fn copy_existing_copies_then_streams() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("src");
+    let partition = unique("copy-src");
+    let coll = collection(&env, &db).await;
+    coll.insert_many([
+        doc! { "_id": 1, "item": "apple" },
+        doc! { "_id": 2, "item": "pear" },
+    ])
+    .await
+    .unwrap();
+    let cfg = config(
+        &env,
+        &db,
+        &partition,
+        "startup: {mode: copyExisting}, heartbeat: {intervalMs: 0}",
+    );
+    let task = TaskProcess::start(&env, &partition, &cfg, &env.mongodb_uri);
+    wait_running(&task).await;
+    coll.insert_one(doc! { "_id": 3, "item": "plum" })
+        .await
+        .unwrap();
+    let got = records(&env, &format!("cdc.{db}.orders"), 3).await;
+    let docs: Vec<Value> = got
+        .iter()
+        .map(|(_, v)| v["fullDocument"]["_id"].clone())
+        .collect();
+    assert_eq!(docs, [json!(1), json!(2), json!(3)]);
+    assert_eq!(
+        got[0].1["_id"]["copyingData"], true,
+        "copied documents are marked"
+    );
+    assert!(
+        got[2].1["_id"].get("copyingData").is_none(),
+        "then the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_resume_point_ends_the_task_with_its_termination_message_and_no_retry_storm() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("src");
+    let partition = unique("lost-src");
+    env.fault_peer_rule(json!({
+        "command": "aggregate", "changeStream": true, "database": db,
+        "reply": { "ok": 0, "code": 286, "codeName": "ChangeStreamHistoryLost",
+                   "errmsg": "Resume of change stream was not possible, as the resume point may no longer be in the oplog." }
+    }))
+    .await;
+    let before = env.fault_peer_commands().await["changeStreamAggregates"]
+        .as_u64()
+        .unwrap_or(0);
+    let cfg = config(&env, &db, &partition, "heartbeat: {intervalMs: 0}");
+    let mut task = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
+    assert_eq!(
+        task.wait_exit(WAIT).await,
+        4,
+        "the dedicated exit code; log:\n{}",
+        task.log_tail()
+    );
+    let m = task.termination_message();
+    assert_eq!(m["reason"], "ResumeTokenLost");
+    assert_eq!(m["code"], 286);
+    assert_eq!(m["codeName"], "ChangeStreamHistoryLost");
+    assert_eq!(m["partitionName"], partition);
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap()
+            .contains("resume point may no longer be in the oplog"),
+        "{m}"
+    );
+    let after = env.fault_peer_commands().await["changeStreamAggregates"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        after - before,
+        1,
+        "one attempt: the lost token is never retried"
+    );
+}
