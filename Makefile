@@ -6,7 +6,7 @@ VENV_PY := .cache/venv/bin/python
 APT_PACKAGES := cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
 TOOLS := cargo go java mvn python3 openssl
 
-.PHONY: demo test deps build lint crds env-build env-up env-down env-status clean-env
+.PHONY: demo test deps build lint crds bench-task env-build env-up env-down env-status
 
 ## demo: bring up the loopback cluster, run sluice on it, show it working (KEEP=1 leaves it running)
 demo: deps build env-build
@@ -40,6 +40,10 @@ crds:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
+
+## bench-task: sink and source records/s of one task process on this machine (prints figures)
+bench-task: deps env-build
+	$(ENVCTL) run -- cargo bench --locked --bench task_throughput
 
 env-build:
 	$(ENVCTL) build

@@ -90,22 +90,9 @@ fn crdgen(out_dir: Option<&std::path::Path>) -> ExitCode {
 }
 
 fn run_operator(args: OperatorArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn,rdkafka=warn".into()),
-        )
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match start("info,kube=warn,rdkafka=warn") {
         Ok(rt) => rt,
-        Err(err) => {
-            return fail(
-                "RuntimeFailed",
-                &format!("starting the async runtime: {err}"),
-                1,
-            );
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let client = match kube::Client::try_default().await {
@@ -152,26 +139,13 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
 }
 
 fn run_task(path: &std::path::Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .init();
+    let runtime = match start("info,rdkafka=warn") {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     let config = match TaskConfig::load(path) {
         Ok(config) => config,
         Err(err) => return fail("ConfigInvalid", &err.to_string(), 2),
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            return fail(
-                "RuntimeFailed",
-                &format!("starting the async runtime: {err}"),
-                1,
-            );
-        }
     };
     runtime.block_on(async move {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -204,6 +178,25 @@ fn run_task(path: &std::path::Path) -> ExitCode {
                 })
             }
         }
+    })
+}
+
+/// JSON logs (`RUST_LOG` overrides `default_filter`) and the async runtime, or the exit code if the runtime
+/// can't start.
+fn start(default_filter: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .init();
+    tokio::runtime::Runtime::new().map_err(|err| {
+        fail(
+            "RuntimeFailed",
+            &format!("starting the async runtime: {err}"),
+            1,
+        )
     })
 }
 

@@ -16,8 +16,8 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, create_secret, create_topic, delete_namespace, install_crds, namespace, unique,
-    wait_for,
+    Env, Operator, create_secret, create_topic, delete_namespace, install_crds, merge, namespace,
+    unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -59,17 +59,6 @@ fn sink(name: &str, env: &Env, topic: &str, extra: serde_json::Value) -> Connect
                                    "metadata": { "name": name }, "spec": spec }),
     )
     .unwrap()
-}
-
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
-    }
 }
 
 async fn task_pods(client: &Client, ns: &str, connector: &str) -> Vec<Pod> {

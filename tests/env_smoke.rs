@@ -21,7 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::json;
-use support::{Env, delete_namespace, namespace, unique, wait_for};
+use support::{Env, delete_namespace, merge, namespace, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -176,17 +176,6 @@ fn sluice_pod(name: &str, args: &[&str], extra: serde_json::Value) -> Pod {
     });
     merge(&mut pod, extra);
     serde_json::from_value(pod).unwrap()
-}
-
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
-    }
 }
 
 async fn wait_for_phase(pods: &Api<Pod>, name: &str, phase: &str) -> Pod {

@@ -36,13 +36,10 @@ pub fn client_properties(
 ) -> BTreeMap<String, String> {
     let mut props = conn.properties.clone();
     props.insert("bootstrap.servers".into(), conn.bootstrap_servers.clone());
-    let protocol = match (conn.tls.is_some(), conn.sasl.is_some()) {
-        (false, false) => "plaintext",
-        (true, false) => "ssl",
-        (false, true) => "sasl_plaintext",
-        (true, true) => "sasl_ssl",
-    };
-    props.insert("security.protocol".into(), protocol.into());
+    props.insert(
+        "security.protocol".into(),
+        security_protocol(conn.tls.is_some(), conn.sasl.is_some()).into(),
+    );
     if let Some(sasl) = &conn.sasl {
         props.insert(
             "sasl.mechanism".into(),
@@ -63,6 +60,16 @@ pub fn client_properties(
         }
     }
     props
+}
+
+/// librdkafka's `security.protocol` for TLS and SASL on or off.
+pub fn security_protocol(tls: bool, sasl: bool) -> &'static str {
+    match (tls, sasl) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    }
 }
 
 pub fn sasl_mechanism(m: SaslMechanism) -> &'static str {

@@ -5,7 +5,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::config::TaskKafka;
 use super::errors::{Failure, Stage};
-use crate::controller::kafka::sasl_mechanism;
+use crate::controller::kafka::{sasl_mechanism, security_protocol};
 
 /// Client settings; credentials and TLS files come from the env the pod fills from Secrets.
 pub fn client_config(kafka: &TaskKafka) -> ClientConfig {
@@ -14,13 +14,10 @@ pub fn client_config(kafka: &TaskKafka) -> ClientConfig {
         config.set(k, v);
     }
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    let protocol = match (kafka.tls, kafka.sasl_mechanism.is_some()) {
-        (false, false) => "plaintext",
-        (true, false) => "ssl",
-        (false, true) => "sasl_plaintext",
-        (true, true) => "sasl_ssl",
-    };
-    config.set("security.protocol", protocol);
+    config.set(
+        "security.protocol",
+        security_protocol(kafka.tls, kafka.sasl_mechanism.is_some()),
+    );
     if let Some(m) = kafka.sasl_mechanism {
         config.set("sasl.mechanism", sasl_mechanism(m));
         for (var, key) in [

@@ -461,7 +461,8 @@ impl Source {
     /// produced goes through error handling (and to the dead-letter topic, unlike Kafka Connect).
     async fn produce(&self, batch: &[Document]) -> Result<(), TaskFailed> {
         self.metrics.records_in(batch.len() as u64);
-        let mut sent = 0;
+        // Convert every event first; conversion failures go to error handling right away.
+        let mut records = Vec::with_capacity(batch.len());
         for event in batch {
             // Events name their namespace; where a peer leaves it out, a collection watch knows it.
             let ns = event.get_document("ns").ok();
@@ -474,53 +475,57 @@ impl Source {
                 .and_then(|n| n.get_str("coll").ok())
                 .or(m.collection.as_deref())
                 .unwrap_or_default();
-            let topic = topic_for(&self.source.spec, db, coll);
-            let event_id = event
-                .get("_id")
-                .map(|id| id.clone().into_relaxed_extjson().to_string());
-            let context = |key: Option<String>, value: Option<String>| RecordContext {
-                topic: topic.clone(),
-                event_id: event_id.clone(),
-                key: key.map(String::into_bytes),
-                value: value.map(String::into_bytes),
+            let context = RecordContext {
+                topic: topic_for(&self.source.spec, db, coll),
+                event_id: event
+                    .get("_id")
+                    .map(|id| id.clone().into_relaxed_extjson().to_string()),
                 ..Default::default()
             };
-            let (key, value) =
-                match event_record(event, self.source.spec.publish_full_document_only) {
-                    Ok(kv) => kv,
-                    Err(f) => {
-                        self.metrics.record_failure();
-                        let raw = Bson::Document(event.clone())
-                            .into_relaxed_extjson()
-                            .to_string();
-                        self.handler
-                            .record_failed(f, context(None, Some(raw)))
-                            .await?;
-                        continue;
-                    }
-                };
-            let result = self
-                .handler
-                .retry(|| async {
-                    self.ensure_topic(&topic, false).await?;
-                    let mut record = FutureRecord::to(&topic).key(&key);
-                    if let Some(v) = &value {
-                        record = record.payload(v);
-                    }
-                    self.producer
-                        .send(record, Duration::from_secs(30))
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
-                })
-                .await;
+            match event_record(event, self.source.spec.publish_full_document_only) {
+                Ok((key, value)) => records.push(RecordContext {
+                    key: Some(key.into_bytes()),
+                    value: value.map(String::into_bytes),
+                    ..context
+                }),
+                Err(f) => {
+                    self.metrics.record_failure();
+                    let raw = Bson::Document(event.clone())
+                        .into_relaxed_extjson()
+                        .to_string();
+                    let record = RecordContext {
+                        value: Some(raw.into_bytes()),
+                        ..context
+                    };
+                    self.handler.record_failed(f, record).await?;
+                }
+            }
+        }
+        // Then produce them all at once (enqueued in order, so per-partition order holds) and wait for every
+        // acknowledgement; a record that still fails after its retries goes to error handling.
+        let sends = records.iter().map(|r| {
+            self.handler.retry(move || async move {
+                self.ensure_topic(&r.topic, false).await?;
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
+                if let Some(k) = &r.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(v) = &r.value {
+                    record = record.payload(v.as_slice());
+                }
+                self.producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
+            })
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut sent = 0;
+        for (record, result) in records.into_iter().zip(results) {
             match result {
                 Ok(()) => sent += 1,
-                Err(f) => {
-                    self.handler
-                        .record_failed(f, context(Some(key), value))
-                        .await?
-                }
+                Err(f) => self.handler.record_failed(f, record).await?,
             }
         }
         self.metrics.records_out(sent);

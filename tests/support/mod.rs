@@ -215,7 +215,6 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(env: &Env, namespace: &str, leader_election: bool, identity: &str) -> Operator {
-        use std::os::unix::process::CommandExt;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -225,7 +224,6 @@ impl Operator {
             .join("logs")
             .join(format!("operator-{namespace}-{identity}.log"));
         let out = std::fs::File::create(&log).expect("operator log file");
-        let (marker_key, marker_value) = env.marker.split_once('=').expect("marker KEY=VALUE");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("operator")
             .env("SLUICE_METRICS_ADDR", &metrics_addr)
@@ -234,17 +232,9 @@ impl Operator {
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", identity)
             .env("SLUICE_TASK_IMAGE", "ghcr.io/sluice-dev/sluice:dev")
-            .env(marker_key, marker_value)
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when the parent thread ends.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start the operator");
+        let child = spawn_marked(env, &mut cmd);
         Operator {
             child,
             metrics_addr,
@@ -335,7 +325,6 @@ pub struct TaskProcess {
 impl TaskProcess {
     /// Starts a task; `config` is the task config YAML without `httpPort` (chosen here).
     pub fn start(env: &Env, name: &str, config: &str, mongodb_uri: &str) -> TaskProcess {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -349,24 +338,15 @@ impl TaskProcess {
             .join("logs")
             .join(format!("task-{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let (mk, mv) = env.marker.split_once('=').unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.args(["task", "--config"])
             .arg(&cfg)
             .env("POD_IP", "127.0.0.1")
             .env("SLUICE_MONGODB_URI", mongodb_uri)
             .env("SLUICE_TERMINATION_LOG", &termination_log)
-            .env(mk, mv)
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        // SAFETY: see Operator::start.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start sluice task");
+        let child = spawn_marked(env, &mut cmd);
         TaskProcess {
             child,
             http: format!("127.0.0.1:{port}"),
@@ -436,4 +416,32 @@ impl Drop for TaskProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Merges `extra` into `base` (objects key by key; anything else replaces).
+pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// Spawns a process of the environment: it carries the environment's marker (so `envctl.py down` finds
+/// it) and is killed by the kernel if the test process dies first.
+fn spawn_marked(env: &Env, cmd: &mut std::process::Command) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let (key, value) = env.marker.split_once('=').expect("marker KEY=VALUE");
+    cmd.env(key, value);
+    // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when the parent thread ends.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start a sluice process")
 }
