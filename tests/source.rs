@@ -1,5 +1,6 @@
 //! The MongoDB source task end to end against mongo-java-server's change streams, Apache Kafka and the
-//! fault peer: events in order, resuming from the stored token after a restart, copyExisting, and a lost resume point ending the task with its termination message and without a retry storm.
+//! fault peer: events in order, resuming from the stored token after a restart, copyExisting, heartbeats,
+//! and a lost resume point ending the task with its termination message and without a retry storm.
 
 mod support;
 
@@ -43,6 +44,11 @@ async fn wait_running(task: &TaskProcess) {
 
 /// Every record of a topic (from its start), once at least `n` arrived and no more came for a moment.
 async fn records(env: &Env, topic: &str, n: usize) -> Vec<(String, Value)> {
+    read_topic(env, topic, n, true).await
+}
+
+/// The first `n` records of a topic, or with `settle` all of them once no more came for a moment.
+async fn read_topic(env: &Env, topic: &str, n: usize, settle: bool) -> Vec<(String, Value)> {
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .create()
@@ -80,6 +86,9 @@ async fn records(env: &Env, topic: &str, n: usize) -> Vec<(String, Value)> {
                     .map(|p| serde_json::from_slice(p).unwrap())
                     .unwrap_or(Value::Null);
                 out.push((key, value));
+                if !settle && out.len() >= n {
+                    return out;
+                }
             }
             Err(_) if out.len() >= n => return out,
             Err(_) => panic!("only {} of {n} records on {topic}: {out:?}", out.len()),
@@ -202,6 +211,52 @@ async fn copy_existing_copies_then_streams() {
     assert!(
         got[2].1["_id"].get("copyingData").is_none(),
         "then the stream"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_advance_the_stored_token_on_an_idle_collection() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("src");
+    let partition = unique("hb-src");
+    let heartbeats = unique("heartbeats");
+    // A replica set reports a post-batch resume token on every empty getMore; the fault peer adds it.
+    env.fault_peer_rule(json!({ "command": "getMore", "database": db, "collection": "orders", "postBatchResumeToken": "clock" }))
+        .await;
+    let cfg = config(
+        &env,
+        &db,
+        &partition,
+        &format!("heartbeat: {{intervalMs: 500, topic: {heartbeats}}}"),
+    );
+    let coll = collection(&env, &db).await;
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    let mut task = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
+    wait_running(&task).await;
+    let beats = read_topic(&env, &heartbeats, 1, false).await;
+    let (key, value) = &beats[0];
+    assert_eq!(
+        serde_json::from_str::<Value>(key).unwrap(),
+        json!({ "partition": partition })
+    );
+    assert!(
+        value["_id"].as_str().is_some_and(|t| t.contains("_data")),
+        "{value}"
+    );
+    assert_eq!(task.stop().await, 0);
+
+    // The heartbeat's token is where a restarted task resumes: a change made while it was down arrives,
+    // although the startup mode (latest) alone would skip it.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the heartbeat token's second
+    coll.insert_one(doc! { "_id": 1, "item": "while down" })
+        .await
+        .unwrap();
+    let task = TaskProcess::start(&env, &format!("{partition}-2"), &cfg, &env.fault_peer_uri);
+    wait_running(&task).await;
+    let got = records(&env, &format!("cdc.{db}.orders"), 1).await;
+    assert_eq!(
+        got[0].1["fullDocument"],
+        json!({ "_id": 1, "item": "while down" })
     );
 }
 

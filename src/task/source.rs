@@ -421,11 +421,17 @@ impl Source {
             } else if !heartbeat.is_zero() && last_store.elapsed() >= heartbeat {
                 // A quiet stream: keep the stored token fresh with the cursor's post-batch resume token.
                 last_store = Instant::now();
-                if let Some(token) = stream.resume_token() {
-                    let json = token_json(&token);
-                    if stored_token.as_deref() != Some(json.as_str()) {
-                        self.heartbeat(&token).await?;
-                        stored_token = Some(json);
+                match stream.resume_token() {
+                    Some(token) => {
+                        let json = token_json(&token);
+                        if stored_token.as_deref() != Some(json.as_str()) {
+                            self.heartbeat(&token).await?;
+                            tracing::debug!(token = %json, "heartbeat stored");
+                            stored_token = Some(json);
+                        }
+                    }
+                    None => {
+                        tracing::debug!("heartbeat due, but the server gave no resume token yet")
                     }
                 }
             }

@@ -12,6 +12,9 @@ wrong, so the official driver sees exactly what a replica set would send:
   a ``writeErrors`` entry for each of them to the server's reply (a BulkWriteError with per-index errors; an
   ordered batch stops at the first failed index, as MongoDB does);
 * ``closeConnection``: drop the connection without answering (a network error to the driver).
+* ``postBatchResumeToken: "clock"``: for ``getMore`` on a change stream, forward it and, when the batch comes
+  back empty, add the ``postBatchResumeToken`` a replica set reports for a quiet stream (mongo-java-server
+  sends none); the token is mongo-java-server's own form for the current second, so it can be resumed from.
 
 Rules are scripted over a small HTTP control API (JSON):
 
@@ -37,6 +40,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -60,9 +64,12 @@ class Rules:
     def add(self, rule: dict) -> int:
         if not isinstance(rule.get("command"), str):
             raise ValueError('a rule needs "command" (e.g. "aggregate")')
-        actions = [k for k in ("reply", "failIndexes", "closeConnection") if k in rule]
+        actions = [k for k in ("reply", "failIndexes", "closeConnection", "postBatchResumeToken") if k in rule]
         if len(actions) != 1:
-            raise ValueError('a rule needs exactly one of "reply", "failIndexes", "closeConnection"')
+            raise ValueError('a rule needs exactly one of "reply", "failIndexes", "closeConnection", '
+                             '"postBatchResumeToken"')
+        if "postBatchResumeToken" in rule and (rule["command"] != "getMore" or rule["postBatchResumeToken"] != "clock"):
+            raise ValueError('"postBatchResumeToken": "clock" applies to getMore')
         if "failIndexes" in rule and rule["command"] not in WRITE_SEQUENCES:
             raise ValueError('"failIndexes" applies to insert, update and delete')
         with self.lock:
@@ -81,7 +88,8 @@ class Rules:
                     continue
                 if rule.get("changeStream") and not is_change_stream(command, body):
                     continue
-                if "collection" in rule and body.get(command) != rule["collection"]:
+                target = body.get("collection") if command == "getMore" else body.get(command)
+                if "collection" in rule and target != rule["collection"]:
                     continue
                 if "database" in rule and body.get("$db") != rule["database"]:
                     continue
@@ -161,6 +169,18 @@ class Message:
         return struct.pack("<iiii", 16 + len(payload), self.request_id, self.response_to, OP_MSG) + payload
 
 
+def add_post_batch_resume_token(raw: bytes) -> bytes:
+    """Adds a postBatchResumeToken for the current second to an empty getMore batch."""
+    if struct.unpack("<i", raw[12:16])[0] != OP_MSG:
+        return raw
+    reply = Message.parse(raw[:16], raw[16:])
+    cursor = reply.body.get("cursor")
+    if not isinstance(cursor, dict) or cursor.get("nextBatch"):
+        return raw
+    cursor["postBatchResumeToken"] = {"_data": f"{int(time.time()):08x}{0:08x}"}
+    return reply.encode()
+
+
 def reply_to(request_id: int, doc: dict) -> bytes:
     return Message(next(_reply_ids), request_id, 0, doc, {}).encode()
 
@@ -222,6 +242,8 @@ class Connection:
                     return
                 elif "reply" in rule:
                     replies = [reply_to(msg.request_id, rule["reply"])] if expect_reply else []
+                elif "postBatchResumeToken" in rule:
+                    replies = [add_post_batch_resume_token(r) for r in await self.roundtrip(raw, expect_reply)]
                 else:
                     replies = await self.fail_indexes(msg, command, rule, expect_reply)
                 for reply in replies:

@@ -64,9 +64,21 @@ def test_rules_match_command_collection_skip_and_times():
 def test_rules_are_checked():
     rules = faultpeer.Rules()
     for bad in ({}, {"command": "insert"}, {"command": "find", "failIndexes": [0]},
-                {"command": "insert", "reply": {}, "closeConnection": True}):
+                {"command": "insert", "reply": {}, "closeConnection": True},
+                {"command": "aggregate", "postBatchResumeToken": "clock"}):
         try:
             rules.add(bad)
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
+
+
+def test_post_batch_resume_token_is_added_to_empty_batches_only():
+    empty = faultpeer.Message(1, 9, 0, {"cursor": {"id": 4, "ns": "db.c", "nextBatch": []}, "ok": 1.0}, {}).encode()
+    body = faultpeer.Message.parse(empty[:16], empty[16:]).body
+    assert "postBatchResumeToken" not in body["cursor"]
+    patched = faultpeer.add_post_batch_resume_token(empty)
+    token = faultpeer.Message.parse(patched[:16], patched[16:]).body["cursor"]["postBatchResumeToken"]["_data"]
+    assert len(token) == 16 and int(token[:8], 16) > 1_700_000_000
+    full = faultpeer.Message(1, 9, 0, {"cursor": {"id": 4, "nextBatch": [{"_id": 1}]}, "ok": 1.0}, {}).encode()
+    assert faultpeer.add_post_batch_resume_token(full) == full
