@@ -441,3 +441,71 @@ async fn tolerance_none_ends_the_task_with_a_termination_message_and_no_commit()
         rdkafka::Offset::Invalid
     );
 }
+
+#[tokio::test]
+async fn more_errors_than_max_errors_in_the_window_end_the_task() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    produce(
+        &env,
+        &topic,
+        &[("k0", "{bad"), ("k1", r#"{"ok": 1}"#), ("k2", "{bad again")],
+    )
+    .await;
+    let errors = "tolerance: all, maxErrors: 1, window: 1m";
+    let cfg = config(&env, &topic, &db, "writeModel: insert", errors, None);
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
+    let m = task.termination_message();
+    assert_eq!(m["reason"], "ErrorLimitExceeded");
+    assert_eq!(
+        m["record"],
+        format!("{topic}-0@2"),
+        "the second error within the window"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_write_that_fails_stops_the_task_before_any_commit() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    produce(&env, &topic, &[("k0", "{bad")]).await;
+    // The dead-letter topic does not exist (and Kafka does not create topics): its write times out.
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all",
+        Some(&unique("missing-dlq")),
+    )
+    .replace(
+        "kafka: {bootstrapServers:",
+        "kafka: {properties: {message.timeout.ms: '3000'}, bootstrapServers:",
+    );
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
+    let m = task.termination_message();
+    assert_eq!(m["reason"], "DeadLetterQueueFailed");
+    assert_eq!(m["stage"], "KAFKA_PRODUCE");
+    assert_eq!(m["record"], format!("{topic}-0@0"));
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", "sluice-test-orders-sink")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&topic, 0);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        committed.find_partition(&topic, 0).unwrap().offset(),
+        rdkafka::Offset::Invalid,
+        "the record is not handled, so not committed"
+    );
+}
