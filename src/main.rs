@@ -56,6 +56,22 @@ struct OperatorArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// How often every running task's `/v1/status` is read into its Connector's status (`10s`, `1m`).
+    #[arg(long, env = "SLUICE_TASK_STATUS_INTERVAL", default_value = "10s", value_parser = duration)]
+    task_status_interval: std::time::Duration,
+    /// How many tasks are read at once.
+    #[arg(long, env = "SLUICE_TASK_STATUS_CONCURRENCY", default_value_t = 16)]
+    task_status_concurrency: usize,
+    /// A Connector is Degraded (reason RecordErrors) while its record errors rose within this window.
+    #[arg(long, env = "SLUICE_RECORD_ERRORS_WINDOW", default_value = "5m", value_parser = duration)]
+    record_errors_window: std::time::Duration,
+}
+
+/// A duration like `10s`, `5m`, `1h`, `500ms`.
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    sluice::task::errors::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration like 10s, 5m or 500ms"))
 }
 
 fn main() -> ExitCode {
@@ -102,8 +118,10 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
         let metrics = std::sync::Arc::new(sluice::controller::metrics::Metrics::default());
         let server = tokio::spawn(sluice::controller::metrics::serve(args.metrics_addr, metrics.clone()));
         let config = sluice::controller::OperatorConfig {
-            task_image: args.task_image,
-            namespace: args.watch_namespace,
+            task_status_interval: args.task_status_interval,
+            task_status_concurrency: args.task_status_concurrency,
+            record_errors_window: args.record_errors_window,
+            ..sluice::controller::OperatorConfig::new(args.task_image, args.watch_namespace)
         };
         use sluice::controller::leader;
         let lease = "sluice-operator";
@@ -162,10 +180,15 @@ fn run_task(path: &std::path::Path) -> ExitCode {
             tracing::info!("stopping: finishing the batch in flight");
             let _ = stop.send(true);
         });
-        match sluice::task::run(config, shutdown).await {
+        let metrics = std::sync::Arc::new(sluice::task::metrics::TaskMetrics::new(
+            &config.connector,
+            config.task_id,
+        ));
+        match sluice::task::run_with_metrics(config, shutdown, metrics.clone()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                let message = err.termination_message();
+                let mut message = err.termination_message();
+                message.counters = Some(metrics.report().errors);
                 eprintln!("sluice: {err}");
                 message.write_to(&termination::path_from_env());
                 ExitCode::from(match err {

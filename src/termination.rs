@@ -36,6 +36,10 @@ pub struct TerminationMessage {
     /// The offset partition name whose resume point is gone.
     #[serde(rename = "partitionName", skip_serializing_if = "Option::is_none")]
     pub partition_name: Option<String>,
+    /// The task's final KIP-298 counters, so the operator's totals include what happened after its last
+    /// poll.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<crate::crd::connector::ErrorCounters>,
 }
 
 impl TerminationMessage {
@@ -49,6 +53,7 @@ impl TerminationMessage {
             record: None,
             code_name: None,
             partition_name: None,
+            counters: None,
         }
     }
 

@@ -6,12 +6,16 @@ use k8s_openapi::jiff::Timestamp;
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const RESUME_TOKEN_RECOVERED: &str = "ResumeTokenRecovered";
+pub const RESUME_TOKEN_AT_RISK: &str = "ResumeTokenAtRisk";
 
 /// A condition as a reconcile decides it; [`merge`] turns it into the stored form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub type_: &'static str,
     pub status: bool,
+    /// The operator can't tell (status `Unknown`); `status` is then ignored.
+    pub unknown: bool,
     pub reason: String,
     pub message: String,
 }
@@ -26,8 +30,21 @@ impl Desired {
         Self {
             type_,
             status,
+            unknown: false,
             reason: reason.into(),
             message: message.into(),
+        }
+    }
+
+    /// A condition whose status is `Unknown`.
+    pub fn unknown(
+        type_: &'static str,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            unknown: true,
+            ..Self::new(type_, false, reason, message)
         }
     }
 }
@@ -43,7 +60,12 @@ pub fn merge(
     desired
         .iter()
         .map(|d| {
-            let status = if d.status { "True" } else { "False" }.to_string();
+            let status = match (d.unknown, d.status) {
+                (true, _) => "Unknown",
+                (false, true) => "True",
+                (false, false) => "False",
+            }
+            .to_string();
             let since = old
                 .iter()
                 .find(|c| c.type_ == d.type_ && c.status == status)

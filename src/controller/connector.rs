@@ -19,12 +19,16 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
+use super::conditions::{
+    self, DEGRADED, Desired, PROGRESSING, READY, RESUME_TOKEN_AT_RISK, RESUME_TOKEN_RECOVERED,
+};
+use super::task_status::Sample;
 use super::{
     Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, kafka, secret_value,
 };
 use crate::crd::connector::{
-    ConnectorState, ConnectorType, OffsetsStatus, RestartSpec, TaskStatus,
+    ConnectorState, ConnectorType, ErrorCounters, OffsetRotation, OffsetsStatus, RecoveryPolicy,
+    RestartSpec, StartupMode, TaskStatus,
 };
 use crate::crd::{Connector, ConnectorStatus, DeadLetterQueue};
 use crate::task::config::{TaskConfig, TaskErrors, TaskKafka, TaskMongo, TaskSource};
@@ -32,6 +36,10 @@ use crate::task::config::{TaskConfig, TaskErrors, TaskKafka, TaskMongo, TaskSour
 pub const LABEL_CONNECTOR: &str = "sluice.dev/connector";
 pub const LABEL_TASK: &str = "sluice.dev/task";
 pub const ANNOTATION_CONFIG_HASH: &str = "sluice.dev/config-hash";
+/// Set to a new value to rotate a source's offset partition name (any time) — the on-demand rotation.
+pub const ANNOTATION_ROTATE_OFFSETS: &str = "sluice.dev/rotate-offsets";
+/// Set to a new value while `spec.state` is `stopped` to delete the Connector's offsets (KIP-875).
+pub const ANNOTATION_RESET_OFFSETS: &str = "sluice.dev/reset-offsets";
 /// Port of the task's HTTP server.
 pub const TASK_HTTP_PORT: u16 = 8080;
 /// Where a task pod mounts its config.
@@ -60,27 +68,110 @@ pub fn desired_tasks(conn: &Connector) -> u32 {
 /// The offset partition name in use: what status recorded (after rotations), else the spec's base, else
 /// the Connector's name.
 pub fn offset_partition_name(conn: &Connector) -> String {
-    let recorded = conn
+    let base = partition_base(conn);
+    conn.status
+        .as_ref()
+        .and_then(|s| s.offsets.as_ref()?.partition_name.clone())
+        // A name recorded for another base (the user changed spec.source.offsets.partitionName) is stale.
+        .filter(|name| name == &base || rotation_number(&base, name).is_some())
+        .unwrap_or(base)
+}
+
+/// The base of the offset partition name: the spec's, else the Connector's name.
+pub fn partition_base(conn: &Connector) -> String {
+    conn.spec
+        .source
+        .as_ref()
+        .and_then(|s| s.offsets.partition_name.clone())
+        .unwrap_or_else(|| conn.name_any())
+}
+
+/// `n` of a name `<base>.<n>`.
+fn rotation_number(base: &str, name: &str) -> Option<u64> {
+    name.strip_prefix(base)?.strip_prefix('.')?.parse().ok()
+}
+
+/// The partition name after `current`: `<base>.1` first, then `<base>.<n+1>`.
+pub fn next_partition_name(base: &str, current: &str) -> String {
+    let n = rotation_number(base, current).unwrap_or(0);
+    format!("{base}.{}", n + 1)
+}
+
+/// Why the offset partition name rotates now, if it does: a task pod that lost its resume token (policy
+/// `rotate`, and not yet rotated for that pod — decided from status, so a retried reconcile or a restarted
+/// operator never rotates twice for one loss), or a new value of the rotate-offsets annotation.
+pub fn decide_rotation(
+    conn: &Connector,
+    pods: &[ObservedPod],
+    now: Timestamp,
+) -> Option<OffsetsStatus> {
+    let source = conn.spec.source.as_ref()?;
+    let mut offsets = conn
         .status
         .as_ref()
-        .and_then(|s| s.offsets.as_ref()?.partition_name.clone());
-    recorded.unwrap_or_else(|| {
-        conn.spec
-            .source
-            .as_ref()
-            .and_then(|s| s.offsets.partition_name.clone())
-            .unwrap_or_else(|| conn.name_any())
+        .and_then(|s| s.offsets.clone())
+        .unwrap_or_default();
+    let rotated_for = |uid: &str| {
+        offsets
+            .rotations
+            .iter()
+            .any(|r| r.pod_uid.as_deref() == Some(uid))
+    };
+    let lost = pods.iter().find(|p| {
+        p.lost_resume_token()
+            && source.resume_token_recovery.policy == RecoveryPolicy::Rotate
+            && p.uid.as_deref().is_some_and(|u| !rotated_for(u))
+    });
+    let request = conn
+        .annotations()
+        .get(ANNOTATION_ROTATE_OFFSETS)
+        .filter(|v| !v.is_empty() && offsets.last_rotate_request.as_ref() != Some(*v))
+        .cloned();
+    if lost.is_none() && request.is_none() {
+        return None;
+    }
+    let from = offset_partition_name(conn);
+    let to = next_partition_name(&partition_base(conn), &from);
+    let mut rotation = OffsetRotation {
+        from,
+        to: to.clone(),
+        time: now.to_string(),
+        reason: "Requested".into(),
+        ..Default::default()
+    };
+    if let Some(pod) = lost {
+        rotation.reason = "ResumeTokenLost".into();
+        rotation.pod_uid = pod.uid.clone();
+        rotation.code = pod.code;
+        rotation.code_name = pod.code_name.clone();
+        rotation.message = pod.termination.as_ref().map(|(_, m)| m.clone());
+    }
+    if let Some(request) = request {
+        offsets.last_rotate_request = Some(request);
+    }
+    offsets.partition_name = Some(to);
+    offsets.rotations.push(rotation);
+    Some(offsets)
+}
+
+/// The startup mode a source uses now: the spec's until the first rotation, then the after-rotation one.
+fn startup_mode(conn: &Connector) -> Option<StartupMode> {
+    let source = conn.spec.source.as_ref()?;
+    let rotated = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.offsets.as_ref())
+        .is_some_and(|o| !o.rotations.is_empty());
+    Some(if rotated {
+        source.resume_token_recovery.startup_mode_after_rotation
+    } else {
+        source.startup.mode
     })
 }
 
 /// The config of task `task_id`.
 pub fn task_config(conn: &Connector, task_id: u32, resolved: &Resolved) -> TaskConfig {
     let spec = &conn.spec;
-    let rotated = conn
-        .status
-        .as_ref()
-        .and_then(|s| s.offsets.as_ref())
-        .is_some_and(|o| !o.rotations.is_empty());
     TaskConfig {
         connector_type: spec.connector_type,
         connector: conn.name_any(),
@@ -105,11 +196,7 @@ pub fn task_config(conn: &Connector, task_id: u32, resolved: &Resolved) -> TaskC
                 .storage_topic
                 .clone()
                 .unwrap_or_else(|| DEFAULT_OFFSET_TOPIC.into()),
-            startup_mode: if rotated {
-                source.resume_token_recovery.startup_mode_after_rotation
-            } else {
-                source.startup.mode
-            },
+            startup_mode: startup_mode(conn).unwrap_or(source.startup.mode),
         }),
         sink: spec.sink.clone(),
         errors: TaskErrors {
@@ -309,7 +396,7 @@ pub fn restart_delay(restarts: i32, spec: &RestartSpec) -> Duration {
 }
 
 /// A task pod as the planner sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedPod {
     pub name: String,
     pub task_id: Option<u32>,
@@ -321,6 +408,12 @@ pub struct ObservedPod {
     pub finished_at: Option<Timestamp>,
     /// The termination message's reason and message, or the exit code.
     pub termination: Option<(String, String)>,
+    pub uid: Option<String>,
+    /// From a task's termination message: the MongoDB error code and its name.
+    pub code: Option<i32>,
+    pub code_name: Option<String>,
+    /// From a task's termination message: its final error counters.
+    pub counters: Option<ErrorCounters>,
 }
 
 impl ObservedPod {
@@ -331,11 +424,12 @@ impl ObservedPod {
             .as_ref()
             .and_then(|cs| cs.first())
             .and_then(|c| c.state.as_ref()?.terminated.clone());
+        let parsed: Option<serde_json::Value> = terminated
+            .as_ref()
+            .and_then(|t| t.message.as_deref())
+            .and_then(|m| serde_json::from_str(m).ok());
         let termination = terminated.as_ref().map(|t| {
-            let parsed: Option<serde_json::Value> = t
-                .message
-                .as_deref()
-                .and_then(|m| serde_json::from_str(m).ok());
+            let parsed = parsed.clone();
             match parsed {
                 Some(v) if v["reason"].is_string() => (
                     v["reason"].as_str().unwrap_or_default().to_string(),
@@ -364,13 +458,33 @@ impl ObservedPod {
                 .any(|c| c.type_ == "Ready" && c.status == "True"),
             finished_at: terminated.and_then(|t| t.finished_at.map(|f| f.0)),
             termination,
+            uid: pod.uid(),
+            code: parsed
+                .as_ref()
+                .and_then(|v| v["code"].as_i64())
+                .map(|c| c as i32),
+            code_name: parsed
+                .as_ref()
+                .and_then(|v| v["codeName"].as_str().map(String::from)),
+            counters: parsed.and_then(|v| serde_json::from_value(v["counters"].clone()).ok()),
         }
+    }
+
+    /// A source task that ended because MongoDB no longer has its resume point.
+    pub fn lost_resume_token(&self) -> bool {
+        matches!(self.phase.as_str(), "Failed" | "Succeeded")
+            && self
+                .termination
+                .as_ref()
+                .is_some_and(|(reason, _)| reason == "ResumeTokenLost")
     }
 }
 
 /// What to do with the pods, and the task statuses that follow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// The last counters of task pods that ended, summed (status `endedTaskTotals`).
+    pub ended_task_totals: ErrorCounters,
     pub create: Vec<u32>,
     /// Pods to delete, with why.
     pub delete: Vec<(String, DeleteReason)>,
@@ -470,9 +584,17 @@ pub fn plan(
                         task.message.clone().unwrap_or_default()
                     ));
                 } else if p.config_hash.as_deref() != Some(hash.as_str()) {
-                    // A new config deserves a fresh start right away.
+                    // A new config (a rotated partition name, too) deserves a fresh start right away.
                     out.delete
                         .push((p.name.clone(), DeleteReason::ConfigChanged));
+                } else if p.lost_resume_token()
+                    && conn
+                        .spec
+                        .source
+                        .as_ref()
+                        .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
+                {
+                    // Another start would fail the same way: wait for a person (policy fail).
                 } else {
                     let delay = restart_delay(restarts, restart);
                     let due =
@@ -518,11 +640,271 @@ pub fn plan(
     out
 }
 
+/// Puts what the tasks reported into their statuses, and returns the counters of task pods that ended
+/// (added to `ended`). A task's counters belong to one pod (`podUid`); when the task's pod is gone or
+/// replaced, its last counters move to the ended totals, once — the decision rests on status, not memory.
+pub fn merge_task_reports(
+    previous: &[TaskStatus],
+    tasks: &mut [TaskStatus],
+    pods: &[ObservedPod],
+    samples: &BTreeMap<u32, Sample>,
+    mut ended: ErrorCounters,
+) -> ErrorCounters {
+    for prev in previous {
+        let task = tasks.iter_mut().find(|t| t.id == prev.id);
+        let current_uid = pods
+            .iter()
+            .find(|p| p.task_id == Some(prev.id as u32))
+            .and_then(|p| p.uid.clone());
+        let same_pod = prev.pod_uid.is_none() || prev.pod_uid == current_uid;
+        if (!same_pod || task.is_none())
+            && let Some(m) = &prev.metrics
+        {
+            add_counters(&mut ended, m);
+        }
+        if let Some(task) = task {
+            task.last_error = prev.last_error.clone();
+            if same_pod {
+                task.metrics = prev.metrics.clone();
+                task.records_in = prev.records_in;
+                task.records_out = prev.records_out;
+                task.resume_token = prev.resume_token.clone();
+            } else {
+                task.metrics = None;
+            }
+        }
+    }
+    for task in tasks.iter_mut() {
+        let pod = pods.iter().find(|p| p.task_id == Some(task.id as u32));
+        task.pod_uid = pod.and_then(|p| p.uid.clone());
+        let Some(pod) = pod else { continue };
+        if let Some(final_counters) = &pod.counters {
+            task.metrics = Some(final_counters.clone());
+        } else if let Some(sample) = samples
+            .get(&(task.id as u32))
+            .filter(|s| Some(&s.pod_uid) == pod.uid.as_ref())
+        {
+            let r = &sample.report;
+            task.metrics = Some(r.errors.clone());
+            task.records_in = Some(r.records_in as i64);
+            task.records_out = Some(r.records_out as i64);
+            if r.last_error.is_some() {
+                task.last_error = r.last_error.clone();
+            }
+            task.resume_token = r.resume_token.clone();
+        }
+    }
+    ended
+}
+
+fn add_counters(sum: &mut ErrorCounters, c: &ErrorCounters) {
+    sum.total_record_failures += c.total_record_failures;
+    sum.total_record_errors += c.total_record_errors;
+    sum.total_records_skipped += c.total_records_skipped;
+    sum.total_retries += c.total_retries;
+    sum.total_errors_logged += c.total_errors_logged;
+    sum.dead_letter_queue_produce_requests += c.dead_letter_queue_produce_requests;
+    sum.dead_letter_queue_produce_failures += c.dead_letter_queue_produce_failures;
+    sum.last_error_timestamp = sum.last_error_timestamp.max(c.last_error_timestamp);
+}
+
+/// Totals over tasks plus the ended pods' counters.
+pub fn totals(tasks: &[TaskStatus], ended: &ErrorCounters) -> ErrorCounters {
+    let mut sum = ended.clone();
+    for m in tasks.iter().filter_map(|t| t.metrics.as_ref()) {
+        add_counters(&mut sum, m);
+    }
+    sum
+}
+
+/// What the operator learnt from outside the plan: task reports and time.
+#[derive(Clone, Debug, Default)]
+pub struct Signals {
+    /// "task 0: 12 record errors in the last 5m, 12 sent to DLQ orders-dlq", when errors rose.
+    pub record_errors: Option<String>,
+    /// `ResumeTokenAtRisk` of a source.
+    pub at_risk: Option<Desired>,
+}
+
+/// `12 record errors in the last 5m` for every task whose errors rose within `window`.
+pub fn record_errors_message(
+    samples: &BTreeMap<u32, Sample>,
+    now: Timestamp,
+    window: Duration,
+    dead_letter_topic: Option<&str>,
+) -> Option<String> {
+    let parts: Vec<String> = samples
+        .iter()
+        .filter_map(|(id, sample)| {
+            let (errors, dlq) = sample.errors_within(now, window);
+            (errors > 0).then(|| {
+                let sent = match dead_letter_topic {
+                    Some(topic) => format!(", {dlq} sent to DLQ {topic}"),
+                    None => String::new(),
+                };
+                format!(
+                    "task {id}: {errors} record errors in the last {}{sent}",
+                    human(window)
+                )
+            })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// `5m`, `90s`, `1h`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `ResumeTokenAtRisk` from what the source task reported, and when it would turn True by itself.
+pub fn resume_token_risk(task: Option<&TaskStatus>, now: Timestamp) -> (Desired, Option<Duration>) {
+    let Some(r) = task.and_then(|t| t.resume_token.as_ref()) else {
+        return (
+            Desired::unknown(
+                RESUME_TOKEN_AT_RISK,
+                "NotReported",
+                "the source task has not reported its resume token yet",
+            ),
+            None,
+        );
+    };
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+    let Some(token) = parse(&r.time) else {
+        return (
+            Desired::unknown(
+                RESUME_TOKEN_AT_RISK,
+                "NoResumeToken",
+                "the source has stored no resume token yet",
+            ),
+            None,
+        );
+    };
+    let (Some(first), Some(last)) = (parse(&r.oplog_first_time), parse(&r.oplog_last_time)) else {
+        let why = r
+            .oplog_window_unknown
+            .clone()
+            .unwrap_or_else(|| "the source task has not read it yet".into());
+        return (
+            Desired::unknown(
+                RESUME_TOKEN_AT_RISK,
+                "OplogWindowUnknown",
+                format!("resume token from {token}; the oplog window can't be read: {why}"),
+            ),
+            None,
+        );
+    };
+    let window = last.duration_since(first).unsigned_abs();
+    let age = now.duration_since(token).unsigned_abs();
+    let half = window / 2;
+    if age > half {
+        let left = window.saturating_sub(age);
+        (
+            Desired::new(
+                RESUME_TOKEN_AT_RISK,
+                true,
+                "TokenOlderThanHalfTheOplogWindow",
+                format!(
+                    "the resume token is {} old (from {token}), more than half the oplog window of {}                      ({first} to {last}); it leaves the oplog in about {} unless changes or heartbeats                      (spec.source.heartbeat) move it on",
+                    human(age),
+                    human(window),
+                    human(left)
+                ),
+            ),
+            None,
+        )
+    } else {
+        (
+            Desired::new(
+                RESUME_TOKEN_AT_RISK,
+                false,
+                "WithinOplogWindow",
+                format!(
+                    "resume token from {token}; oplog window {} ({first} to {last})",
+                    human(window)
+                ),
+            ),
+            Some(half - age + Duration::from_secs(1)),
+        )
+    }
+}
+
+/// `ResumeTokenRecovered` from the last rotation and whether the task runs again.
+fn resume_token_recovered(conn: &Connector, plan: Option<&Plan>) -> Desired {
+    let offsets = conn.status.as_ref().and_then(|s| s.offsets.as_ref());
+    let Some(last) = offsets.and_then(|o| o.rotations.last()) else {
+        return Desired::new(
+            RESUME_TOKEN_RECOVERED,
+            false,
+            "NoRotation",
+            "the offset partition name was never rotated",
+        );
+    };
+    let mode = startup_mode(conn)
+        .map(|m| format!("{m:?}"))
+        .unwrap_or_default();
+    let cause = match (&last.code_name, last.code) {
+        (Some(name), Some(code)) => format!("after {name} ({code})"),
+        _ if last.reason == "Requested" => "on request".to_string(),
+        _ => format!("after {}", last.reason),
+    };
+    let what = format!(
+        "rotated offset partition {} to {} at {} {cause}; the task starts with startup mode {mode}",
+        last.from, last.to, last.time
+    );
+    let running = plan.is_some_and(|p| {
+        !p.tasks.is_empty()
+            && p.tasks
+                .iter()
+                .all(|t| t.phase.as_deref() == Some("Running"))
+    });
+    if running {
+        Desired::new(
+            RESUME_TOKEN_RECOVERED,
+            true,
+            "OffsetPartitionRotated",
+            format!(
+                "{what}; it runs again (changes made while no task ran were not captured by a latest start)"
+            ),
+        )
+    } else {
+        Desired::new(
+            RESUME_TOKEN_RECOVERED,
+            false,
+            "Recovering",
+            format!("{what}; waiting for the task to run"),
+        )
+    }
+}
+
 /// The conditions that follow from the plan (or from a problem that stopped it).
 pub fn decide_conditions(
     conn: &Connector,
     plan: Option<&Plan>,
     problem: Option<&Problem>,
+    signals: &Signals,
+) -> Vec<Desired> {
+    let mut conditions = decide_main_conditions(conn, plan, problem, signals);
+    if conn.spec.connector_type == ConnectorType::MongodbSource {
+        conditions.push(resume_token_recovered(conn, plan));
+        if let Some(risk) = &signals.at_risk {
+            conditions.push(risk.clone());
+        }
+    }
+    conditions
+}
+
+fn decide_main_conditions(
+    conn: &Connector,
+    plan: Option<&Plan>,
+    problem: Option<&Problem>,
+    signals: &Signals,
 ) -> Vec<Desired> {
     let desired = desired_tasks(conn);
     let Some(plan) = plan else {
@@ -599,8 +981,40 @@ pub fn decide_conditions(
             "every task is as the spec asks",
         )
     };
-    let degraded = match failed.first() {
-        Some(t) => {
+    let lost_for_good = failed.iter().find(|t| {
+        t.reason.as_deref() == Some("ResumeTokenLost")
+            && conn
+                .spec
+                .source
+                .as_ref()
+                .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
+    });
+    let degraded = match (lost_for_good, failed.first()) {
+        (Some(t), _) => {
+            let mode = conn
+                .spec
+                .source
+                .as_ref()
+                .map(|s| format!("{:?}", s.resume_token_recovery.startup_mode_after_rotation))
+                .unwrap_or_default();
+            Desired::new(
+                DEGRADED,
+                true,
+                "ResumeTokenLost",
+                format!(
+                    "task {} lost its resume point in offset partition {}: {}. \
+                     spec.source.resumeTokenRecovery.policy is fail, so nothing restarts it. To go on \
+                     under a new offset partition name with startup mode {mode} (changes since the lost \
+                     point are not replayed): kubectl annotate connector {} {ANNOTATION_ROTATE_OFFSETS}=\
+                     \"$(date +%s)\" --overwrite",
+                    t.id,
+                    offset_partition_name(conn),
+                    t.message.clone().unwrap_or_default(),
+                    conn.name_any()
+                ),
+            )
+        }
+        (None, Some(t)) => {
             let reason = if t.reason.as_deref() == Some("MaxRestartsReached") {
                 "MaxRestartsReached"
             } else {
@@ -623,7 +1037,10 @@ pub fn decide_conditions(
                 ),
             )
         }
-        None => Desired::new(DEGRADED, false, "AsExpected", "no task failed"),
+        (None, None) => match &signals.record_errors {
+            Some(message) => Desired::new(DEGRADED, true, "RecordErrors", message.clone()),
+            None => Desired::new(DEGRADED, false, "AsExpected", "no task failed"),
+        },
     };
     vec![ready, progressing, degraded]
 }
@@ -633,34 +1050,36 @@ pub fn build_status(
     conn: &Connector,
     plan: Option<&Plan>,
     problem: Option<&Problem>,
+    signals: &Signals,
     now: Timestamp,
 ) -> ConnectorStatus {
     let old = conn.status.clone().unwrap_or_default();
     let desired = desired_tasks(conn);
     let tasks = plan.map(|p| p.tasks.clone()).unwrap_or(old.tasks.clone());
+    let ended = plan
+        .map(|p| p.ended_task_totals.clone())
+        .unwrap_or_else(|| old.ended_task_totals.clone().unwrap_or_default());
     let running = tasks
         .iter()
         .filter(|t| t.phase.as_deref() == Some("Running"))
         .count();
-    let offsets = match conn.spec.connector_type {
-        ConnectorType::MongodbSource => Some(OffsetsStatus {
-            partition_name: Some(offset_partition_name(conn)),
-            rotations: old.offsets.clone().map(|o| o.rotations).unwrap_or_default(),
-        }),
-        ConnectorType::MongodbSink => None,
-    };
+    let mut offsets = old.offsets.clone().unwrap_or_default();
+    if conn.spec.connector_type == ConnectorType::MongodbSource {
+        offsets.partition_name = Some(offset_partition_name(conn));
+    }
     ConnectorStatus {
         observed_generation: conn.metadata.generation,
         conditions: conditions::merge(
             &old.conditions,
-            &decide_conditions(conn, plan, problem),
+            &decide_conditions(conn, plan, problem, signals),
             conn.metadata.generation,
             now,
         ),
         task_summary: Some(format!("{running}/{desired}")),
+        totals: Some(totals(&tasks, &ended)),
+        ended_task_totals: Some(ended),
         tasks,
-        totals: Some(old.totals.unwrap_or_default()),
-        offsets,
+        offsets: (offsets != OffsetsStatus::default()).then_some(offsets),
     }
 }
 
@@ -831,7 +1250,8 @@ async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
                 )
                 .await;
             }
-            write_status(ctx, conn, build_status(conn, None, Some(&problem), now)).await?;
+            let status = build_status(conn, None, Some(&problem), &Signals::default(), now);
+            write_status(ctx, conn, status).await?;
             return Ok(Action::requeue(RETRY_PROBLEM));
         }
     };
@@ -848,6 +1268,31 @@ async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let observed: Vec<ObservedPod> = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_CONNECTOR}={name}")))
+        .await?
+        .items
+        .iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == conn.uid().as_ref())
+        })
+        .map(ObservedPod::from_pod)
+        .collect();
+
+    // Rotate before rendering configs, so the replacement task gets the new partition name.
+    let mut conn = conn.clone();
+    if let Some(offsets) = decide_rotation(&conn, &observed, now) {
+        conn = record_rotation(ctx, &conn, offsets, &observed).await?;
+    }
+    if let Some(stored) = reset_offsets_on_request(ctx, &conn, &observed, now).await? {
+        conn = stored;
+    }
+    let conn = &conn;
+    let old_status = conn.status.clone().unwrap_or_default();
 
     let desired = desired_tasks(conn);
     let configs: Vec<TaskConfig> = (0..desired)
@@ -884,20 +1329,40 @@ async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
         })
         .collect();
 
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let observed: Vec<ObservedPod> = pods
-        .list(&ListParams::default().labels(&format!("{LABEL_CONNECTOR}={name}")))
-        .await?
-        .items
-        .iter()
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == conn.uid().as_ref())
-        })
-        .map(ObservedPod::from_pod)
-        .collect();
-    let plan = plan(conn, &observed, &hashes, now);
+    let mut plan = plan(conn, &observed, &hashes, now);
+    let samples = ctx.reports.of(&ns, &name);
+    plan.ended_task_totals = merge_task_reports(
+        &old_status.tasks,
+        &mut plan.tasks,
+        &observed,
+        &samples,
+        old_status.ended_task_totals.clone().unwrap_or_default(),
+    );
+    let window = ctx.config.record_errors_window;
+    let mut signals = Signals {
+        record_errors: record_errors_message(
+            &samples,
+            now,
+            window,
+            resolved.dead_letter_topic.as_deref(),
+        ),
+        at_risk: None,
+    };
+    let mut requeue = plan.requeue_after;
+    let mut requeue_within = |d: Duration| requeue = Some(requeue.map_or(d, |r| r.min(d)));
+    if signals.record_errors.is_some() {
+        // The condition clears by itself once the errors leave the window.
+        requeue_within(ctx.config.task_status_interval);
+    }
+    if conn.spec.connector_type == ConnectorType::MongodbSource
+        && conn.spec.state == ConnectorState::Running
+    {
+        let (risk, flips_in) = resume_token_risk(plan.tasks.first(), now);
+        signals.at_risk = Some(risk);
+        if let Some(d) = flips_in {
+            requeue_within(d);
+        }
+    }
 
     for (pod, why) in &plan.delete {
         match pods.delete(pod, &DeleteParams::default()).await {
@@ -982,11 +1447,189 @@ async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
         }
     }
 
-    write_status(ctx, conn, build_status(conn, Some(&plan), None, now)).await?;
-    Ok(match plan.requeue_after {
-        Some(after) => Action::requeue(after),
-        None => Action::requeue(Duration::from_secs(300)),
-    })
+    write_status(
+        ctx,
+        conn,
+        build_status(conn, Some(&plan), None, &signals, now),
+    )
+    .await?;
+    Ok(Action::requeue(requeue.unwrap_or(Duration::from_secs(300))))
+}
+
+/// Writes the rotated offsets to status — guarded by the resourceVersion read at the start of this
+/// reconcile, so a stale view can't rotate twice — then tells people with Events. Returns the Connector
+/// as stored.
+async fn record_rotation(
+    ctx: &Context,
+    conn: &Connector,
+    offsets: OffsetsStatus,
+    pods: &[ObservedPod],
+) -> Result<Connector> {
+    let api: Api<Connector> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let Some(rotation) = offsets.rotations.last().cloned() else {
+        return Ok(conn.clone());
+    };
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": { "resourceVersion": conn.resource_version() },
+        "status": { "offsets": offsets },
+    });
+    let stored = api
+        .patch_status(
+            &conn.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    info!(from = %rotation.from, to = %rotation.to, reason = %rotation.reason, "offset partition rotated");
+    if rotation.reason == "ResumeTokenLost" {
+        let pod = pods
+            .iter()
+            .find(|p| p.uid == rotation.pod_uid)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        publish(
+            ctx,
+            conn,
+            EventType::Warning,
+            "ResumeTokenLost",
+            format!(
+                "task pod {pod}: MongoDB no longer has the resume point of offset partition {}: {} ({}): {}",
+                rotation.from,
+                rotation.code_name.clone().unwrap_or_default(),
+                rotation.code.map(|c| c.to_string()).unwrap_or_default(),
+                rotation.message.clone().unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+    let mode = startup_mode(&stored)
+        .map(|m| format!("{m:?}"))
+        .unwrap_or_default();
+    let why = if rotation.reason == "Requested" {
+        format!(
+            " on request (annotation {ANNOTATION_ROTATE_OFFSETS}={})",
+            offsets.last_rotate_request.clone().unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    publish(
+        ctx,
+        conn,
+        EventType::Normal,
+        "OffsetPartitionRotated",
+        format!(
+            "offset partition {} rotated to {}{why}; the task restarts with startup mode {mode}",
+            rotation.from, rotation.to
+        ),
+    )
+    .await;
+    Ok(stored)
+}
+
+/// Deletes the Connector's offsets when the reset-offsets annotation has a new value and the Connector is
+/// stopped with no task pod left (KIP-875: offsets change only while a connector is stopped).
+async fn reset_offsets_on_request(
+    ctx: &Context,
+    conn: &Connector,
+    pods: &[ObservedPod],
+    now: Timestamp,
+) -> Result<Option<Connector>> {
+    let offsets = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.offsets.clone())
+        .unwrap_or_default();
+    let Some(request) = conn
+        .annotations()
+        .get(ANNOTATION_RESET_OFFSETS)
+        .filter(|v| !v.is_empty() && offsets.last_reset_request.as_ref() != Some(*v))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    if conn.spec.state != ConnectorState::Stopped || !pods.is_empty() {
+        publish(
+            ctx,
+            conn,
+            EventType::Warning,
+            "OffsetResetPending",
+            format!(
+                "offsets are reset only while the Connector is stopped and no task pod is left: set                  spec.state to stopped ({ANNOTATION_RESET_OFFSETS}={request} stays pending)"
+            ),
+        )
+        .await;
+        return Ok(None);
+    }
+    let ns = conn.namespace().unwrap_or_default();
+    let creds = match kafka::credentials(&ctx.client, &ns, &conn.spec.kafka, "spec.kafka").await? {
+        Ok(c) => c,
+        Err(problem) => {
+            publish(
+                ctx,
+                conn,
+                EventType::Warning,
+                problem.reason,
+                problem.message,
+            )
+            .await;
+            return Ok(None);
+        }
+    };
+    let props = kafka::client_properties(&conn.spec.kafka, &creds);
+    let target = match &conn.spec.source {
+        Some(source) => {
+            let topic = source
+                .offsets
+                .storage_topic
+                .clone()
+                .unwrap_or_else(|| DEFAULT_OFFSET_TOPIC.into());
+            let partition = offset_partition_name(conn);
+            kafka::delete_source_offset(
+                &props,
+                &topic,
+                &crate::task::source::offset_key(&conn.name_any(), &partition),
+            )
+            .await?;
+            format!("partition {partition} in topic {topic}")
+        }
+        None => {
+            let group = crate::task::sink::consumer_group(&ns, &conn.name_any());
+            kafka::delete_consumer_group(&props, &group).await?;
+            format!("consumer group {group}")
+        }
+    };
+    let mut offsets = offsets;
+    offsets.last_reset_request = Some(request.clone());
+    offsets.resets.push(crate::crd::connector::OffsetReset {
+        target: target.clone(),
+        time: now.to_string(),
+        request,
+    });
+    let api: Api<Connector> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": { "resourceVersion": conn.resource_version() },
+        "status": { "offsets": offsets },
+    });
+    let stored = api
+        .patch_status(
+            &conn.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    publish(
+        ctx,
+        conn,
+        EventType::Normal,
+        "OffsetsReset",
+        format!("offsets deleted: {target}; the next start follows the startup mode"),
+    )
+    .await;
+    Ok(Some(stored))
 }
 
 /// Writes status with server-side apply, only when it differs from what is stored.
@@ -1013,7 +1656,10 @@ fn error_policy(conn: Arc<Connector>, err: &Error, _ctx: Arc<Context>) -> Action
 }
 
 /// Runs the Connector controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    reports_changed: tokio::sync::mpsc::Receiver<kube::runtime::reflector::ObjectRef<Connector>>,
+) {
     let client = ctx.client.clone();
     let (connectors, pods, configmaps) = match &ctx.config.namespace {
         Some(ns) => (
@@ -1031,6 +1677,11 @@ pub async fn run(ctx: Arc<Context>) {
     Controller::new(connectors, watcher::Config::default())
         .owns(pods, owned.clone())
         .owns(configmaps, owned)
+        // A task whose report changed: its counters go into status.
+        .reconcile_on(futures::stream::unfold(
+            reports_changed,
+            |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+        ))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -1111,6 +1762,7 @@ spec:
             offsets: Some(OffsetsStatus {
                 partition_name: Some("shop-events.2".into()),
                 rotations: vec![Default::default()],
+                ..Default::default()
             }),
             ..Default::default()
         });
@@ -1211,6 +1863,8 @@ spec:
             ready: phase == "Running",
             finished_at: None,
             termination: None,
+            uid: Some(format!("uid-{id}")),
+            ..Default::default()
         }
     }
 
@@ -1290,7 +1944,7 @@ spec:
             exhausted.tasks[0].reason.as_deref(),
             Some("MaxRestartsReached")
         );
-        let conds = decide_conditions(&conn, Some(&exhausted), None);
+        let conds = decide_conditions(&conn, Some(&exhausted), None, &Signals::default());
         assert_eq!(
             (conds[2].type_, conds[2].status, conds[2].reason.as_str()),
             (DEGRADED, true, "MaxRestartsReached")
@@ -1307,12 +1961,12 @@ spec:
             &["a".into(), "b".into()],
             now,
         );
-        let conds = decide_conditions(&conn, Some(&all), None);
+        let conds = decide_conditions(&conn, Some(&all), None, &Signals::default());
         assert!(
             conds[0].status && !conds[1].status && !conds[2].status,
             "{conds:?}"
         );
-        let status = build_status(&conn, Some(&all), None, now);
+        let status = build_status(&conn, Some(&all), None, &Signals::default(), now);
         assert_eq!(status.task_summary.as_deref(), Some("2/2"));
 
         let half = plan(
@@ -1321,17 +1975,260 @@ spec:
             &["a".into(), "b".into()],
             now,
         );
-        let conds = decide_conditions(&conn, Some(&half), None);
+        let conds = decide_conditions(&conn, Some(&half), None, &Signals::default());
         assert!(!conds[0].status && conds[1].status, "{conds:?}");
 
         let problem = Problem::new(
             "SecretNotFound",
             "Secret shop/mongo (spec.mongodb.connectionUriSecretRef) not found",
         );
-        let conds = decide_conditions(&conn, None, Some(&problem));
+        let conds = decide_conditions(&conn, None, Some(&problem), &Signals::default());
         assert_eq!(
             (conds[0].status, conds[0].reason.as_str()),
             (false, "SecretNotFound")
         );
+    }
+    fn lost(uid: &str) -> ObservedPod {
+        let mut p = observed(0, "Failed", "h");
+        p.uid = Some(uid.into());
+        p.termination = Some(("ResumeTokenLost".into(), "resume point gone".into()));
+        p.code = Some(286);
+        p.code_name = Some("ChangeStreamHistoryLost".into());
+        p
+    }
+
+    #[test]
+    fn partition_names_rotate_from_the_base() {
+        assert_eq!(next_partition_name("events", "events"), "events.1");
+        assert_eq!(next_partition_name("events", "events.1"), "events.2");
+        assert_eq!(next_partition_name("events", "events.9"), "events.10");
+        assert_eq!(next_partition_name("a.b", "a.b.3"), "a.b.4");
+        let mut conn = connector(SOURCE);
+        conn.status = Some(ConnectorStatus {
+            offsets: Some(OffsetsStatus {
+                partition_name: Some("old-base.4".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            offset_partition_name(&conn),
+            "shop-events",
+            "a name recorded for another base is stale"
+        );
+    }
+
+    #[test]
+    fn a_lost_resume_token_rotates_once_per_pod() {
+        let mut conn = connector(SOURCE);
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let offsets = decide_rotation(&conn, &[lost("pod-1")], now).expect("rotates");
+        assert_eq!(offsets.partition_name.as_deref(), Some("shop-events.1"));
+        let r = &offsets.rotations[0];
+        assert_eq!(
+            (r.from.as_str(), r.to.as_str(), r.reason.as_str()),
+            ("shop-events", "shop-events.1", "ResumeTokenLost")
+        );
+        assert_eq!(
+            (r.code, r.code_name.as_deref()),
+            (Some(286), Some("ChangeStreamHistoryLost"))
+        );
+        assert_eq!(r.pod_uid.as_deref(), Some("pod-1"));
+
+        conn.status = Some(ConnectorStatus {
+            offsets: Some(offsets),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide_rotation(&conn, &[lost("pod-1")], now),
+            None,
+            "the same pod seen again (a retried reconcile, a restarted operator) does not rotate again"
+        );
+        let next = decide_rotation(&conn, &[lost("pod-2")], now).expect("a new loss rotates");
+        assert_eq!(next.partition_name.as_deref(), Some("shop-events.2"));
+        assert_eq!(next.rotations.len(), 2);
+        assert_eq!(
+            decide_rotation(&conn, &[observed(0, "Running", "h")], now),
+            None
+        );
+    }
+
+    #[test]
+    fn policy_fail_waits_for_the_rotate_annotation() {
+        let mut conn = connector(SOURCE);
+        conn.spec
+            .source
+            .as_mut()
+            .unwrap()
+            .resume_token_recovery
+            .policy = RecoveryPolicy::Fail;
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let pods = [lost("pod-1")];
+        assert_eq!(decide_rotation(&conn, &pods, now), None);
+        let p = plan(
+            &conn,
+            &pods,
+            &["h".into()],
+            now + SignedDuration::from_secs(3600),
+        );
+        assert!(
+            p.delete.is_empty(),
+            "no restart that would fail the same way"
+        );
+        let conds = decide_conditions(&conn, Some(&p), None, &Signals::default());
+        let degraded = conds.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status, degraded.reason.as_str()),
+            (true, "ResumeTokenLost")
+        );
+        assert!(
+            degraded
+                .message
+                .contains("kubectl annotate connector events sluice.dev/rotate-offsets="),
+            "{}",
+            degraded.message
+        );
+
+        conn.metadata.annotations = Some(BTreeMap::from([(
+            ANNOTATION_ROTATE_OFFSETS.into(),
+            "1".into(),
+        )]));
+        let offsets = decide_rotation(&conn, &pods, now).expect("rotates on request");
+        assert_eq!(offsets.rotations[0].reason, "Requested");
+        assert_eq!(offsets.last_rotate_request.as_deref(), Some("1"));
+        conn.status = Some(ConnectorStatus {
+            offsets: Some(offsets),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide_rotation(&conn, &pods, now),
+            None,
+            "one rotation per request value"
+        );
+        let p = plan(&conn, &pods, &["new-config".into()], now);
+        assert_eq!(
+            p.delete,
+            [("orders-task-0".into(), DeleteReason::ConfigChanged)],
+            "replaced at once"
+        );
+    }
+
+    fn sample(uid: &str, errors: i64) -> Sample {
+        let mut report: crate::task::metrics::StatusReport = serde_json::from_value(json!({
+            "connector": "orders", "task": "0", "running": true, "recordsIn": 5, "recordsOut": 4, "errors": {}
+        }))
+        .unwrap();
+        report.errors.total_record_errors = errors;
+        Sample {
+            pod_uid: uid.into(),
+            report,
+            history: Default::default(),
+        }
+    }
+
+    #[test]
+    fn counters_of_a_replaced_task_pod_stay_in_the_totals() {
+        let counters = |n| ErrorCounters {
+            total_record_errors: n,
+            ..Default::default()
+        };
+        let mut tasks = vec![TaskStatus {
+            id: 0,
+            ..Default::default()
+        }];
+        let pods = [observed(0, "Running", "h")];
+        let samples = BTreeMap::from([(0, sample("uid-0", 3))]);
+        let ended = merge_task_reports(&[], &mut tasks, &pods, &samples, ErrorCounters::default());
+        assert_eq!(tasks[0].metrics, Some(counters(3)));
+        assert_eq!(
+            (tasks[0].records_in, tasks[0].pod_uid.as_deref()),
+            (Some(5), Some("uid-0"))
+        );
+        assert_eq!(totals(&tasks, &ended).total_record_errors, 3);
+
+        // The pod failed with 4 errors in its termination message, then was replaced by uid-9.
+        let previous = tasks.clone();
+        let mut failed = observed(0, "Failed", "h");
+        failed.counters = Some(counters(4));
+        let mut tasks = vec![TaskStatus {
+            id: 0,
+            ..Default::default()
+        }];
+        let ended = merge_task_reports(&previous, &mut tasks, &[failed], &samples, ended);
+        assert_eq!(
+            tasks[0].metrics,
+            Some(counters(4)),
+            "final counters from the termination message"
+        );
+        let previous = tasks.clone();
+        let mut new_pod = observed(0, "Running", "h");
+        new_pod.uid = Some("uid-9".into());
+        let samples = BTreeMap::from([(0, sample("uid-9", 1))]);
+        let mut tasks = vec![TaskStatus {
+            id: 0,
+            ..Default::default()
+        }];
+        let ended = merge_task_reports(&previous, &mut tasks, &[new_pod.clone()], &samples, ended);
+        assert_eq!(ended.total_record_errors, 4);
+        assert_eq!(totals(&tasks, &ended).total_record_errors, 5);
+        // Seen again: nothing moves twice.
+        let previous = tasks.clone();
+        let mut tasks = vec![TaskStatus {
+            id: 0,
+            ..Default::default()
+        }];
+        let ended = merge_task_reports(&previous, &mut tasks, &[new_pod], &samples, ended);
+        assert_eq!(totals(&tasks, &ended).total_record_errors, 5);
+        // Stopped: no tasks wanted, the last counters join the ended ones.
+        let ended = merge_task_reports(&tasks, &mut [], &[], &samples, ended);
+        assert_eq!(ended.total_record_errors, 5);
+    }
+
+    #[test]
+    fn rising_record_errors_make_a_message_per_task() {
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let mut s = sample("uid-0", 12);
+        s.history = [(now - SignedDuration::from_secs(60), 0, 0), (now, 12, 12)].into();
+        let samples = BTreeMap::from([(0, s)]);
+        assert_eq!(
+            record_errors_message(&samples, now, Duration::from_secs(300), Some("orders-dlq"))
+                .as_deref(),
+            Some("task 0: 12 record errors in the last 5m, 12 sent to DLQ orders-dlq")
+        );
+        let later = now + SignedDuration::from_secs(600);
+        assert_eq!(
+            record_errors_message(&samples, later, Duration::from_secs(300), None),
+            None
+        );
+    }
+
+    #[test]
+    fn a_token_older_than_half_the_oplog_window_is_at_risk() {
+        use crate::crd::connector::ResumeTokenStatus;
+        let now: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let task = |token: &str| TaskStatus {
+            resume_token: Some(ResumeTokenStatus {
+                time: Some(token.into()),
+                oplog_first_time: Some("2026-01-01T00:00:00Z".into()),
+                oplog_last_time: Some("2026-01-01T01:00:00Z".into()),
+                oplog_window_unknown: None,
+            }),
+            ..Default::default()
+        };
+        let (fresh, flips) = resume_token_risk(Some(&task("2026-01-01T00:50:00Z")), now);
+        assert_eq!((fresh.status, fresh.unknown), (false, false));
+        assert_eq!(flips, Some(Duration::from_secs(20 * 60 + 1)));
+        let (old, _) = resume_token_risk(Some(&task("2026-01-01T00:20:00Z")), now);
+        assert!(old.status, "{}", old.message);
+        assert!(
+            old.message.contains("40m old") && old.message.contains("1h"),
+            "{}",
+            old.message
+        );
+        let mut unknown = task("2026-01-01T00:20:00Z");
+        unknown.resume_token.as_mut().unwrap().oplog_first_time = None;
+        unknown.resume_token.as_mut().unwrap().oplog_window_unknown = Some("not authorized".into());
+        let (c, _) = resume_token_risk(Some(&unknown), now);
+        assert!(c.unknown && c.message.contains("not authorized"), "{c:?}");
     }
 }

@@ -9,6 +9,7 @@ use kube::Client;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{Error, Problem, Result, secret_value};
 use crate::crd::KafkaConnection;
@@ -170,6 +171,64 @@ pub async fn topic_metadata(
             Some((t.partitions().len() as i32, replicas))
         }
     }))
+}
+
+fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in props {
+        config.set(k, v);
+    }
+    config.set("client.id", "sluice-operator");
+    config
+}
+
+/// Deletes a source's stored resume token: a tombstone for its key in the offsets topic (what Kafka
+/// Connect writes for a KIP-875 offset reset).
+pub async fn delete_source_offset(
+    props: &BTreeMap<String, String>,
+    topic: &str,
+    key: &str,
+) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = client_config(props)
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(|source| Error::Kafka {
+            operation: "create producer",
+            source,
+        })?;
+    producer
+        .send(FutureRecord::<str, [u8]>::to(topic).key(key), ADMIN_TIMEOUT)
+        .await
+        .map_err(|(source, _)| Error::Kafka {
+            operation: "write offset tombstone",
+            source,
+        })?;
+    Ok(())
+}
+
+/// Deletes a sink's consumer group (its committed offsets); a group that does not exist is fine.
+pub async fn delete_consumer_group(props: &BTreeMap<String, String>, group: &str) -> Result<()> {
+    let admin = admin(props)?;
+    let results = admin
+        .delete_groups(&[group], &admin_options())
+        .await
+        .map_err(|source| Error::Kafka {
+            operation: "delete consumer group",
+            source,
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+            Err((_, code)) => {
+                return Err(Error::Kafka {
+                    operation: "delete consumer group",
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod dead_letter_queue;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod task_status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,25 @@ pub struct OperatorConfig {
     pub task_image: String,
     /// Watch only this namespace (namespaced mode); `None` watches all.
     pub namespace: Option<String>,
+    /// How often every running task's `/v1/status` is read.
+    pub task_status_interval: Duration,
+    /// How many tasks are read at once.
+    pub task_status_concurrency: usize,
+    /// `Degraded` (reason `RecordErrors`) while record errors rose within this window.
+    pub record_errors_window: Duration,
+}
+
+impl OperatorConfig {
+    /// Defaults for everything but the image and namespace.
+    pub fn new(task_image: String, namespace: Option<String>) -> Self {
+        Self {
+            task_image,
+            namespace,
+            task_status_interval: Duration::from_secs(10),
+            task_status_concurrency: 16,
+            record_errors_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// What every reconcile gets.
@@ -34,6 +54,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: OperatorConfig,
     pub metrics: Arc<metrics::Metrics>,
+    /// The latest `/v1/status` of every running task.
+    pub reports: task_status::TaskReports,
 }
 
 impl Context {
@@ -47,6 +69,7 @@ impl Context {
             client,
             config,
             metrics,
+            reports: Default::default(),
         }
     }
 }
@@ -78,10 +101,13 @@ pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
 /// Runs both controllers until a shutdown signal.
 pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) {
     let ctx = Arc::new(Context::new(client, config, metrics));
+    let (changed, reports_changed) = tokio::sync::mpsc::channel(256);
+    let poller = tokio::spawn(task_status::poll(ctx.clone(), changed));
     tokio::join!(
-        connector::run(ctx.clone()),
+        connector::run(ctx.clone(), reports_changed),
         dead_letter_queue::run(ctx.clone())
     );
+    poller.abort();
 }
 
 /// A spec the API accepted but the operator can't use yet (a missing Secret, an unknown topic, …). It

@@ -313,7 +313,8 @@ pub struct OffsetsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ResumeTokenRecovery {
     /// `rotate`: the operator rotates the offset partition name and restarts the task; `fail`: the
-    /// Connector is Degraded until a person decides.
+    /// Connector is Degraded (reason `ResumeTokenLost`) until a person rotates on request by setting the
+    /// annotation `sluice.dev/rotate-offsets` to a new value.
     #[serde(default)]
     pub policy: RecoveryPolicy,
     /// Where the task starts after a rotation.
@@ -592,9 +593,12 @@ pub struct ConnectorStatus {
     /// One entry per task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskStatus>,
-    /// The error counters summed over tasks, including tasks that were replaced.
+    /// The error counters summed over tasks, including task pods that ended (`endedTaskTotals`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<ErrorCounters>,
+    /// The last counters of every task pod that ended, summed, so `totals` never goes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_task_totals: Option<ErrorCounters>,
     /// Offsets of a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<OffsetsStatus>,
@@ -627,9 +631,58 @@ pub struct TaskStatus {
     /// Details, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The task's KIP-298 error counters.
+    /// The task's KIP-298 error counters, as last read from the task's `/v1/status` (or, for a task that
+    /// ended, from its termination message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<ErrorCounters>,
+    /// UID of the pod the counters belong to; when the task gets a new pod, the old pod's counters move to
+    /// `status.endedTaskTotals`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Records read by the task's pod (consumed records or change events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in: Option<i64>,
+    /// Records written by the task's pod (documents or produced records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_out: Option<i64>,
+    /// The task's last record error: class, stage and message, never the record's contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+    /// A source task's resume token and the oplog window it must stay in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<ResumeTokenStatus>,
+}
+
+/// The last record error of a task.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastError {
+    /// The error class (`__connect.errors.exception.class.name`).
+    pub class: String,
+    /// The Kafka Connect stage (`VALUE_CONVERTER`, `TASK_PUT`, …).
+    pub stage: String,
+    /// The error message, without record contents.
+    pub message: String,
+    /// When it happened (RFC 3339).
+    pub time: String,
+}
+
+/// Where a source task's resume token points, and the oplog window of the MongoDB it reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeTokenStatus {
+    /// The cluster time the stored resume token points at (RFC 3339); absent before the first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Time of the oldest oplog entry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oplog_first_time: Option<String>,
+    /// Time of the newest oplog entry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oplog_last_time: Option<String>,
+    /// Why the oplog window could not be read (no permission on `local.oplog.rs`, not a replica set, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oplog_window_unknown: Option<String>,
 }
 
 /// The eight KIP-298 per-task error metrics (`kafka.connect:type=task-error-metrics`), camelCase.
@@ -672,6 +725,28 @@ pub struct OffsetsStatus {
     /// Every rotation, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotations: Vec<OffsetRotation>,
+    /// The value of the `sluice.dev/rotate-offsets` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
+    /// Every offset reset (annotation `sluice.dev/reset-offsets` while `spec.state` is `stopped`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resets: Vec<OffsetReset>,
+    /// The value of the `sluice.dev/reset-offsets` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset_request: Option<String>,
+}
+
+/// One offset reset (KIP-875's `DELETE /connectors/{name}/offsets`): a source's stored resume token or a
+/// sink's consumer group offsets are deleted, so the next start follows the startup mode.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetReset {
+    /// What was reset: `partition <name> in topic <topic>` or `consumer group <group>`.
+    pub target: String,
+    /// RFC 3339.
+    pub time: String,
+    /// The annotation value that asked for it.
+    pub request: String,
 }
 
 /// One rotation of the offset partition name.
@@ -682,6 +757,12 @@ pub struct OffsetRotation {
     pub to: String,
     /// RFC 3339.
     pub time: String,
+    /// `ResumeTokenLost` (automatic) or `Requested` (annotation `sluice.dev/rotate-offsets`).
+    #[serde(default)]
+    pub reason: String,
+    /// UID of the task pod whose lost resume token caused it: one rotation per loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// The MongoDB error code that caused it, if any (absent for an on-demand rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,

@@ -192,6 +192,24 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
+/// An error message fit for status and metrics: MongoDB quotes key values in duplicate-key errors
+/// (`dup key: { _id: "…" }`), which are record contents; they are cut, and the message kept short.
+pub fn without_record_contents(message: &str) -> String {
+    let mut text = match message.find("dup key:") {
+        Some(i) => format!("{}dup key: (omitted)", &message[..i]),
+        None => message.to_string(),
+    };
+    if text.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// Why a task must stop: the first error under `tolerance: none`, the window limit, or a failed DLQ write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{failure}{}", .record.as_ref().map(|r| format!(" (record {})", r.coordinates())).unwrap_or_default())]
@@ -269,6 +287,11 @@ impl ErrorHandler {
         record: RecordContext,
     ) -> Result<(), TaskFailed> {
         self.metrics.record_error();
+        self.metrics.set_last_error(
+            &failure.class,
+            failure.stage.connect_name(),
+            &without_record_contents(&failure.message),
+        );
         if self.spec.log_enable {
             self.metrics.record_logged();
             let contents = self
@@ -336,6 +359,17 @@ mod tests {
             retry_delay_max_ms: max,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn status_messages_leave_out_duplicate_key_values_and_stay_short() {
+        let m = "E11000 duplicate key error collection: shop.orders index: _id_ dup key: { _id: \"4111-1111\" }";
+        assert_eq!(
+            without_record_contents(m),
+            "E11000 duplicate key error collection: shop.orders index: _id_ dup key: (omitted)"
+        );
+        let long = "é".repeat(400);
+        assert!(without_record_contents(&long).len() <= 304);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! Prometheus text on `/metrics` and as JSON on `/v1/status` (what the operator reads), plus `/healthz`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -18,9 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::crd::connector::ErrorCounters;
+use crate::crd::connector::{ErrorCounters, LastError, ResumeTokenStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
@@ -45,10 +45,12 @@ pub struct TaskMetrics {
     batch_seconds: Family<TaskLabels, Histogram>,
     last_error_ms: AtomicI64,
     running: AtomicBool,
+    last_error_detail: Mutex<Option<LastError>>,
+    resume_token: Mutex<Option<ResumeTokenStatus>>,
 }
 
 /// What `/v1/status` returns.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
     pub connector: String,
@@ -57,6 +59,12 @@ pub struct StatusReport {
     pub errors: ErrorCounters,
     pub records_in: u64,
     pub records_out: u64,
+    /// The last record error, without record contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+    /// A source's resume token time and the oplog window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<ResumeTokenStatus>,
 }
 
 fn now_ms() -> i64 {
@@ -141,6 +149,8 @@ impl TaskMetrics {
             batch_seconds,
             last_error_ms: AtomicI64::new(0),
             running: AtomicBool::new(false),
+            last_error_detail: Mutex::new(None),
+            resume_token: Mutex::new(None),
         }
     }
 
@@ -186,6 +196,24 @@ impl TaskMetrics {
             .get_or_create(&self.labels)
             .observe(took.as_secs_f64());
     }
+    /// Remembers a record error for `/v1/status` (the message must not carry record contents).
+    pub fn set_last_error(&self, class: &str, stage: &str, message: &str) {
+        let time = k8s_openapi::jiff::Timestamp::now().to_string();
+        *self
+            .last_error_detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(LastError {
+            class: class.into(),
+            stage: stage.into(),
+            message: message.into(),
+            time,
+        });
+    }
+    /// Updates what a source reports about its resume token and the oplog window.
+    pub fn update_resume_token(&self, update: impl FnOnce(&mut ResumeTokenStatus)) {
+        let mut guard = self.resume_token.lock().unwrap_or_else(|e| e.into_inner());
+        update(guard.get_or_insert_with(Default::default));
+    }
     pub fn set_running(&self, running: bool) {
         self.running.store(running, Ordering::SeqCst);
     }
@@ -208,6 +236,16 @@ impl TaskMetrics {
             },
             records_in: get(&self.records_in),
             records_out: get(&self.records_out),
+            last_error: self
+                .last_error_detail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            resume_token: self
+                .resume_token
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

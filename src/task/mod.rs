@@ -67,8 +67,17 @@ impl TaskError {
 }
 
 /// Runs a task until SIGTERM (then finishes its batch and returns `Ok`) or until it fails.
-pub async fn run(cfg: TaskConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskError> {
+pub async fn run(cfg: TaskConfig, shutdown: watch::Receiver<bool>) -> Result<(), TaskError> {
     let metrics = Arc::new(TaskMetrics::new(&cfg.connector, cfg.task_id));
+    run_with_metrics(cfg, shutdown, metrics).await
+}
+
+/// [`run`] with the caller's metrics (so it can put the final counters into the termination message).
+pub async fn run_with_metrics(
+    cfg: TaskConfig,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<TaskMetrics>,
+) -> Result<(), TaskError> {
     let ip = std::env::var("POD_IP").unwrap_or_else(|_| "127.0.0.1".into());
     let addr: SocketAddr = format!("{ip}:{}", cfg.http_port).parse().map_err(|e| {
         TaskError::Config(format!(

@@ -54,7 +54,12 @@ pub fn classify_mongo_error(stage: Stage, err: &mongodb::error::Error) -> Failur
 
 /// The consumer group of a connector (Kafka Connect: `connect-<name>`).
 pub fn group_id(cfg: &TaskConfig) -> String {
-    format!("sluice-{}-{}", cfg.namespace, cfg.connector)
+    consumer_group(&cfg.namespace, &cfg.connector)
+}
+
+/// The consumer group of the sink Connector `connector` in `namespace`.
+pub fn consumer_group(namespace: &str, connector: &str) -> String {
+    format!("sluice-{namespace}-{connector}")
 }
 
 /// One record on its way to MongoDB.

@@ -32,6 +32,15 @@ use super::metrics::TaskMetrics;
 use super::sink::classify_mongo_error;
 use crate::crd::connector::{FullDocument, StartupMode};
 
+/// Aborts a background task when the stream loop ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The exit code of a task whose resume point is gone.
 pub const RESUME_TOKEN_LOST_EXIT: u8 = 4;
 
@@ -78,6 +87,81 @@ pub fn offset_key(connector: &str, partition_name: &str) -> String {
 fn token_json(token: &ResumeToken) -> String {
     serde_json::to_string(token).unwrap_or_default()
 }
+
+/// The cluster time (seconds) a replica set's resume token points at: its `_data` is a KeyString whose
+/// first value is the event's cluster time (type byte `0x82`, then 4 bytes of seconds, 4 of increment).
+pub fn token_cluster_time(token_json: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(token_json).ok()?;
+    let data = v["_data"].as_str()?;
+    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
+        return None;
+    }
+    u32::from_str_radix(data.get(2..10)?, 16).ok()
+}
+
+fn rfc3339(secs: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Reads the oplog window (first and last entry times of `local.oplog.rs`), or why it can't be read.
+async fn oplog_window(mongo: &mongodb::Client) -> Result<(u32, u32), String> {
+    let oplog = mongo.database("local").collection::<Document>("oplog.rs");
+    let mut ends = Vec::new();
+    for order in [1, -1] {
+        let entry = oplog
+            .find_one(doc! {})
+            .sort(doc! { "$natural": order })
+            .projection(doc! { "ts": 1 })
+            .await
+            .map_err(|e| match e.kind.as_ref() {
+                mongodb::error::ErrorKind::Command(c) if c.code == 13 => {
+                    "not authorized to read local.oplog.rs (grant read on the local database to see the oplog window)".to_string()
+                }
+                _ => format!("reading local.oplog.rs failed: {e}"),
+            })?;
+        match entry.as_ref().and_then(|d| d.get_timestamp("ts").ok()) {
+            Some(ts) => ends.push(ts.time),
+            None => {
+                return Err(
+                    "local.oplog.rs is missing or empty (not a replica set member?)".to_string(),
+                );
+            }
+        }
+    }
+    Ok((ends[0], ends[1]))
+}
+
+/// Keeps the oplog window in the task's status fresh (it only moves slowly: once a minute).
+async fn report_oplog_window(
+    mongo: mongodb::Client,
+    metrics: Arc<TaskMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let window = oplog_window(&mongo).await;
+        metrics.update_resume_token(|r| match window {
+            Ok((first, last)) => {
+                r.oplog_first_time = Some(rfc3339(first.into()));
+                r.oplog_last_time = Some(rfc3339(last.into()));
+                r.oplog_window_unknown = None;
+            }
+            Err(why) => {
+                r.oplog_first_time = None;
+                r.oplog_last_time = None;
+                r.oplog_window_unknown = Some(why);
+            }
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(OPLOG_WINDOW_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often a source reads the oplog window.
+const OPLOG_WINDOW_EVERY: Duration = Duration::from_secs(60);
 
 /// A change event as a Kafka record: key and value JSON, or the conversion failure.
 pub fn event_record(
@@ -224,9 +308,17 @@ impl Source {
             .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
     }
 
-    async fn store_token(&self, token: &ResumeToken) -> Result<(), Failure> {
+    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic.
+    async fn store_token(&self, token: &ResumeToken, at: Option<u32>) -> Result<(), Failure> {
         let key = offset_key(&self.cfg.connector, &self.source.offset_partition_name);
-        let value = serde_json::json!({ "_id": token_json(token) }).to_string();
+        let json = token_json(token);
+        let value = serde_json::json!({ "_id": json }).to_string();
+        let time = token_cluster_time(&json)
+            .or(at)
+            .map(i64::from)
+            .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().as_second());
+        self.metrics
+            .update_resume_token(|r| r.time = Some(rfc3339(time)));
         self.handler
             .retry(|| async {
                 self.producer
@@ -328,6 +420,13 @@ impl Source {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskFailed> {
         let stored = self.stored_token().await.map_err(start_failed)?;
         let resumed = stored.is_some();
+        if let Some(secs) = stored
+            .as_ref()
+            .and_then(|t| token_cluster_time(&token_json(t)))
+        {
+            self.metrics
+                .update_resume_token(|r| r.time = Some(rfc3339(secs.into())));
+        }
         let mut stream = match self.open(stored).await {
             Ok(s) => s,
             Err(e) => {
@@ -340,6 +439,12 @@ impl Source {
             self.copy_existing().await?;
         }
         self.metrics.set_running(true);
+        let window = tokio::spawn(report_oplog_window(
+            self.mongo.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let _stop_window = AbortOnDrop(window);
         let heartbeat = Duration::from_millis(self.source.spec.heartbeat.interval_ms.max(0) as u64);
         let mut last_store = Instant::now();
         let mut stored_token: Option<String> = None;
@@ -404,12 +509,15 @@ impl Source {
             if !batch.is_empty() {
                 let started = Instant::now();
                 self.produce(&batch).await?;
-                if let Some(token) = batch
-                    .last()
+                let last = batch.last();
+                let at = last
+                    .and_then(|e| e.get_timestamp("clusterTime").ok())
+                    .map(|t| t.time);
+                if let Some(token) = last
                     .and_then(|e| e.get("_id"))
                     .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok())
                 {
-                    self.store_token(&token).await.map_err(|f| TaskFailed {
+                    self.store_token(&token, at).await.map_err(|f| TaskFailed {
                         reason: "OffsetStoreFailed",
                         failure: f,
                         record: None,
@@ -460,7 +568,7 @@ impl Source {
             )
             .await
             .map_err(|(e, _)| failed(classify_kafka_error(Stage::KafkaProduce, &e)))?;
-        self.store_token(token).await.map_err(failed)
+        self.store_token(token, None).await.map_err(failed)
     }
 
     /// Produces a batch of events and waits for every acknowledgement; a record that can't be converted or
@@ -700,6 +808,15 @@ mod tests {
                 && resume_token_lost(40585, "")
         );
         assert!(!resume_token_lost(91, "ShutdownInProgress"));
+    }
+
+    #[test]
+    fn a_replica_set_token_tells_its_cluster_time() {
+        // A real token: KeyString 0x82, seconds 0x6553F100, increment 1, then the event's identity.
+        let token = r#"{"_data":"826553F100000000012B022C0100296E5A1004"}"#;
+        assert_eq!(token_cluster_time(token), Some(0x6553_F100));
+        assert_eq!(token_cluster_time(r#"{"_data":"0000000a00000001"}"#), None);
+        assert_eq!(token_cluster_time("not json"), None);
     }
 
     #[test]
