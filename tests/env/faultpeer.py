@@ -20,7 +20,8 @@ Rules are scripted over a small HTTP control API (JSON):
 
 * ``POST /rules`` ``{"command": "aggregate", "changeStream": true, "collection": "orders", "skip": 0,
   "times": 1, "reply": {...}}`` -> ``{"id": 1}``. ``times`` absent = every match; ``skip`` lets the first N
-  matches through.
+  matches through; ``match`` (e.g. ``{"sort": {"$natural": -1}}``) also requires those command fields to be
+  equal. Rules are extended JSON, so a reply can carry BSON types (``{"$timestamp": {"t": 1, "i": 1}}``).
 * ``GET /rules`` -> the rules with how often each fired; ``DELETE /rules`` removes them all.
 * ``GET /commands`` -> how many times each command was seen (``{"aggregate": 3, ...}``), and
   ``changeStreamAggregates`` for aggregates opening a change stream.
@@ -45,6 +46,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bson
+from bson import json_util
 
 OP_MSG = 2013
 FLAG_CHECKSUM = 1
@@ -92,6 +94,8 @@ class Rules:
                 if "collection" in rule and target != rule["collection"]:
                     continue
                 if "database" in rule and body.get("$db") != rule["database"]:
+                    continue
+                if any(body.get(k) != v for k, v in rule.get("match", {}).items()):
                     continue
                 rule["seen"] += 1
                 if rule["seen"] <= rule.get("skip", 0):
@@ -320,7 +324,8 @@ def control_server(rules: Rules, host: str, port: int) -> ThreadingHTTPServer:
                 return
             try:
                 length = int(self.headers.get("Content-Length", "0"))
-                rule = json.loads(self.rfile.read(length) or b"{}")
+                # Extended JSON, so replies can carry BSON types: {"$timestamp": {"t": 1700000000, "i": 1}}.
+                rule = json_util.loads(self.rfile.read(length) or b"{}")
                 self.send(201, {"id": rules.add(rule)})
             except (ValueError, TypeError) as e:
                 self.send(400, {"error": str(e)})

@@ -232,6 +232,9 @@ impl Operator {
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", identity)
             .env("SLUICE_TASK_IMAGE", "ghcr.io/sluice-dev/sluice:dev")
+            // Tests read task reports every second and keep record errors "recent" for 20 s.
+            .env("SLUICE_TASK_STATUS_INTERVAL", "1s")
+            .env("SLUICE_RECORD_ERRORS_WINDOW", "20s")
             .stdout(out.try_clone().unwrap())
             .stderr(out);
         let child = spawn_marked(env, &mut cmd);
