@@ -171,8 +171,35 @@ async fn read_records(env: &Env, topic: &str, n: usize) -> Vec<(i64, String)> {
     out
 }
 
-/// Makes the next resume of the change stream on `db` fail with 286: the live getMore loses its
-/// connection, and the resume the driver then attempts is answered with ChangeStreamHistoryLost.
+/// CreateTime of the first record of `topic` at or after `since_ms` whose value contains `needle`.
+async fn first_record_since(env: &Env, topic: &str, since_ms: i64, needle: &str) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let ts = m.timestamp().to_millis().unwrap_or(0);
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                if ts >= since_ms && value.contains(needle) {
+                    return ts;
+                }
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!("no record on {topic} since {since_ms} containing {needle:?}"),
+        }
+    }
+}
+
+/// Makes the next resume of the change stream on `db` fail with 286: the live getMore is answered with
+/// CursorNotFound (always resumable; a dropped connection would also clear the driver's pool and race its
+/// retry), and the resume the driver then attempts is answered with ChangeStreamHistoryLost.
 async fn lose_resume_point(env: &Env, db: &str) {
     env.fault_peer_rule(json!({
         "command": "aggregate", "changeStream": true, "database": db, "times": 1,
@@ -181,7 +208,8 @@ async fn lose_resume_point(env: &Env, db: &str) {
     }))
     .await;
     env.fault_peer_rule(json!({
-        "command": "getMore", "database": db, "collection": "orders", "times": 1, "closeConnection": true
+        "command": "getMore", "database": db, "collection": "orders", "times": 1,
+        "reply": { "ok": 0, "code": 43, "codeName": "CursorNotFound", "errmsg": "cursor id 1 not found" }
     }))
     .await;
 }
@@ -194,7 +222,11 @@ async fn wait_pod_failed(s: &Setup, pod: &str) -> Instant {
             Some(p) if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed") => {
                 Ok(Instant::now())
             }
-            Some(p) => Err(format!("phase {:?}", p.status.and_then(|s| s.phase))),
+            Some(p) => Err(format!(
+                "phase {:?}; fault peer rules: {}",
+                p.status.and_then(|s| s.phase),
+                s.env.fault_peer_rules().await
+            )),
             None => Ok(Instant::now()),
         }
     })
@@ -240,11 +272,10 @@ async fn a_lost_resume_token_rotates_the_partition_and_a_new_task_streams_withou
     let coll = orders(&s.env, &db).await;
     coll.insert_one(doc! { "n": 0 }).await.unwrap();
     read_records(&s.env, &topic, 1).await;
-    lose_resume_point(&s.env, &db).await;
-    let pod = format!("{name}-task-0");
-    let exited = wait_pod_failed(&s, &pod).await;
-    // Keep writing from the moment the task ended: the first event the new task produces tells how long
-    // the pipeline was without a task.
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    let old_uid = pods.get(&format!("{name}-task-0")).await.unwrap().uid();
+    // Keep writing through the loss: the first event the new task produces tells how long the pipeline
+    // had no task. (Recovery is fast enough that the failed pod may be replaced between two polls.)
     let writer = {
         let coll = coll.clone();
         tokio::spawn(async move {
@@ -254,8 +285,8 @@ async fn a_lost_resume_token_rotates_the_partition_and_a_new_task_streams_withou
             }
         })
     };
-    let exited_ms =
-        k8s_openapi::jiff::Timestamp::now().as_millisecond() - exited.elapsed().as_millis() as i64;
+    let lost_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    lose_resume_point(&s.env, &db).await;
 
     let recovered = s
         .wait_connector(&name, "rotated and running again", |c| {
@@ -264,15 +295,28 @@ async fn a_lost_resume_token_rotates_the_partition_and_a_new_task_streams_withou
                 && has(c, "ResumeTokenRecovered", "True", "OffsetPartitionRotated")
         })
         .await;
-    let records = read_records(&s.env, &topic, 2).await;
+    let new_uid = pods.get(&format!("{name}-task-0")).await.unwrap().uid();
+    assert_ne!(old_uid, new_uid, "a new task pod");
+    let rotated_ms = recovered
+        .status
+        .as_ref()
+        .unwrap()
+        .offsets
+        .as_ref()
+        .unwrap()
+        .rotations[0]
+        .time
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond();
+    // The old task ended before the rotation; every later record comes from the new task.
+    let first_new = first_record_since(&s.env, &topic, rotated_ms, "after").await;
     writer.abort();
-    let first_new = records
-        .iter()
-        .find(|(ts, v)| *ts > exited_ms && v.contains("after"))
-        .expect("a record produced by the new task");
     println!(
-        "resume token lost -> first record from the rotated task: {} ms (task exit to record CreateTime)",
-        first_new.0 - exited_ms
+        "resume token lost -> first record from the rotated task: {} ms after the loss was scripted \
+         (an upper bound of task exit -> first record), {} ms after the rotation",
+        first_new - lost_ms,
+        first_new - rotated_ms
     );
 
     let status = recovered.status.clone().unwrap();

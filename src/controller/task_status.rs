@@ -78,12 +78,16 @@ impl TaskReports {
         self.samples.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a report; `true` when it differs from the last one of that task pod.
+    /// Takes a report; `true` when it differs from the last one of that task pod. A pod's counters start
+    /// at zero, so for a pod that started within the window its start is the baseline (errors before the
+    /// first poll count); for an older pod the first report is.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         key: ConnectorKey,
         task: u32,
         pod_uid: &str,
+        pod_started: Option<Timestamp>,
         report: StatusReport,
         now: Timestamp,
         window: Duration,
@@ -108,12 +112,18 @@ impl TaskReports {
                 changed
             }
             _ => {
+                let start = now - SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+                let mut history = VecDeque::new();
+                if let Some(started) = pod_started.filter(|t| *t > start && *t <= now) {
+                    history.push_back((started, 0, 0));
+                }
+                history.push_back(point);
                 tasks.insert(
                     task,
                     Sample {
                         pod_uid: pod_uid.to_string(),
                         report,
-                        history: VecDeque::from([point]),
+                        history,
                     },
                 );
                 true
@@ -136,6 +146,7 @@ struct Target {
     key: ConnectorKey,
     task: u32,
     pod_uid: String,
+    started: Option<Timestamp>,
     url: String,
 }
 
@@ -154,6 +165,7 @@ fn target(pod: &Pod) -> Option<Target> {
         key: (pod.namespace()?, pod.labels().get(LABEL_CONNECTOR)?.clone()),
         task: pod.labels().get(LABEL_TASK)?.parse().ok()?,
         pod_uid: pod.uid()?,
+        started: status.start_time.as_ref().map(|t| t.0),
         url: format!("http://{host}:{TASK_HTTP_PORT}/v1/status"),
     })
 }
@@ -219,6 +231,7 @@ pub async fn poll(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Connector>>
                         t.key,
                         t.task,
                         &t.pod_uid,
+                        t.started,
                         report,
                         Timestamp::now(),
                         ctx.config.record_errors_window,
@@ -254,15 +267,31 @@ mod tests {
         let window = Duration::from_secs(300);
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let at = |s: i64| t0 + SignedDuration::from_secs(s);
-        assert!(reports.record(key.clone(), 0, "pod-a", report(0, 0), at(0), window));
+        assert!(reports.record(key.clone(), 0, "pod-a", None, report(0, 0), at(0), window));
         assert!(
-            !reports.record(key.clone(), 0, "pod-a", report(0, 0), at(10), window),
+            !reports.record(key.clone(), 0, "pod-a", None, report(0, 0), at(10), window),
             "idle"
         );
-        assert!(reports.record(key.clone(), 0, "pod-a", report(12, 12), at(20), window));
+        assert!(reports.record(
+            key.clone(),
+            0,
+            "pod-a",
+            None,
+            report(12, 12),
+            at(20),
+            window
+        ));
         let s = &reports.of("shop", "orders")[&0];
         assert_eq!(s.errors_within(at(20), window), (12, 12));
-        assert!(!reports.record(key.clone(), 0, "pod-a", report(12, 12), at(400), window));
+        assert!(!reports.record(
+            key.clone(),
+            0,
+            "pod-a",
+            None,
+            report(12, 12),
+            at(400),
+            window
+        ));
         let s = &reports.of("shop", "orders")[&0];
         assert_eq!(
             s.errors_within(at(400), window),
@@ -270,9 +299,21 @@ mod tests {
             "the errors left the window"
         );
         assert!(
-            reports.record(key.clone(), 0, "pod-b", report(0, 0), at(410), window),
+            reports.record(key.clone(), 0, "pod-b", None, report(0, 0), at(410), window),
             "a new pod of the task"
         );
+        // A young pod whose errors happened before its first poll: they count from its start.
+        assert!(reports.record(
+            key.clone(),
+            0,
+            "pod-c",
+            Some(at(500)),
+            report(3, 3),
+            at(505),
+            window
+        ));
+        let s = &reports.of("shop", "orders")[&0];
+        assert_eq!(s.errors_within(at(505), window), (3, 3));
         reports.retain_pods(&Default::default());
         assert!(reports.of("shop", "orders").is_empty());
     }

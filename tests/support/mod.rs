@@ -70,6 +70,11 @@ impl Env {
         reply["id"].as_u64().expect("rule id")
     }
 
+    /// The fault peer's rules, with how often each was seen and fired.
+    pub async fn fault_peer_rules(&self) -> serde_json::Value {
+        http_json(&self.fault_peer_control, "GET", "/rules", None).await
+    }
+
     /// How often the fault peer saw each command (and `changeStreamAggregates`).
     pub async fn fault_peer_commands(&self) -> serde_json::Value {
         http_json(&self.fault_peer_control, "GET", "/commands", None).await
