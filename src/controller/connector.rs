@@ -800,6 +800,20 @@ pub fn resume_token_risk(task: Option<&TaskStatus>, now: Timestamp) -> (Desired,
             None,
         );
     };
+    if last <= first {
+        return (
+            Desired::unknown(
+                RESUME_TOKEN_AT_RISK,
+                "OplogWindowUnknown",
+                format!(
+                    "resume token from {token}; the oplog's first and last entries are both at {first} \
+                     (a single entry, or a server that does not order local.oplog.rs by $natural): no \
+                     window to compare with"
+                ),
+            ),
+            None,
+        );
+    }
     let window = last.duration_since(first).unsigned_abs();
     let age = now.duration_since(token).unsigned_abs();
     let half = window / 2;
@@ -811,7 +825,9 @@ pub fn resume_token_risk(task: Option<&TaskStatus>, now: Timestamp) -> (Desired,
                 true,
                 "TokenOlderThanHalfTheOplogWindow",
                 format!(
-                    "the resume token is {} old (from {token}), more than half the oplog window of {}                      ({first} to {last}); it leaves the oplog in about {} unless changes or heartbeats                      (spec.source.heartbeat) move it on",
+                    "the resume token is {} old (from {token}), more than half the oplog window of {} \
+                     ({first} to {last}); it leaves the oplog in about {} unless changes or heartbeats \
+                     (spec.source.heartbeat) move it on",
                     human(age),
                     human(window),
                     human(left)
@@ -2230,5 +2246,15 @@ spec:
         unknown.resume_token.as_mut().unwrap().oplog_window_unknown = Some("not authorized".into());
         let (c, _) = resume_token_risk(Some(&unknown), now);
         assert!(c.unknown && c.message.contains("not authorized"), "{c:?}");
+        let mut single = task("2026-01-01T00:20:00Z");
+        single.resume_token.as_mut().unwrap().oplog_first_time =
+            Some("2026-01-01T01:00:00Z".into());
+        let (c, _) = resume_token_risk(Some(&single), now);
+        assert!(c.unknown && c.message.contains("both at"), "{c:?}");
+        assert!(
+            old.message.contains("1h (2026"),
+            "one space: {}",
+            old.message
+        );
     }
 }
