@@ -1606,7 +1606,7 @@ async fn reset_offsets_on_request(
             kafka::delete_source_offset(
                 &props,
                 &topic,
-                &crate::task::source::offset_key(&conn.name_any(), &partition),
+                &crate::task::source::offset_key(&ns, &conn.name_any(), &partition),
             )
             .await?;
             format!("partition {partition} in topic {topic}")

@@ -3,7 +3,7 @@
 //! Events are read in batches, turned into records (key `{"_id": <resume token>}`, value the change event or
 //! only its full document, relaxed extended JSON) and produced; once the broker acknowledged the batch, the
 //! resume token of its last event is stored in the offsets topic under the offset partition name (Kafka
-//! Connect's offset key `["<connector>", {"ns": "<partition name>"}]`). Heartbeats store the cursor's
+//! Connect's offset key `["<namespace>/<connector>", {"ns": "<partition name>"}]`). Heartbeats store the cursor's
 //! post-batch resume token while the collection is quiet. A resume point MongoDB no longer has ends the task
 //! with [`RESUME_TOKEN_LOST_EXIT`] and a `ResumeTokenLost` termination message for the operator.
 
@@ -79,9 +79,10 @@ pub fn topic_for(source: &crate::crd::connector::SourceSpec, db: &str, coll: &st
     .join(".")
 }
 
-/// Kafka Connect's offset key for this connector and partition name.
-pub fn offset_key(connector: &str, partition_name: &str) -> String {
-    serde_json::json!([connector, { "ns": partition_name }]).to_string()
+/// Kafka Connect's offset key for a connector and partition name. The connector is named
+/// `<namespace>/<name>`: one Kafka cluster (and offsets topic) serves Connectors of many namespaces.
+pub fn offset_key(namespace: &str, connector: &str, partition_name: &str) -> String {
+    serde_json::json!([format!("{namespace}/{connector}"), { "ns": partition_name }]).to_string()
 }
 
 fn token_json(token: &ResumeToken) -> String {
@@ -298,7 +299,11 @@ impl Source {
     async fn stored_token(&self) -> Result<Option<ResumeToken>, Failure> {
         let topic = self.source.offset_storage_topic.clone();
         self.ensure_topic(&topic, true).await?;
-        let key = offset_key(&self.cfg.connector, &self.source.offset_partition_name);
+        let key = offset_key(
+            &self.cfg.namespace,
+            &self.cfg.connector,
+            &self.source.offset_partition_name,
+        );
         let config = with(&client_config(&self.cfg.kafka))
             .set("group.id", "sluice-offset-reader")
             .set("enable.auto.commit", "false")
@@ -310,7 +315,11 @@ impl Source {
 
     /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic.
     async fn store_token(&self, token: &ResumeToken, at: Option<u32>) -> Result<(), Failure> {
-        let key = offset_key(&self.cfg.connector, &self.source.offset_partition_name);
+        let key = offset_key(
+            &self.cfg.namespace,
+            &self.cfg.connector,
+            &self.source.offset_partition_name,
+        );
         let json = token_json(token);
         let value = serde_json::json!({ "_id": json }).to_string();
         let time = token_cluster_time(&json)
@@ -851,8 +860,8 @@ mod tests {
             "a delete is a tombstone"
         );
         assert_eq!(
-            offset_key("orders", "orders.2"),
-            r#"["orders",{"ns":"orders.2"}]"#
+            offset_key("shop", "orders", "orders.2"),
+            r#"["shop/orders",{"ns":"orders.2"}]"#
         );
     }
 
