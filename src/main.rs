@@ -65,6 +65,9 @@ struct OperatorArgs {
     /// A Connector is Degraded (reason RecordErrors) while its record errors rose within this window.
     #[arg(long, env = "SLUICE_RECORD_ERRORS_WINDOW", default_value = "5m", value_parser = duration)]
     record_errors_window: std::time::Duration,
+    /// How often each DeadLetterQueue's topic is inspected again (depth, new records).
+    #[arg(long, env = "SLUICE_DEAD_LETTER_REFRESH", default_value = "30s", value_parser = duration)]
+    dead_letter_refresh: std::time::Duration,
 }
 
 /// A duration like `10s`, `5m`, `1h`, `500ms`.
@@ -121,6 +124,7 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
             task_status_interval: args.task_status_interval,
             task_status_concurrency: args.task_status_concurrency,
             record_errors_window: args.record_errors_window,
+            dead_letter_refresh: args.dead_letter_refresh,
             ..sluice::controller::OperatorConfig::new(args.task_image, args.watch_namespace)
         };
         use sluice::controller::leader;

@@ -22,14 +22,14 @@ use serde_json::json;
 use tracing::warn;
 
 use super::conditions::{self, Desired, READY};
-use super::{Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, kafka};
+use super::{
+    Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, dlq_inspect, kafka,
+};
 use crate::crd::dead_letter_queue::TopicStatus;
 use crate::crd::{Connector, DeadLetterQueue, DeadLetterQueueStatus};
 
 const CONTROLLER: &str = "deadletterqueue";
 const RETRY_PROBLEM: Duration = Duration::from_secs(15);
-/// How often the reported topic state is refreshed when nothing else happens.
-const REFRESH: Duration = Duration::from_secs(60);
 
 /// The topic's name: the spec's, else the resource's.
 pub fn topic_name(dlq: &DeadLetterQueue) -> String {
@@ -244,10 +244,13 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
         .namespace()
         .ok_or_else(|| Error::NotNamespaced(dlq.name_any()))?;
     let old = dlq.status.clone().unwrap_or_default();
+    let mut props = None;
     let topic = match kafka::credentials(&ctx.client, &ns, &dlq.spec.kafka, "spec.kafka").await? {
         Err(p) => Err(p),
         Ok(creds) => {
-            let admin = kafka::admin(&kafka::client_properties(&dlq.spec.kafka, &creds))?;
+            let client_props = kafka::client_properties(&dlq.spec.kafka, &creds);
+            let admin = kafka::admin(&client_props)?;
+            props = Some(client_props);
             match ensure_topic(dlq, &admin).await {
                 Ok(r) => r,
                 Err(Error::Kafka { operation, source }) => Err(Problem::new(
@@ -282,7 +285,36 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
             warn!(error = %err, "publishing event failed");
         }
     }
+    // Inspection: only once the topic is there; a failure keeps the last inspection and is logged.
+    let mut inspection = old.inspection.clone();
+    let mut backlog = false;
+    if let (Ok(t), Some(props)) = (&topic, props) {
+        let name = t.name.clone();
+        let cursor = old
+            .inspection
+            .as_ref()
+            .map(|i| i.scanned_offsets.clone())
+            .unwrap_or_default();
+        let scanned = tokio::task::spawn_blocking(move || {
+            dlq_inspect::scan(&props, &name, &cursor, dlq_inspect::MAX_RECORDS_PER_REFRESH)
+        })
+        .await;
+        match scanned {
+            Ok(Ok(scan)) => {
+                backlog = scan.records.len() >= dlq_inspect::MAX_RECORDS_PER_REFRESH;
+                inspection = Some(dlq_inspect::apply_scan(
+                    &old.inspection.clone().unwrap_or_default(),
+                    &scan,
+                ));
+            }
+            Ok(Err(err)) => {
+                warn!(dlq = %dlq.name_any(), error = %err, "inspecting the topic failed")
+            }
+            Err(err) => warn!(dlq = %dlq.name_any(), error = %err, "inspection task failed"),
+        }
+    }
     let status = DeadLetterQueueStatus {
+        inspection,
         observed_generation: dlq.metadata.generation,
         conditions: conditions::merge(
             &old.conditions,
@@ -303,8 +335,10 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
         )
         .await?;
     }
-    Ok(Action::requeue(if ready.status {
-        REFRESH
+    Ok(Action::requeue(if backlog {
+        Duration::from_millis(100)
+    } else if ready.status {
+        ctx.config.dead_letter_refresh
     } else {
         RETRY_PROBLEM
     }))

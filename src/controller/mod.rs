@@ -6,6 +6,7 @@
 pub mod conditions;
 pub mod connector;
 pub mod dead_letter_queue;
+pub mod dlq_inspect;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
@@ -33,6 +34,8 @@ pub struct OperatorConfig {
     pub task_status_concurrency: usize,
     /// `Degraded` (reason `RecordErrors`) while record errors rose within this window.
     pub record_errors_window: Duration,
+    /// How often a DeadLetterQueue's topic is looked at again (depth, new records).
+    pub dead_letter_refresh: Duration,
 }
 
 impl OperatorConfig {
@@ -44,6 +47,7 @@ impl OperatorConfig {
             task_status_interval: Duration::from_secs(10),
             task_status_concurrency: 16,
             record_errors_window: Duration::from_secs(300),
+            dead_letter_refresh: Duration::from_secs(30),
         }
     }
 }

@@ -28,9 +28,22 @@ use super::common::KafkaConnection;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
-        name = "Partitions",
+        name = "Depth",
         type_ = "integer",
-        json_path = ".status.topic.partitions"
+        json_path = ".status.inspection.depth",
+        description = "records in the topic"
+    ),
+    printcolumn(
+        name = "Oldest",
+        type_ = "date",
+        json_path = ".status.inspection.oldestRecordTime",
+        description = "age of the oldest record"
+    ),
+    printcolumn(
+        name = "Connectors",
+        type_ = "string",
+        json_path = ".status.connectors",
+        description = "Connectors that send records here"
     ),
     printcolumn(
         name = "Age",
@@ -99,6 +112,78 @@ pub struct DeadLetterQueueStatus {
     /// Connectors in this namespace that send records here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connectors: Vec<String>,
+    /// What is in the topic: depth, record times, counts by error class, original topic and connector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<Inspection>,
+}
+
+/// What is in a dead-letter topic. Depth and times are exact at each refresh; the counts cover every record
+/// the operator read, incrementally from `scannedOffsets` (records removed by retention stay counted).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    /// Records in the topic (end − start offsets, summed over partitions).
+    pub depth: i64,
+    /// Per partition: start and end offsets and depth.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionDepth>,
+    /// Timestamp of the oldest record still in the topic (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_record_time: Option<String>,
+    /// Timestamp of the newest record (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_record_time: Option<String>,
+    /// Records by `__connect.errors.exception.class.name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_error_class: BTreeMap<String, i64>,
+    /// Records by `__connect.errors.topic` (the topic the record came from).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_original_topic: BTreeMap<String, i64>,
+    /// Records by `__connect.errors.connector.name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_connector: BTreeMap<String, i64>,
+    /// The newest errors (never record contents), newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_errors: Vec<DeadLetterError>,
+    /// Records read so far.
+    #[serde(default)]
+    pub records_scanned: i64,
+    /// Where the next read starts, per partition (the operator's cursor; a restart continues from here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scanned_offsets: BTreeMap<String, i64>,
+}
+
+/// One partition of a dead-letter topic.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionDepth {
+    pub partition: i32,
+    pub start_offset: i64,
+    pub end_offset: i64,
+    pub depth: i64,
+}
+
+/// One dead-letter record's error, from its context headers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterError {
+    /// `__connect.errors.exception.class.name`.
+    pub class: String,
+    /// `__connect.errors.exception.message`, without duplicate-key values, cut short.
+    #[serde(default)]
+    pub message: String,
+    /// Where the record came from: `__connect.errors.topic`, `.partition`, `.offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    /// Where it is in the dead-letter topic: `<partition>@<offset>`.
+    pub position: String,
+    /// The dead-letter record's timestamp (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 /// A topic as the broker describes it.

@@ -240,6 +240,7 @@ impl Operator {
             // Tests read task reports every second and keep record errors "recent" for 20 s.
             .env("SLUICE_TASK_STATUS_INTERVAL", "1s")
             .env("SLUICE_RECORD_ERRORS_WINDOW", "20s")
+            .env("SLUICE_DEAD_LETTER_REFRESH", "1s")
             .stdout(out.try_clone().unwrap())
             .stderr(out);
         let child = spawn_marked(env, &mut cmd);
