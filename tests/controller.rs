@@ -16,32 +16,11 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, create_secret, create_topic, delete_namespace, install_crds, merge, namespace,
-    unique, wait_for,
+    Env, Operator, Setup, create_secret, create_topic, delete_namespace, install_crds, merge,
+    namespace, setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Setup {
-    env: Env,
-    client: Client,
-    ns: String,
-    operator: Operator,
-}
-
-async fn setup(prefix: &str) -> Option<Setup> {
-    let env = Env::get()?;
-    let client = env.kube().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, prefix).await;
-    let operator = Operator::start(&env, &ns, false, "sluice-test");
-    Some(Setup {
-        env,
-        client,
-        ns,
-        operator,
-    })
-}
 
 fn sink(name: &str, env: &Env, topic: &str, extra: serde_json::Value) -> Connector {
     let mut spec = json!({

@@ -235,7 +235,18 @@ async fn kubectl_get_shows_the_printer_columns_and_short_names() {
         .unwrap();
     let table = kubectl(&env, &["get", "dlq", "-n", &ns]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "TOPIC", "READY", "PARTITIONS", "AGE"]);
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TOPIC",
+            "READY",
+            "DEPTH",
+            "OLDEST",
+            "CONNECTORS",
+            "AGE"
+        ]
+    );
     assert!(
         table.lines().nth(1).unwrap().starts_with("orders-dlq"),
         "{table}"

@@ -18,32 +18,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sluice::crd::Connector;
 use support::{
-    Env, Operator, create_secret, create_topic, delete_namespace, install_crds, kubectl, merge,
-    namespace, unique, wait_for,
+    Env, Operator, Setup, create_secret, create_topic, delete_namespace, kubectl, merge, setup,
+    unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
-
-struct Setup {
-    env: Env,
-    client: Client,
-    ns: String,
-    operator: Operator,
-}
-
-async fn setup(prefix: &str) -> Option<Setup> {
-    let env = Env::get()?;
-    let client = env.kube().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, prefix).await;
-    let operator = Operator::start(&env, &ns, false, "sluice-test");
-    Some(Setup {
-        env,
-        client,
-        ns,
-        operator,
-    })
-}
 
 impl Setup {
     fn connectors(&self) -> Api<Connector> {

@@ -1472,6 +1472,29 @@ async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(requeue.unwrap_or(Duration::from_secs(300))))
 }
 
+/// Writes `status.offsets` only if the Connector is still at the resourceVersion this reconcile read (a
+/// conflict fails the reconcile, which then decides again from fresh state). Returns the stored Connector.
+async fn write_offsets_guarded(
+    ctx: &Context,
+    conn: &Connector,
+    offsets: &OffsetsStatus,
+) -> Result<Connector> {
+    let api: Api<Connector> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": { "resourceVersion": conn.resource_version() },
+        "status": { "offsets": offsets },
+    });
+    Ok(api
+        .patch_status(
+            &conn.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?)
+}
+
 /// Writes the rotated offsets to status — guarded by the resourceVersion read at the start of this
 /// reconcile, so a stale view can't rotate twice — then tells people with Events. Returns the Connector
 /// as stored.
@@ -1481,23 +1504,10 @@ async fn record_rotation(
     offsets: OffsetsStatus,
     pods: &[ObservedPod],
 ) -> Result<Connector> {
-    let api: Api<Connector> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     let Some(rotation) = offsets.rotations.last().cloned() else {
         return Ok(conn.clone());
     };
-    let patch = json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
-        "metadata": { "resourceVersion": conn.resource_version() },
-        "status": { "offsets": offsets },
-    });
-    let stored = api
-        .patch_status(
-            &conn.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+    let stored = write_offsets_guarded(ctx, conn, &offsets).await?;
     info!(from = %rotation.from, to = %rotation.to, reason = %rotation.reason, "offset partition rotated");
     if rotation.reason == "ResumeTokenLost" {
         let pod = pods
@@ -1624,19 +1634,7 @@ async fn reset_offsets_on_request(
         time: now.to_string(),
         request,
     });
-    let api: Api<Connector> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
-        "metadata": { "resourceVersion": conn.resource_version() },
-        "status": { "offsets": offsets },
-    });
-    let stored = api
-        .patch_status(
-            &conn.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+    let stored = write_offsets_guarded(ctx, conn, &offsets).await?;
     publish(
         ctx,
         conn,

@@ -454,3 +454,27 @@ fn spawn_marked(env: &Env, cmd: &mut std::process::Command) -> std::process::Chi
     }
     cmd.spawn().expect("start a sluice process")
 }
+
+/// A test's environment, Kubernetes client, own namespace and own operator watching it.
+pub struct Setup {
+    pub env: Env,
+    pub client: Client,
+    pub ns: String,
+    pub operator: Operator,
+}
+
+/// Everything a test of the operator needs, in a namespace named after `prefix`; `None` when the
+/// environment is not up (and not required).
+pub async fn setup(prefix: &str) -> Option<Setup> {
+    let env = Env::get()?;
+    let client = env.kube().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, prefix).await;
+    let operator = Operator::start(&env, &ns, false, "sluice-test");
+    Some(Setup {
+        env,
+        client,
+        ns,
+        operator,
+    })
+}
