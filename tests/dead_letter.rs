@@ -14,8 +14,8 @@ use serde_json::json;
 use sluice::crd::dead_letter_queue::Inspection;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, create_secret, create_topic, delete_namespace, install_crds, kubectl, namespace,
-    unique, wait_for,
+    Env, Operator, create_secret, create_topic, delete_namespace, first_row, install_crds, kubectl,
+    namespace, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -139,12 +139,10 @@ async fn the_dead_letter_queue_shows_what_is_in_it_and_keeps_counting() {
     );
 
     let table = kubectl(&env, &["-n", &ns, "get", "dlq", "orders-dlq"]);
-    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    let column = |c: &str| row[header.iter().position(|h| *h == c).expect(c)];
-    assert_eq!(column("TOPIC"), dlq_topic, "{table}");
-    assert_eq!(column("DEPTH"), "3", "{table}");
-    assert_eq!(column("CONNECTORS"), r#"["orders-sink"]"#, "{table}");
+    let row = first_row(&table);
+    assert_eq!(row["TOPIC"], dlq_topic, "{table}");
+    assert_eq!(row["DEPTH"], "3", "{table}");
+    assert_eq!(row["CONNECTORS"], r#"["orders-sink"]"#, "{table}");
 
     // New errors keep arriving: counted once each, never re-read.
     for round in 0..3 {

@@ -18,8 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sluice::crd::Connector;
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, delete_namespace, kubectl, merge, setup,
-    unique, wait_for,
+    Env, Operator, Setup, create_secret, create_topic, delete_namespace, first_row, kubectl, merge,
+    setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -622,11 +622,13 @@ async fn sink_error_counters_show_per_task_and_in_totals_and_degraded_comes_and_
         format!("task 0: 3 record errors in the last 20s, 3 sent to DLQ {dlq}")
     );
     let table = kubectl(&s.env, &["-n", &s.ns, "get", "conn", &name]);
-    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    let column = |c: &str| row[header.iter().position(|h| *h == c).unwrap()];
+    let row = first_row(&table);
     assert_eq!(
-        (column("FAILURES"), column("SKIPPED"), column("DLQ")),
+        (
+            row["FAILURES"].as_str(),
+            row["SKIPPED"].as_str(),
+            row["DLQ"].as_str()
+        ),
         ("3", "3", "3"),
         "{table}"
     );

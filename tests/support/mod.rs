@@ -478,3 +478,14 @@ pub async fn setup(prefix: &str) -> Option<Setup> {
         operator,
     })
 }
+
+/// The first row of a `kubectl get` table by column header (`{"DEPTH": "3", …}`).
+pub fn first_row(table: &str) -> std::collections::BTreeMap<String, String> {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default().split_whitespace();
+    let row = lines.next().unwrap_or_default().split_whitespace();
+    header
+        .map(String::from)
+        .zip(row.map(String::from))
+        .collect()
+}
