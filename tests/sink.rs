@@ -426,18 +426,8 @@ async fn tolerance_none_ends_the_task_with_a_termination_message_and_no_commit()
     assert!(m["message"].as_str().unwrap().contains("array"), "{m}");
 
     // Nothing was committed: the record is still ahead of the connector's consumer group.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", "sluice-test-orders-sink")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(&topic, 0);
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
     assert_eq!(
-        committed.find_partition(&topic, 0).unwrap().offset(),
+        committed_offset(&env, &topic).await,
         rdkafka::Offset::Invalid
     );
 }
@@ -493,19 +483,24 @@ async fn a_dead_letter_write_that_fails_stops_the_task_before_any_commit() {
     assert_eq!(m["reason"], "DeadLetterQueueFailed");
     assert_eq!(m["stage"], "KAFKA_PRODUCE");
     assert_eq!(m["record"], format!("{topic}-0@0"));
+    assert_eq!(
+        committed_offset(&env, &topic).await,
+        rdkafka::Offset::Invalid,
+        "the record is not handled, so not committed"
+    );
+}
+
+/// The offset the test connector's consumer group committed for partition 0 of `topic`.
+async fn committed_offset(env: &Env, topic: &str) -> rdkafka::Offset {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .set("group.id", "sluice-test-orders-sink")
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(&topic, 0);
+    tpl.add_partition(topic, 0);
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
-    assert_eq!(
-        committed.find_partition(&topic, 0).unwrap().offset(),
-        rdkafka::Offset::Invalid,
-        "the record is not handled, so not committed"
-    );
+    committed.find_partition(topic, 0).unwrap().offset()
 }
