@@ -19,7 +19,7 @@ use serde_json::json;
 use sluice::crd::Connector;
 use support::{
     Env, Operator, Setup, create_secret, create_topic, delete_namespace, first_row, kubectl, merge,
-    setup, unique, wait_for,
+    setup, topic_reader, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -123,13 +123,7 @@ async fn orders(env: &Env, db: &str) -> mongodb::Collection<Document> {
 
 /// Records of a topic from its start as (CreateTime ms, value), once `n` arrived.
 async fn read_records(env: &Env, topic: &str, n: usize) -> Vec<(i64, String)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = topic_reader(env, topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + WAIT;
     while out.len() < n {
@@ -152,13 +146,7 @@ async fn read_records(env: &Env, topic: &str, n: usize) -> Vec<(i64, String)> {
 
 /// CreateTime of the first record of `topic` at or after `since_ms` whose value contains `needle`.
 async fn first_record_since(env: &Env, topic: &str, since_ms: i64, needle: &str) -> i64 {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = topic_reader(env, topic);
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

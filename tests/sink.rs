@@ -14,7 +14,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use support::{Env, TaskProcess, create_topic, unique, wait_for};
+use support::{Env, TaskProcess, create_topic, topic_reader, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -65,13 +65,7 @@ struct DeadLetter {
 
 /// Reads `n` records of a dead-letter topic from its start.
 async fn dead_letters(env: &Env, topic: &str, n: usize) -> Vec<DeadLetter> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = topic_reader(env, topic);
     let mut out = Vec::new();
     while out.len() < n {
         let m = tokio::time::timeout(WAIT, consumer.recv())

@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use serde_json::{Value, json};
-use support::{Env, TaskProcess, unique, wait_for};
+use support::{Env, TaskProcess, topic_reader, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -63,13 +63,7 @@ async fn read_topic(env: &Env, topic: &str, n: usize, settle: bool) -> Vec<(Stri
         }
     })
     .await;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = topic_reader(env, topic);
     let mut out = Vec::new();
     loop {
         let wait = if out.len() < n {

@@ -42,7 +42,7 @@ pub struct Sample {
 impl Sample {
     /// Record errors and dead-letter records within `window` before `now` (as far as the history reaches).
     pub fn errors_within(&self, now: Timestamp, window: Duration) -> (i64, i64) {
-        let start = now - SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+        let start = window_start(now, window);
         let baseline = self
             .history
             .iter()
@@ -54,6 +54,11 @@ impl Sample {
             _ => (0, 0),
         }
     }
+}
+
+/// The start of the window that ends `now`.
+fn window_start(now: Timestamp, window: Duration) -> Timestamp {
+    now - SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX)
 }
 
 /// Connector namespace and name.
@@ -105,14 +110,14 @@ impl TaskReports {
                 s.report = report;
                 s.history.push_back(point);
                 // Keep one point at or before the window's start as the baseline.
-                let start = now - SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+                let start = window_start(now, window);
                 while s.history.len() > 2 && s.history[1].0 <= start {
                     s.history.pop_front();
                 }
                 changed
             }
             _ => {
-                let start = now - SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+                let start = window_start(now, window);
                 let mut history = VecDeque::new();
                 if let Some(started) = pod_started.filter(|t| *t > start && *t <= now) {
                     history.push_back((started, 0, 0));

@@ -489,3 +489,16 @@ pub fn first_row(table: &str) -> std::collections::BTreeMap<String, String> {
         .zip(row.map(String::from))
         .collect()
 }
+
+/// A consumer of `topic` from its start, in a group of its own.
+pub fn topic_reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
