@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::{Document, doc};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde_json::{Value, json};
 use support::{Env, TaskProcess, topic_reader, unique, wait_for};
