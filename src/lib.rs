@@ -7,5 +7,6 @@
 
 pub mod controller;
 pub mod crd;
+pub mod replay;
 pub mod task;
 pub mod termination;

@@ -34,6 +34,12 @@ enum Command {
         #[arg(long, env = "SLUICE_TASK_CONFIG")]
         config: PathBuf,
     },
+    /// Replay dead-letter records (what a DeadLetterQueue's replay pod runs).
+    Replay {
+        /// The replay's config as JSON, as the operator renders it.
+        #[arg(long, env = "SLUICE_REPLAY_CONFIG")]
+        config: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => run_operator(args),
         Command::Task { config } => run_task(&config),
         Command::Crdgen { out_dir } => crdgen(out_dir.as_deref()),
+        Command::Replay { config } => run_replay(&config),
     }
 }
 
@@ -206,6 +213,55 @@ fn run_task(path: &std::path::Path) -> ExitCode {
             }
         }
     })
+}
+
+fn run_replay(config: &str) -> ExitCode {
+    let runtime = match start("info,rdkafka=warn") {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let config: sluice::replay::ReplayConfig = match serde_json::from_str(config) {
+        Ok(c) => c,
+        Err(err) => return fail("ConfigInvalid", &format!("replay config: {err}"), 2),
+    };
+    let id = config.replay.id.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping: committing the batch in flight");
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // librdkafka's transactional calls block: run the replay on a blocking thread.
+    let done = runtime.block_on(tokio::task::spawn_blocking(move || {
+        sluice::replay::run(config, stop)
+    }));
+    let (result, counts) = match done {
+        Ok(r) => r,
+        Err(err) => return fail("ReplayPanicked", &err.to_string(), 1),
+    };
+    match result {
+        Ok(counts) => {
+            tracing::info!(replay = %id, ?counts, "replay completed");
+            let mut message =
+                TerminationMessage::new("ReplayCompleted", format!("replay {id} completed"));
+            message.replay = Some(counts);
+            message.write_to(&termination::path_from_env());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("sluice: replay {id}: {err}");
+            err.termination_message(counts)
+                .write_to(&termination::path_from_env());
+            ExitCode::from(err.exit_code())
+        }
+    }
 }
 
 /// JSON logs (`RUST_LOG` overrides `default_filter`) and the async runtime, or the exit code if the runtime

@@ -40,6 +40,9 @@ pub struct TerminationMessage {
     /// poll.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<crate::crd::connector::ErrorCounters>,
+    /// A replay pod's final counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<crate::crd::dead_letter_queue::ReplayCounts>,
 }
 
 impl TerminationMessage {
@@ -54,6 +57,7 @@ impl TerminationMessage {
             code_name: None,
             partition_name: None,
             counters: None,
+            replay: None,
         }
     }
 

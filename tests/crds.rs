@@ -180,6 +180,37 @@ async fn transition_rules_guard_immutable_and_grow_only_fields() {
     dlqs.patch("orders-dlq", &PatchParams::default(), &Patch::Merge(&grow))
         .await
         .expect("growing is fine");
+
+    // A replay can be added, but once applied its settings stay as they were.
+    let add = json!({ "spec": { "replays": [{ "id": "fix-1", "filter": { "originalTopics": ["orders"] } }] } });
+    dlqs.patch("orders-dlq", &PatchParams::default(), &Patch::Merge(&add))
+        .await
+        .expect("adding a replay is fine");
+    let change = json!({ "spec": { "replays": [{ "id": "fix-1", "filter": { "originalTopics": ["payments"] } }] } });
+    let err = dlqs
+        .patch(
+            "orders-dlq",
+            &PatchParams::default(),
+            &Patch::Merge(&change),
+        )
+        .await
+        .expect_err("a replay's settings are fixed");
+    assert!(
+        err.to_string()
+            .contains("a replay's settings can't change once applied"),
+        "{err}"
+    );
+    let another = json!({ "spec": { "replays": [
+        { "id": "fix-1", "filter": { "originalTopics": ["orders"] } },
+        { "id": "fix-2", "dryRun": true }
+    ] } });
+    dlqs.patch(
+        "orders-dlq",
+        &PatchParams::default(),
+        &Patch::Merge(&another),
+    )
+    .await
+    .expect("a second replay with a new id is fine");
     delete_namespace(&client, &ns).await;
 }
 

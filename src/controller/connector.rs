@@ -24,7 +24,7 @@ use super::conditions::{
 };
 use super::task_status::Sample;
 use super::{
-    Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, kafka, secret_value,
+    Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, kafka, pods, secret_value,
 };
 use crate::crd::connector::{
     ConnectorState, ConnectorType, ErrorCounters, OffsetRotation, OffsetsStatus, RecoveryPolicy,
@@ -42,8 +42,7 @@ pub const ANNOTATION_ROTATE_OFFSETS: &str = "sluice.dev/rotate-offsets";
 pub const ANNOTATION_RESET_OFFSETS: &str = "sluice.dev/reset-offsets";
 /// Port of the task's HTTP server.
 pub const TASK_HTTP_PORT: u16 = 8080;
-/// Where a task pod mounts its config.
-pub const CONFIG_DIR: &str = "/etc/sluice";
+pub use super::pods::CONFIG_DIR;
 pub const DEFAULT_OFFSET_TOPIC: &str = "sluice-offsets";
 /// How soon a Connector with a [`Problem`] is looked at again.
 const RETRY_PROBLEM: Duration = Duration::from_secs(10);
@@ -178,12 +177,7 @@ pub fn task_config(conn: &Connector, task_id: u32, resolved: &Resolved) -> TaskC
         namespace: conn.namespace().unwrap_or_default(),
         task_id,
         tasks: desired_tasks(conn).max(1),
-        kafka: TaskKafka {
-            bootstrap_servers: spec.kafka.bootstrap_servers.clone(),
-            tls: spec.kafka.tls.is_some(),
-            sasl_mechanism: spec.kafka.sasl.as_ref().map(|s| s.mechanism),
-            properties: spec.kafka.properties.clone(),
-        },
+        kafka: TaskKafka::from(&spec.kafka),
         mongodb: TaskMongo {
             database: spec.mongodb.database.clone(),
             collection: spec.mongodb.collection.clone(),
@@ -262,67 +256,11 @@ pub fn build_config_map(conn: &Connector, configs: &[TaskConfig]) -> Result<Conf
 
 /// Env of a task container: the downward API and every Secret the task needs, by reference.
 fn task_env(conn: &Connector) -> Vec<serde_json::Value> {
-    let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
-    let secret = |name: &str, secret: &str, key: &str| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } });
     let uri = &conn.spec.mongodb.connection_uri_secret_ref;
-    let mut env = vec![
-        field("POD_NAME", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
-        field("POD_IP", "status.podIP"),
-        json!({ "name": "SLUICE_TERMINATION_LOG", "value": "/dev/termination-log" }),
-        secret("SLUICE_MONGODB_URI", &uri.name, &uri.key),
-    ];
-    if let Some(sasl) = &conn.spec.kafka.sasl {
-        let r = &sasl.secret_ref;
-        env.push(secret(
-            "SLUICE_KAFKA_SASL_USERNAME",
-            &r.name,
-            &r.username_key,
-        ));
-        env.push(secret(
-            "SLUICE_KAFKA_SASL_PASSWORD",
-            &r.name,
-            &r.password_key,
-        ));
-    }
-    if let Some(tls) = &conn.spec.kafka.tls {
-        for (var, present) in [
-            ("SLUICE_KAFKA_TLS_CA_FILE", tls.ca.is_some()),
-            ("SLUICE_KAFKA_TLS_CERT_FILE", tls.certificate.is_some()),
-            ("SLUICE_KAFKA_TLS_KEY_FILE", tls.key.is_some()),
-        ] {
-            if present {
-                let file = var
-                    .trim_start_matches("SLUICE_KAFKA_TLS_")
-                    .trim_end_matches("_FILE")
-                    .to_lowercase();
-                env.push(json!({ "name": var, "value": format!("{CONFIG_DIR}/kafka-tls/{file}/{file}.pem") }));
-            }
-        }
-    }
+    let mut env = pods::downward_env();
+    env.push(pods::secret_env("SLUICE_MONGODB_URI", &uri.name, &uri.key));
+    env.extend(pods::kafka_env(&conn.spec.kafka));
     env
-}
-
-/// Secret volumes for the Kafka TLS material, mounted under `/etc/sluice/kafka-tls/<part>/`.
-fn tls_volumes(conn: &Connector) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-    let Some(tls) = &conn.spec.kafka.tls else {
-        return (vec![], vec![]);
-    };
-    let mut volumes = vec![];
-    let mut mounts = vec![];
-    for (part, reference) in [
-        ("ca", &tls.ca),
-        ("cert", &tls.certificate),
-        ("key", &tls.key),
-    ] {
-        if let Some(r) = reference {
-            let name = format!("kafka-tls-{part}");
-            volumes.push(json!({ "name": name, "secret": { "secretName": r.name,
-                "items": [{ "key": r.key, "path": format!("{part}.pem") }] } }));
-            mounts.push(json!({ "name": name, "mountPath": format!("{CONFIG_DIR}/kafka-tls/{part}"), "readOnly": true }));
-        }
-    }
-    (volumes, mounts)
 }
 
 /// The Pod of task `task_id`. `config_hash` covers the task's config and everything else that shapes the
@@ -336,7 +274,7 @@ pub fn build_pod(conn: &Connector, task_id: u32, image: &str, config_yaml: &str)
     let mut pod_labels = template.labels.clone();
     pod_labels.extend(labels(conn));
     pod_labels.insert(LABEL_TASK.into(), task_id.to_string());
-    let (tls_vols, tls_mounts) = tls_volumes(conn);
+    let (tls_vols, tls_mounts) = pods::kafka_tls_volumes(&conn.spec.kafka);
     let mut volumes = vec![
         json!({ "name": "config", "configMap": { "name": config_map_name(conn),
         "items": [{ "key": format!("task-{task_id}.yaml"), "path": "task.yaml" }] } }),
@@ -356,8 +294,7 @@ pub fn build_pod(conn: &Connector, task_id: u32, image: &str, config_yaml: &str)
             "terminationGracePeriodSeconds": 30,
             "nodeSelector": template.node_selector,
             "tolerations": template.tolerations,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
-                                 "seccompProfile": { "type": "RuntimeDefault" } },
+            "securityContext": pods::pod_security_context(),
             "volumes": volumes,
             "containers": [{
                 "name": "task",
@@ -369,8 +306,7 @@ pub fn build_pod(conn: &Connector, task_id: u32, image: &str, config_yaml: &str)
                 "resources": template.resources,
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                     "capabilities": { "drop": ["ALL"] } },
+                "securityContext": pods::container_security_context(),
             }],
         },
     });

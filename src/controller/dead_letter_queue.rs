@@ -1,14 +1,16 @@
 //! The DeadLetterQueue reconciler: creates the Kafka topic or brings its partitions (only up) and configs to
 //! the spec through the Kafka admin client, and reports what the broker has. Deleting the resource keeps
-//! the topic: dead-letter records are never dropped by the operator.
+//! the topic: dead-letter records are never dropped by the operator. It also inspects the topic
+//! ([`dlq_inspect`]) and runs the replays of `spec.replays` ([`replay`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -23,13 +25,15 @@ use tracing::warn;
 
 use super::conditions::{self, Desired, READY};
 use super::{
-    Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, dlq_inspect, kafka,
+    Context, Error, FIELD_MANAGER, Problem, RETRY_AFTER_ERROR, Result, dlq_inspect, kafka, replay,
 };
-use crate::crd::dead_letter_queue::TopicStatus;
+use crate::crd::dead_letter_queue::{ReplayStatus, TopicStatus, replay_phase};
 use crate::crd::{Connector, DeadLetterQueue, DeadLetterQueueStatus};
 
 const CONTROLLER: &str = "deadletterqueue";
 const RETRY_PROBLEM: Duration = Duration::from_secs(15);
+/// How often a running replay's progress is read into status at most.
+const REPLAY_PROGRESS_REFRESH: Duration = Duration::from_secs(10);
 
 /// The topic's name: the spec's, else the resource's.
 pub fn topic_name(dlq: &DeadLetterQueue) -> String {
@@ -274,21 +278,13 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
         } else {
             EventType::Warning
         };
-        let event = Event {
-            type_,
-            reason: ready.reason.clone(),
-            note: Some(ready.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&event, &dlq.object_ref(&())).await {
-            warn!(error = %err, "publishing event failed");
-        }
+        publish(ctx, dlq, type_, &ready.reason, ready.message.clone()).await;
     }
     // Inspection: only once the topic is there; a failure keeps the last inspection and is logged.
     let mut inspection = old.inspection.clone();
     let mut backlog = false;
-    if let (Ok(t), Some(props)) = (&topic, props) {
+    let mut watermarks = None;
+    if let (Ok(t), Some(props)) = (&topic, props.clone()) {
         let name = t.name.clone();
         let cursor = old
             .inspection
@@ -302,6 +298,7 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
         match scanned {
             Ok(Ok(scan)) => {
                 backlog = scan.records.len() >= dlq_inspect::MAX_RECORDS_PER_REFRESH;
+                watermarks = Some(scan.watermarks.clone());
                 inspection = Some(dlq_inspect::apply_scan(
                     &old.inspection.clone().unwrap_or_default(),
                     &scan,
@@ -313,7 +310,14 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
             Err(err) => warn!(dlq = %dlq.name_any(), error = %err, "inspection task failed"),
         }
     }
+    let (replays, replay_running) = match (&topic, &props) {
+        (Ok(t), Some(props)) => {
+            reconcile_replays(ctx, dlq, &t.name, props, watermarks.as_deref()).await?
+        }
+        _ => (old.replays.clone(), false),
+    };
     let status = DeadLetterQueueStatus {
+        replays,
         inspection,
         observed_generation: dlq.metadata.generation,
         conditions: conditions::merge(
@@ -337,11 +341,206 @@ async fn reconcile_inner(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action>
     }
     Ok(Action::requeue(if backlog {
         Duration::from_millis(100)
+    } else if replay_running {
+        ctx.config.dead_letter_refresh.min(REPLAY_PROGRESS_REFRESH)
     } else if ready.status {
         ctx.config.dead_letter_refresh
     } else {
         RETRY_PROBLEM
     }))
+}
+
+async fn publish(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &dlq.object_ref(&())).await {
+        warn!(error = %err, "publishing event failed");
+    }
+}
+
+/// Runs `spec.replays` (see [`replay`]): applies the plan — events, pod deletions, the start of the next
+/// replay (recorded in status before its pod exists), a missing pod — and reads the running replay's
+/// progress. Returns `status.replays` and whether a replay is running.
+async fn reconcile_replays(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    topic: &str,
+    props: &BTreeMap<String, String>,
+    watermarks: Option<&[(i32, i64, i64)]>,
+) -> Result<(Vec<ReplayStatus>, bool)> {
+    let ns = dlq.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{}={}", replay::LABEL_DEAD_LETTER_QUEUE, dlq.name_any());
+    let observed: Vec<_> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(replay::ObservedReplayPod::from_pod)
+        .collect();
+    let old = dlq.status.clone().unwrap_or_default().replays;
+    let now = Timestamp::now();
+    let mut plan = replay::plan_replays(&dlq.spec.replays, &old, &observed, now);
+    for e in &plan.events {
+        let type_ = if e.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, dlq, type_, e.reason, e.note.clone()).await;
+    }
+    for name in &plan.delete_pods {
+        match pods.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let (Some(id), Some(watermarks)) = (plan.start.clone(), watermarks) {
+        let spec = dlq
+            .spec
+            .replays
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .unwrap_or_default();
+        let missing_target = match &spec.target_topic {
+            Some(t) => kafka::topic_metadata(&kafka::admin(props)?, t)
+                .await?
+                .is_none()
+                .then(|| t.clone()),
+            None => None,
+        };
+        let st = plan
+            .statuses
+            .iter_mut()
+            .find(|s| s.id == id)
+            .expect("planned");
+        if let Some(target) = missing_target {
+            let message =
+                format!("target topic {target} does not exist; the replay starts once it does");
+            if old
+                .iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.message.as_ref())
+                != Some(&message)
+            {
+                publish(
+                    ctx,
+                    dlq,
+                    EventType::Warning,
+                    "ReplayTargetMissing",
+                    format!("replay {id}: {message}"),
+                )
+                .await;
+            }
+            st.message = Some(message);
+        } else {
+            st.phase = replay_phase::RUNNING.into();
+            st.start_time = Some(now.to_string());
+            st.end_offsets = watermarks
+                .iter()
+                .map(|&(p, _, high)| (p.to_string(), high))
+                .collect();
+            st.remaining = watermarks.iter().map(|&(_, low, high)| high - low).sum();
+            st.pod = Some(replay::pod_name(dlq, &id));
+            st.message = Some("reading up to the end offsets taken at the start".into());
+            let note = format!(
+                "replay {id} started{}: {} records up to end offsets {:?}, to {}",
+                if spec.dry_run { " (dry run)" } else { "" },
+                st.remaining,
+                st.end_offsets,
+                spec.target_topic
+                    .as_deref()
+                    .unwrap_or("their original topics"),
+            );
+            // Status, not the pod, is the record that this replay began: written first, guarded by the
+            // resourceVersion this reconcile read, so a stale view can't start it twice.
+            write_replays_guarded(ctx, dlq, &plan.statuses).await?;
+            publish(ctx, dlq, EventType::Normal, "ReplayStarted", note).await;
+            plan.create_pod = Some(id);
+        }
+    }
+    if let Some(id) = &plan.create_pod {
+        let spec = dlq.spec.replays.iter().find(|r| &r.id == id);
+        let st = plan.statuses.iter_mut().find(|s| &s.id == id);
+        if let (Some(spec), Some(st)) = (spec, st) {
+            let cfg = replay::replay_config(dlq, topic, spec, st);
+            let pod = replay::build_pod(dlq, &cfg, &ctx.config.task_image)?;
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            st.pod = Some(pod.name_any());
+        }
+    }
+    let starts: BTreeMap<i32, i64> = watermarks
+        .unwrap_or_default()
+        .iter()
+        .map(|&(p, low, _)| (p, low))
+        .collect();
+    let mut running = false;
+    for st in plan
+        .statuses
+        .iter_mut()
+        .filter(|s| s.phase == replay_phase::RUNNING)
+    {
+        running = true;
+        let (props, topic, dlq, status, starts) = (
+            props.clone(),
+            topic.to_string(),
+            dlq.clone(),
+            st.clone(),
+            starts.clone(),
+        );
+        let progress = tokio::task::spawn_blocking(move || {
+            replay::read_progress(&props, &topic, &dlq, &status, &starts)
+        })
+        .await;
+        match progress {
+            Ok(Ok((counts, remaining))) => {
+                st.counts = counts;
+                st.remaining = remaining;
+            }
+            Ok(Err(err)) => warn!(replay = %st.id, error = %err, "reading replay progress failed"),
+            Err(err) => warn!(replay = %st.id, error = %err, "replay progress task failed"),
+        }
+    }
+    Ok((plan.statuses, running))
+}
+
+/// Writes `status.replays` only if the DeadLetterQueue is still at the resourceVersion this reconcile read.
+async fn write_replays_guarded(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    replays: &[ReplayStatus],
+) -> Result<()> {
+    let api: Api<DeadLetterQueue> =
+        Api::namespaced(ctx.client.clone(), &dlq.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterQueue",
+        "metadata": { "resourceVersion": dlq.resource_version() },
+        "status": { "replays": replays },
+    });
+    api.patch_status(
+        &dlq.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 fn error_policy(dlq: Arc<DeadLetterQueue>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -360,7 +559,15 @@ pub async fn run(ctx: Arc<Context>) {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let pods = match &ctx.config.namespace {
+        Some(ns) => Api::<Pod>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     Controller::new(dlqs, watcher::Config::default())
+        .owns(
+            pods,
+            watcher::Config::default().labels(replay::LABEL_DEAD_LETTER_QUEUE),
+        )
         .watches(connectors, watcher::Config::default(), |conn: Connector| {
             let ns = conn.namespace();
             conn.spec.errors.dead_letter_queue_ref.clone().map(|r| {

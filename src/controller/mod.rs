@@ -10,6 +10,8 @@ pub mod dlq_inspect;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
+pub mod replay;
 pub mod task_status;
 
 use std::sync::Arc;

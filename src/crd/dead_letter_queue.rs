@@ -87,6 +87,90 @@ pub struct DeadLetterQueueSpec {
     /// Unlike Kafka Connect, on by default: inspection and replay read them.
     #[serde(default = "default_true")]
     pub context_headers_enable: bool,
+    /// Replays: each sends the dead-letter records it matches back to their original topic (or to
+    /// `targetTopic`), once per `id`. They run one at a time, in list order; a finished replay stays in
+    /// status while its entry stays here. A replay's settings can't change once applied: add one with a new
+    /// id instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new("self.all(r, self.exists_one(s, s.id == r.id))")
+            .message("spec.replays: each id may appear only once"),
+        validation = Rule::new("self.all(r, !oldSelf.exists(o, o.id == r.id) || oldSelf.exists(o, o.id == r.id && o == r))")
+            .message("spec.replays: a replay's settings can't change once applied; add a replay with a new id"),
+    )]
+    pub replays: Vec<Replay>,
+}
+
+/// One replay request: which dead-letter records go back, where, and how fast.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replay {
+    /// Names the replay; each id runs once (records carry it in the `sluice.replay.id` header).
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub id: String,
+    /// Which records to replay; no filter replays every record.
+    #[serde(default, skip_serializing_if = "ReplayFilter::is_empty")]
+    pub filter: ReplayFilter,
+    /// Where replayed records go: absent = each record's original topic (`__connect.errors.topic`), in its
+    /// original partition when the topic has it; or this topic, partitioned by key. The topic must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub target_topic: Option<String>,
+    /// The most records replayed per second; absent = as fast as the broker takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub records_per_second: Option<i32>,
+    /// Count what would be replayed and move nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Records already replayed this many times (`sluice.replay.count`) are skipped, so a record that keeps
+    /// failing can't loop between the DLQ and its topic.
+    #[serde(default = "default_max_replay_count")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replay_count: i32,
+}
+
+fn default_max_replay_count() -> i32 {
+    3
+}
+
+/// Which dead-letter records a replay takes: every non-empty list must contain the record's value, and its
+/// timestamp must be within `from`..`to`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.from) || !has(self.to) || timestamp(self.from) < timestamp(self.to)")
+    .message("spec.replays[].filter: from must be before to"))]
+pub struct ReplayFilter {
+    /// `__connect.errors.exception.class.name` values, e.g. `org.apache.kafka.connect.errors.DataException`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub error_classes: Vec<String>,
+    /// `__connect.errors.topic` values: the topics the records came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 249)))]
+    pub original_topics: Vec<String>,
+    /// `__connect.errors.connector.name` values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub connectors: Vec<String>,
+    /// Only records written to the DLQ at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("format" = "date-time"))]
+    pub from: Option<String>,
+    /// Only records written to the DLQ before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("format" = "date-time"))]
+    pub to: Option<String>,
+}
+
+impl ReplayFilter {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 fn default_partitions() -> i32 {
@@ -115,6 +199,79 @@ pub struct DeadLetterQueueStatus {
     /// What is in the topic: depth, record times, counts by error class, original topic and connector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<Inspection>,
+    /// The replays of `spec.replays`, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replays: Vec<ReplayStatus>,
+}
+
+/// Phases of a replay.
+pub mod replay_phase {
+    /// Waiting for the replay before it to finish.
+    pub const PENDING: &str = "Pending";
+    pub const RUNNING: &str = "Running";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+}
+
+/// What a replay did so far. Counts are exact: the replay pod commits them with its progress, in the same
+/// Kafka transaction as the records it replayed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayCounts {
+    /// Records the filter matched.
+    #[serde(default)]
+    pub matched: i64,
+    /// Records sent to their target (0 for a dry run).
+    #[serde(default)]
+    pub replayed: i64,
+    /// Matched records skipped because they were replayed `maxReplayCount` times already.
+    #[serde(default)]
+    pub skipped_max_replay_count: i64,
+    /// Matched records skipped because they name no original topic (no `__connect.errors.topic` header)
+    /// and the replay has no `targetTopic`.
+    #[serde(default)]
+    pub skipped_no_target: i64,
+}
+
+impl std::ops::AddAssign for ReplayCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.matched += o.matched;
+        self.replayed += o.replayed;
+        self.skipped_max_replay_count += o.skipped_max_replay_count;
+        self.skipped_no_target += o.skipped_no_target;
+    }
+}
+
+/// One replay as the operator ran it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayStatus {
+    pub id: String,
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    pub phase: String,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// When the replay began: its end offsets were taken then (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Per partition, the end offset when the replay began: records that arrived later are not replayed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub end_offsets: BTreeMap<String, i64>,
+    #[serde(flatten)]
+    pub counts: ReplayCounts,
+    /// Records not yet read up to the end offsets.
+    #[serde(default)]
+    pub remaining: i64,
+    /// Replay pods that failed and were replaced (the replay continues from its committed progress).
+    #[serde(default)]
+    pub restarts: i32,
+    /// The replay pod, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What is in a dead-letter topic. Depth and times are exact at each refresh; the counts cover every record

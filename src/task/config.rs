@@ -53,6 +53,17 @@ pub struct TaskKafka {
     pub properties: BTreeMap<String, String>,
 }
 
+impl From<&crate::crd::KafkaConnection> for TaskKafka {
+    fn from(conn: &crate::crd::KafkaConnection) -> Self {
+        Self {
+            bootstrap_servers: conn.bootstrap_servers.clone(),
+            tls: conn.tls.is_some(),
+            sasl_mechanism: conn.sasl.as_ref().map(|s| s.mechanism),
+            properties: conn.properties.clone(),
+        }
+    }
+}
+
 /// MongoDB settings without the connection string (env `SLUICE_MONGODB_URI`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -1,0 +1,94 @@
+//! What every pod the operator creates shares: the restricted security context, and Kafka credentials
+//! passed by reference (Secret-backed env and volumes), never by value.
+
+use serde_json::{Value, json};
+
+use crate::crd::KafkaConnection;
+
+/// Where a pod mounts its config and Secret material.
+pub const CONFIG_DIR: &str = "/etc/sluice";
+
+/// The pod security context of every operator-made pod (Pod Security Standards: restricted).
+pub fn pod_security_context() -> Value {
+    json!({ "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+            "seccompProfile": { "type": "RuntimeDefault" } })
+}
+
+/// The container security context of every operator-made container (restricted).
+pub fn container_security_context() -> Value {
+    json!({ "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] } })
+}
+
+/// Env from the downward API every sluice process reads.
+pub fn downward_env() -> Vec<Value> {
+    let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
+    vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("POD_IP", "status.podIP"),
+        json!({ "name": "SLUICE_TERMINATION_LOG", "value": "/dev/termination-log" }),
+    ]
+}
+
+/// An env var from a Secret key.
+pub fn secret_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+}
+
+/// Env for a Kafka connection: SASL credentials from their Secret, and where the TLS files are mounted
+/// (see [`kafka_tls_volumes`]).
+pub fn kafka_env(kafka: &KafkaConnection) -> Vec<Value> {
+    let mut env = vec![];
+    if let Some(sasl) = &kafka.sasl {
+        let r = &sasl.secret_ref;
+        env.push(secret_env(
+            "SLUICE_KAFKA_SASL_USERNAME",
+            &r.name,
+            &r.username_key,
+        ));
+        env.push(secret_env(
+            "SLUICE_KAFKA_SASL_PASSWORD",
+            &r.name,
+            &r.password_key,
+        ));
+    }
+    if let Some(tls) = &kafka.tls {
+        for (var, present) in [
+            ("SLUICE_KAFKA_TLS_CA_FILE", tls.ca.is_some()),
+            ("SLUICE_KAFKA_TLS_CERT_FILE", tls.certificate.is_some()),
+            ("SLUICE_KAFKA_TLS_KEY_FILE", tls.key.is_some()),
+        ] {
+            if present {
+                let file = var
+                    .trim_start_matches("SLUICE_KAFKA_TLS_")
+                    .trim_end_matches("_FILE")
+                    .to_lowercase();
+                env.push(json!({ "name": var, "value": format!("{CONFIG_DIR}/kafka-tls/{file}/{file}.pem") }));
+            }
+        }
+    }
+    env
+}
+
+/// Secret volumes (and their mounts) for the Kafka TLS material, under `/etc/sluice/kafka-tls/<part>/`.
+pub fn kafka_tls_volumes(kafka: &KafkaConnection) -> (Vec<Value>, Vec<Value>) {
+    let Some(tls) = &kafka.tls else {
+        return (vec![], vec![]);
+    };
+    let mut volumes = vec![];
+    let mut mounts = vec![];
+    for (part, reference) in [
+        ("ca", &tls.ca),
+        ("cert", &tls.certificate),
+        ("key", &tls.key),
+    ] {
+        if let Some(r) = reference {
+            let name = format!("kafka-tls-{part}");
+            volumes.push(json!({ "name": name, "secret": { "secretName": r.name,
+                "items": [{ "key": r.key, "path": format!("{part}.pem") }] } }));
+            mounts.push(json!({ "name": name, "mountPath": format!("{CONFIG_DIR}/kafka-tls/{part}"), "readOnly": true }));
+        }
+    }
+    (volumes, mounts)
+}

@@ -1,0 +1,514 @@
+//! DeadLetterQueue replays on the loopback cluster: poison records sent back after the fix land in MongoDB;
+//! a dry run moves nothing; a filter moves only what it matches; a replay pod killed midway is replaced and
+//! the replay ends with every record replayed exactly once; records replayed too often are skipped.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use mongodb::bson::doc;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use sluice::crd::dead_letter_queue::{ReplayStatus, replay_phase};
+use sluice::crd::{Connector, DeadLetterQueue};
+use support::{Env, Setup, create_secret, create_topic, delete_namespace, setup, unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(120);
+const DATA_EXCEPTION: &str = "org.apache.kafka.connect.errors.DataException";
+
+fn producer(env: &Env) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap()
+}
+
+/// A record to produce: key, value and headers.
+type Record = (String, String, Vec<(String, String)>);
+
+/// Produces records to `topic`.
+async fn produce(env: &Env, topic: &str, records: &[Record]) {
+    let producer = producer(env);
+    for (key, value, headers) in records {
+        let mut hs = OwnedHeaders::new();
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(value).headers(hs),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+async fn create_dlq(s: &Setup, name: &str, topic: &str) {
+    let dlq: DeadLetterQueue = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterQueue", "metadata": { "name": name },
+        "spec": { "topicName": topic, "kafka": { "bootstrapServers": s.env.kafka_bootstrap }, "partitions": 2 }
+    }))
+    .unwrap();
+    Api::<DeadLetterQueue>::namespaced(s.client.clone(), &s.ns)
+        .create(&PostParams::default(), &dlq)
+        .await
+        .unwrap();
+}
+
+/// Sets `spec.replays` (the whole list, as a user's `kubectl apply` would).
+async fn apply_replays(s: &Setup, dlq: &str, replays: serde_json::Value) {
+    Api::<DeadLetterQueue>::namespaced(s.client.clone(), &s.ns)
+        .patch(
+            dlq,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "replays": replays } })),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until replay `id` in the DeadLetterQueue's status passes `check`.
+async fn wait_replay<F>(s: &Setup, dlq: &str, id: &str, what: &str, check: F) -> ReplayStatus
+where
+    F: Fn(&ReplayStatus) -> bool,
+{
+    let api: Api<DeadLetterQueue> = Api::namespaced(s.client.clone(), &s.ns);
+    let check = &check;
+    wait_for(&format!("replay {id}: {what}"), WAIT, || async {
+        let d = api.get(dlq).await.map_err(|e| e.to_string())?;
+        let replays = d.status.map(|st| st.replays).unwrap_or_default();
+        match replays.iter().find(|r| r.id == id) {
+            Some(r) if check(r) => Ok(r.clone()),
+            _ => Err(format!(
+                "{replays:#?}\noperator log:\n{}",
+                s.operator.log_tail()
+            )),
+        }
+    })
+    .await
+}
+
+/// Every record of `topic` (read_committed, as sinks read), as (value, headers).
+async fn read_all(
+    env: &Env,
+    topic: &str,
+    expect: usize,
+) -> Vec<(String, BTreeMap<String, String>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("replay-check"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = vec![];
+    // Read until `expect` records arrived, then a little longer to catch any extra copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet_until = None;
+    while std::time::Instant::now() < deadline {
+        if quiet_until.is_some_and(|q| std::time::Instant::now() > q) {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_string(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                out.push((value, headers));
+                if out.len() >= expect && quiet_until.is_none() {
+                    quiet_until = Some(std::time::Instant::now() + Duration::from_secs(3));
+                }
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+async fn event_reasons(s: &Setup, name: &str) -> Vec<(String, String)> {
+    Api::<Event>::namespaced(s.client.clone(), &s.ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+/// The Connector's task pod, once it runs with a config hash other than `old`.
+async fn running_task_hash(s: &Setup, connector: &str, old: Option<&str>) -> String {
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the task pod running with the new config", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("sluice.dev/connector={connector}")))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|st| st.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        match list.as_slice() {
+            [p] if ready(p) && p.metadata.deletion_timestamp.is_none() => {
+                let hash = p.annotations()["sluice.dev/config-hash"].clone();
+                if Some(hash.as_str()) != old {
+                    return Ok(hash);
+                }
+                Err(format!("still the old config {hash}"))
+            }
+            other => Err(format!("{} pods", other.len())),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
+    let Some(s) = setup("replay-fix").await else {
+        return;
+    };
+    let (orders, payments) = (unique("orders"), unique("payments"));
+    create_topic(&s.env, &orders, 1).await;
+    create_topic(&s.env, &payments, 1).await;
+    create_secret(
+        &s.client,
+        &s.ns,
+        "mongo",
+        &[("uri", s.env.mongodb_uri.as_str())],
+    )
+    .await;
+    let dlq_topic = unique("shop-dlq");
+    create_dlq(&s, "shop-dlq", &dlq_topic).await;
+    let db = unique("replay");
+    // The bug: the sink expects every value to carry its own _id, and these don't.
+    let conn: Connector = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector", "metadata": { "name": "shop-sink" },
+        "spec": {
+            "type": "mongodb-sink",
+            "kafka": { "bootstrapServers": s.env.kafka_bootstrap },
+            "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" }, "database": db, "collection": "orders" },
+            "sink": { "topics": [orders, payments], "writeModel": "insert", "documentIdStrategy": "providedInValue" },
+            "errors": { "tolerance": "all", "deadLetterQueueRef": { "name": "shop-dlq" } }
+        }
+    }))
+    .unwrap();
+    let connectors: Api<Connector> = Api::namespaced(s.client.clone(), &s.ns);
+    connectors
+        .create(&PostParams::default(), &conn)
+        .await
+        .unwrap();
+    let first_hash = running_task_hash(&s, "shop-sink", None).await;
+
+    let record = |key: &str, value: serde_json::Value| {
+        (
+            key.to_string(),
+            value.to_string(),
+            vec![("trace-id".to_string(), format!("t-{key}"))],
+        )
+    };
+    produce(
+        &s.env,
+        &orders,
+        &[
+            record("o1", json!({ "sku": "a", "qty": 1 })),
+            record("o2", json!({ "_id": "good", "sku": "b", "qty": 2 })),
+            record("o3", json!({ "sku": "c", "qty": 3 })),
+            record("o4", json!({ "sku": "d", "qty": 4 })),
+        ],
+    )
+    .await;
+    produce(
+        &s.env,
+        &payments,
+        &[
+            record("p1", json!({ "amount": 10 })),
+            record("p2", json!({ "amount": 20 })),
+        ],
+    )
+    .await;
+
+    // The DLQ shows them by class and original topic.
+    let api: Api<DeadLetterQueue> = Api::namespaced(s.client.clone(), &s.ns);
+    let inspection = wait_for("5 dead-lettered records inspected", WAIT, || async {
+        let d = api.get("shop-dlq").await.map_err(|e| e.to_string())?;
+        match d.status.and_then(|st| st.inspection) {
+            Some(i) if i.records_scanned == 5 => Ok(i),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(inspection.by_error_class.get(DATA_EXCEPTION), Some(&5));
+    assert_eq!(inspection.by_original_topic.get(&orders), Some(&3));
+    assert_eq!(inspection.by_original_topic.get(&payments), Some(&2));
+
+    // A dry run counts and moves nothing.
+    apply_replays(&s, "shop-dlq", json!([{ "id": "look", "dryRun": true }])).await;
+    let dry = wait_replay(&s, "shop-dlq", "look", "dry run done", |r| {
+        r.phase == replay_phase::SUCCEEDED
+    })
+    .await;
+    assert_eq!(
+        (dry.counts.matched, dry.counts.replayed, dry.remaining),
+        (5, 0, 0),
+        "{dry:#?}"
+    );
+    assert!(
+        dry.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("5 would be replayed"),
+        "{dry:#?}"
+    );
+
+    // The fix, then a replay of the orders only.
+    connectors
+        .patch(
+            "shop-sink",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "sink": { "documentIdStrategy": "objectId" } } })),
+        )
+        .await
+        .unwrap();
+    running_task_hash(&s, "shop-sink", Some(&first_hash)).await;
+    apply_replays(
+        &s,
+        "shop-dlq",
+        json!([
+            { "id": "look", "dryRun": true },
+            { "id": "orders", "filter": { "originalTopics": [orders], "errorClasses": [DATA_EXCEPTION] } },
+            { "id": "payments", "filter": { "connectors": ["shop-sink"], "originalTopics": [payments] } }
+        ]),
+    )
+    .await;
+    let by_orders = wait_replay(&s, "shop-dlq", "orders", "done", |r| {
+        r.phase == replay_phase::SUCCEEDED
+    })
+    .await;
+    assert_eq!(
+        (by_orders.counts.matched, by_orders.counts.replayed),
+        (3, 3),
+        "the filter takes the orders only: {by_orders:#?}"
+    );
+    let by_payments = wait_replay(&s, "shop-dlq", "payments", "done", |r| {
+        r.phase == replay_phase::SUCCEEDED
+    })
+    .await;
+    assert_eq!(
+        (by_payments.counts.matched, by_payments.counts.replayed),
+        (2, 2)
+    );
+
+    // Every poison record is in MongoDB now, next to the good one; none came back to the DLQ.
+    let mongo = mongodb::Client::with_uri_str(&s.env.mongodb_uri)
+        .await
+        .unwrap();
+    let coll = mongo
+        .database(&db)
+        .collection::<mongodb::bson::Document>("orders");
+    let coll = &coll;
+    wait_for("6 documents in MongoDB", WAIT, || async {
+        let n = coll
+            .count_documents(doc! {})
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 6 {
+            Ok(())
+        } else {
+            Err(format!("{n} documents"))
+        }
+    })
+    .await;
+    for sku in ["a", "b", "c", "d"] {
+        assert_eq!(
+            coll.count_documents(doc! { "sku": sku }).await.unwrap(),
+            1,
+            "sku {sku}"
+        );
+    }
+    let still = api.get("shop-dlq").await.unwrap().status.unwrap();
+    assert_eq!(
+        still.inspection.unwrap().records_scanned,
+        5,
+        "nothing failed again"
+    );
+
+    // The replayed records on the original topic: original key, value and headers, no error context,
+    // the replay's id and count.
+    let on_orders = read_all(&s.env, &orders, 7).await;
+    let replayed: Vec<_> = on_orders
+        .iter()
+        .filter(|(_, h)| h.contains_key("sluice.replay.id"))
+        .collect();
+    assert_eq!(replayed.len(), 3, "{on_orders:#?}");
+    for (_, h) in &replayed {
+        assert_eq!(h["sluice.replay.id"], "orders");
+        assert_eq!(h["sluice.replay.count"], "1");
+        assert!(h["trace-id"].starts_with("t-o"), "{h:?}");
+        assert!(
+            !h.keys().any(|k| k.starts_with("__connect.errors.")),
+            "{h:?}"
+        );
+    }
+    let events = event_reasons(&s, "shop-dlq").await;
+    for reason in ["ReplayStarted", "ReplayCompleted"] {
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "{reason} in {events:?}"
+        );
+    }
+    delete_namespace(&s.client, &s.ns).await;
+}
+
+#[tokio::test]
+async fn a_replay_killed_midway_continues_and_replays_each_record_exactly_once() {
+    let Some(s) = setup("replay-kill").await else {
+        return;
+    };
+    let dlq_topic = unique("kill-dlq");
+    create_dlq(&s, "kill-dlq", &dlq_topic).await;
+    let target = unique("retry");
+    create_topic(&s.env, &target, 1).await;
+    let api: Api<DeadLetterQueue> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the DLQ topic", WAIT, || async {
+        let d = api.get("kill-dlq").await.map_err(|e| e.to_string())?;
+        d.status
+            .and_then(|st| st.topic)
+            .map(|_| ())
+            .ok_or("no topic yet".to_string())
+    })
+    .await;
+
+    // 40 dead-letter records as a Connect sink writes them; 5 were replayed 3 times already.
+    let context = |i: usize| {
+        let mut h = vec![
+            ("__connect.errors.topic".to_string(), "orders".to_string()),
+            ("__connect.errors.partition".to_string(), "0".to_string()),
+            ("__connect.errors.offset".to_string(), i.to_string()),
+            (
+                "__connect.errors.connector.name".to_string(),
+                "orders-sink".to_string(),
+            ),
+            (
+                "__connect.errors.exception.class.name".to_string(),
+                DATA_EXCEPTION.to_string(),
+            ),
+        ];
+        if i >= 35 {
+            h.push(("sluice.replay.count".to_string(), "3".to_string()));
+        }
+        h
+    };
+    let records: Vec<_> = (0..40)
+        .map(|i| (format!("k{i}"), format!("record-{i}"), context(i)))
+        .collect();
+    produce(&s.env, &dlq_topic, &records).await;
+
+    apply_replays(
+        &s,
+        "kill-dlq",
+        json!([{ "id": "slow", "targetTopic": target, "recordsPerSecond": 4, "maxReplayCount": 3 }]),
+    )
+    .await;
+    let started = wait_replay(&s, "kill-dlq", "slow", "running", |r| {
+        r.phase == replay_phase::RUNNING
+    })
+    .await;
+    assert_eq!(
+        started.end_offsets.values().sum::<i64>(),
+        40,
+        "{started:#?}"
+    );
+    // Records that arrive after the start are not replayed.
+    produce(
+        &s.env,
+        &dlq_topic,
+        &[("late".to_string(), "late-record".to_string(), context(99))],
+    )
+    .await;
+
+    // Kill the replay process once part of the work is committed.
+    let partway = wait_replay(&s, "kill-dlq", "slow", "some records replayed", |r| {
+        r.counts.replayed >= 4
+    })
+    .await;
+    assert!(partway.counts.replayed < 35, "{partway:#?}");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    let pod = pods.get("kill-dlq-replay-slow").await.unwrap();
+    let first_uid = pod.uid();
+    let pid: i32 = pod
+        .status
+        .as_ref()
+        .and_then(|st| st.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.container_id.clone())
+        .and_then(|id| id.strip_prefix("local://").and_then(|p| p.parse().ok()))
+        .expect("the replay pod's pid");
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+
+    let done = wait_replay(&s, "kill-dlq", "slow", "done after a restart", |r| {
+        r.phase == replay_phase::SUCCEEDED
+    })
+    .await;
+    assert_eq!(done.restarts, 1, "{done:#?}");
+    assert_eq!(
+        (
+            done.counts.matched,
+            done.counts.replayed,
+            done.counts.skipped_max_replay_count
+        ),
+        (40, 35, 5),
+        "{done:#?}"
+    );
+    let replaced = pods.get_opt("kill-dlq-replay-slow").await.unwrap();
+    assert!(replaced.is_none_or(|p| p.uid() != first_uid));
+
+    let on_target = read_all(&s.env, &target, 35).await;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (value, headers) in &on_target {
+        *seen.entry(value.clone()).or_default() += 1;
+        assert_eq!(headers["sluice.replay.id"], "slow");
+        assert_eq!(headers["sluice.replay.count"], "1");
+    }
+    let expected: BTreeMap<String, usize> = (0..35).map(|i| (format!("record-{i}"), 1)).collect();
+    assert_eq!(
+        seen, expected,
+        "each record exactly once on the target topic"
+    );
+
+    let events = event_reasons(&s, "kill-dlq").await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "ReplayRestarted" && m.contains("restart 1 of")),
+        "{events:?}"
+    );
+    delete_namespace(&s.client, &s.ns).await;
+}
