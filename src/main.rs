@@ -239,9 +239,7 @@ fn run_replay(config: &str) -> ExitCode {
         }
     });
     // librdkafka's transactional calls block: run the replay on a blocking thread.
-    let done = runtime.block_on(tokio::task::spawn_blocking(move || {
-        sluice::replay::run(config, stop)
-    }));
+    let done = runtime.block_on(runtime.spawn_blocking(move || sluice::replay::run(config, stop)));
     let (result, counts) = match done {
         Ok(r) => r,
         Err(err) => return fail("ReplayPanicked", &err.to_string(), 1),

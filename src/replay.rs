@@ -132,10 +132,7 @@ fn parse_ms(time: &Option<String>) -> Option<i64> {
 pub fn matches(replay: &Replay, record: &DeadLetterRecord) -> bool {
     let f = &replay.filter;
     let within = |list: &[String], header: &str| {
-        list.is_empty()
-            || record
-                .context(header)
-                .is_some_and(|v| list.contains(&v))
+        list.is_empty() || record.context(header).is_some_and(|v| list.contains(&v))
     };
     let ts = record.timestamp_ms;
     within(&f.error_classes, "exception.class.name")

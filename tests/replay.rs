@@ -18,7 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sluice::crd::dead_letter_queue::{ReplayStatus, replay_phase};
 use sluice::crd::{Connector, DeadLetterQueue};
-use support::{Env, Setup, create_secret, create_topic, delete_namespace, setup, unique, wait_for};
+use support::{
+    Env, Operator, Setup, create_secret, create_topic, delete_namespace, setup, unique, wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 const DATA_EXCEPTION: &str = "org.apache.kafka.connect.errors.DataException";
@@ -190,7 +192,7 @@ async fn running_task_hash(s: &Setup, connector: &str, old: Option<&str>) -> Str
 
 #[tokio::test]
 async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
-    let Some(s) = setup("replay-fix").await else {
+    let Some(mut s) = setup("replay-fix").await else {
         return;
     };
     let (orders, payments) = (unique("orders"), unique("payments"));

@@ -64,7 +64,11 @@ impl ObservedReplayPod {
             ),
             _ => (
                 t.reason.clone().unwrap_or_else(|| "Error".into()),
-                format!("exit code {}", t.exit_code),
+                format!(
+                    "exit code {}: {}",
+                    t.exit_code,
+                    t.message.clone().unwrap_or_default().trim()
+                ),
             ),
         });
         Some(Self {
