@@ -287,6 +287,9 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
             .contains("5 would be replayed"),
         "{dry:#?}"
     );
+    // A restarted operator does not run a finished replay again.
+    s.operator.kill();
+    s.operator = Operator::start(&s.env, &s.ns, false, "sluice-test-2");
 
     // The fix, then a replay of the orders only.
     connectors
@@ -324,6 +327,12 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
     assert_eq!(
         (by_payments.counts.matched, by_payments.counts.replayed),
         (2, 2)
+    );
+    let look = wait_replay(&s, "shop-dlq", "look", "still the first run", |_| true).await;
+    assert_eq!(
+        (look.start_time, look.completion_time),
+        (dry.start_time, dry.completion_time),
+        "the dry run ran once"
     );
 
     // Every poison record is in MongoDB now, next to the good one; none came back to the DLQ.
