@@ -50,6 +50,10 @@ struct OperatorArgs {
     /// Image of task pods unless a Connector's template names one.
     #[arg(long, env = "SLUICE_TASK_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice:", env!("CARGO_PKG_VERSION")))]
     task_image: String,
+    /// ServiceAccount of task and replay pods unless a Connector's template names one (the chart makes one
+    /// with no API rights).
+    #[arg(long, env = "SLUICE_TASK_SERVICE_ACCOUNT")]
+    task_service_account: Option<String>,
     /// Watch only this namespace (namespaced mode); all namespaces when absent.
     #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -127,13 +131,14 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
         };
         let metrics = std::sync::Arc::new(sluice::controller::metrics::Metrics::default());
         let server = tokio::spawn(sluice::controller::metrics::serve(args.metrics_addr, metrics.clone()));
-        let config = sluice::controller::OperatorConfig {
+        let mut config = sluice::controller::OperatorConfig {
             task_status_interval: args.task_status_interval,
             task_status_concurrency: args.task_status_concurrency,
             record_errors_window: args.record_errors_window,
             dead_letter_refresh: args.dead_letter_refresh,
             ..sluice::controller::OperatorConfig::new(args.task_image, args.watch_namespace)
         };
+        config.pods.service_account = args.task_service_account;
         use sluice::controller::leader;
         let lease = "sluice-operator";
         let identity = args.identity.unwrap_or_else(|| format!("sluice-{}", std::process::id()));

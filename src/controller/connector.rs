@@ -265,9 +265,17 @@ fn task_env(conn: &Connector) -> Vec<serde_json::Value> {
 
 /// The Pod of task `task_id`. `config_hash` covers the task's config and everything else that shapes the
 /// pod, so a change of either replaces it.
-pub fn build_pod(conn: &Connector, task_id: u32, image: &str, config_yaml: &str) -> Result<Pod> {
+pub fn build_pod(
+    conn: &Connector,
+    task_id: u32,
+    defaults: &pods::PodDefaults,
+    config_yaml: &str,
+) -> Result<Pod> {
     let template = &conn.spec.template;
-    let image = template.image.clone().unwrap_or_else(|| image.to_string());
+    let image = template
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults.image.clone());
     let owner = conn
         .controller_owner_ref(&())
         .ok_or_else(|| Error::NotNamespaced(conn.name_any()))?;
@@ -310,7 +318,11 @@ pub fn build_pod(conn: &Connector, task_id: u32, image: &str, config_yaml: &str)
             }],
         },
     });
-    if let Some(sa) = &template.service_account_name {
+    if let Some(sa) = template
+        .service_account_name
+        .as_ref()
+        .or(defaults.service_account.as_ref())
+    {
         pod["spec"]["serviceAccountName"] = json!(sa);
     }
     let hash = fnv1a(format!("{config_yaml}\n{}", pod["spec"]).as_bytes());
@@ -1268,7 +1280,7 @@ async fn reconcile_inner(conn: &Connector, ctx: &Context) -> Result<Action> {
                 .and_then(|d| d.get(&format!("task-{}.yaml", cfg.task_id)))
                 .cloned()
                 .unwrap_or_default();
-            build_pod(conn, cfg.task_id, &ctx.config.task_image, &yaml)
+            build_pod(conn, cfg.task_id, &ctx.config.pods, &yaml)
         })
         .collect::<Result<_>>()?;
     let hashes: Vec<String> = pod_specs
@@ -1645,6 +1657,13 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn defaults(image: &str) -> pods::PodDefaults {
+        pods::PodDefaults {
+            image: image.into(),
+            service_account: Some("sluice-task".into()),
+        }
+    }
     use crate::crd::connector::StartupMode;
 
     fn connector(yaml: &str) -> Connector {
@@ -1750,10 +1769,20 @@ spec:
     #[test]
     fn pods_take_secrets_by_reference_and_change_hash_with_the_config() {
         let conn = connector(SINK);
-        let pod = build_pod(&conn, 0, "sluice:dev", "a: 1").unwrap();
+        let pod = build_pod(&conn, 0, &defaults("sluice:dev"), "a: 1").unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("orders-task-0"));
         let spec = pod.spec.clone().unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.service_account_name.as_deref(), Some("sluice-task"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let mut own_sa = conn.clone();
+        own_sa.spec.template.service_account_name = Some("orders-sa".into());
+        let own = build_pod(&own_sa, 0, &defaults("sluice:dev"), "a: 1").unwrap();
+        assert_eq!(
+            own.spec.unwrap().service_account_name.as_deref(),
+            Some("orders-sa"),
+            "the template's ServiceAccount wins"
+        );
         let env = spec.containers[0].env.clone().unwrap();
         let from_secret = |name: &str| {
             env.iter()
@@ -1776,17 +1805,17 @@ spec:
         let hash = |p: &Pod| p.annotations()[ANNOTATION_CONFIG_HASH].clone();
         assert_eq!(
             hash(&pod),
-            hash(&build_pod(&conn, 0, "sluice:dev", "a: 1").unwrap()),
+            hash(&build_pod(&conn, 0, &defaults("sluice:dev"), "a: 1").unwrap()),
             "stable"
         );
         assert_ne!(
             hash(&pod),
-            hash(&build_pod(&conn, 0, "sluice:dev", "a: 2").unwrap()),
+            hash(&build_pod(&conn, 0, &defaults("sluice:dev"), "a: 2").unwrap()),
             "config changes it"
         );
         assert_ne!(
             hash(&pod),
-            hash(&build_pod(&conn, 0, "sluice:v2", "a: 1").unwrap()),
+            hash(&build_pod(&conn, 0, &defaults("sluice:v2"), "a: 1").unwrap()),
             "image changes it"
         );
     }

@@ -477,7 +477,7 @@ async fn reconcile_replays(
         let st = plan.statuses.iter_mut().find(|s| &s.id == id);
         if let (Some(spec), Some(st)) = (spec, st) {
             let cfg = replay::replay_config(dlq, topic, spec, st);
-            let pod = replay::build_pod(dlq, &cfg, &ctx.config.task_image)?;
+            let pod = replay::build_pod(dlq, &cfg, &ctx.config.pods)?;
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}

@@ -26,8 +26,8 @@ pub const FIELD_MANAGER: &str = "sluice-operator";
 /// The operator's settings.
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
-    /// Image of task pods unless a Connector's template names one.
-    pub task_image: String,
+    /// Image and ServiceAccount of task and replay pods.
+    pub pods: pods::PodDefaults,
     /// Watch only this namespace (namespaced mode); `None` watches all.
     pub namespace: Option<String>,
     /// How often every running task's `/v1/status` is read.
@@ -44,7 +44,10 @@ impl OperatorConfig {
     /// Defaults for everything but the image and namespace.
     pub fn new(task_image: String, namespace: Option<String>) -> Self {
         Self {
-            task_image,
+            pods: pods::PodDefaults {
+                image: task_image,
+                service_account: None,
+            },
             namespace,
             task_status_interval: Duration::from_secs(10),
             task_status_concurrency: 16,

@@ -8,6 +8,16 @@ use crate::crd::KafkaConnection;
 /// Where a pod mounts its config and Secret material.
 pub const CONFIG_DIR: &str = "/etc/sluice";
 
+/// What the operator's flags set on every pod it creates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodDefaults {
+    /// The sluice image (a Connector's `template.image` overrides it for its tasks).
+    pub image: String,
+    /// The ServiceAccount pods run as (a Connector's `template.serviceAccountName` overrides it). The chart
+    /// makes one with no API rights; pods never mount its token.
+    pub service_account: Option<String>,
+}
+
 /// The pod security context of every operator-made pod (Pod Security Standards: restricted).
 pub fn pod_security_context() -> Value {
     json!({ "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,

@@ -260,7 +260,11 @@ pub fn replay_config(
 }
 
 /// The replay pod, owned by the DeadLetterQueue.
-pub fn build_pod(dlq: &DeadLetterQueue, cfg: &ReplayConfig, image: &str) -> Result<Pod> {
+pub fn build_pod(
+    dlq: &DeadLetterQueue,
+    cfg: &ReplayConfig,
+    defaults: &pods::PodDefaults,
+) -> Result<Pod> {
     let owner = dlq
         .controller_owner_ref(&())
         .ok_or_else(|| Error::NotNamespaced(dlq.name_any()))?;
@@ -272,7 +276,7 @@ pub fn build_pod(dlq: &DeadLetterQueue, cfg: &ReplayConfig, image: &str) -> Resu
     env.push(json!({ "name": "SLUICE_REPLAY_CONFIG", "value": config }));
     env.extend(pods::kafka_env(&dlq.spec.kafka));
     let (volumes, mounts) = pods::kafka_tls_volumes(&dlq.spec.kafka);
-    let pod = json!({
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": pod_name(dlq, &cfg.replay.id), "namespace": dlq.namespace(),
@@ -293,7 +297,7 @@ pub fn build_pod(dlq: &DeadLetterQueue, cfg: &ReplayConfig, image: &str) -> Resu
             "volumes": volumes,
             "containers": [{
                 "name": "replay",
-                "image": image,
+                "image": defaults.image,
                 "args": ["replay"],
                 "env": env,
                 "volumeMounts": mounts,
@@ -302,6 +306,9 @@ pub fn build_pod(dlq: &DeadLetterQueue, cfg: &ReplayConfig, image: &str) -> Resu
             }],
         },
     });
+    if let Some(sa) = &defaults.service_account {
+        pod["spec"]["serviceAccountName"] = json!(sa);
+    }
     serde_json::from_value(pod).map_err(|source| Error::Serialize {
         what: "Pod",
         source,
@@ -502,7 +509,11 @@ spec:
         let st = status("fix-1", replay_phase::RUNNING);
         let cfg = replay_config(&dlq, "orders-dlq", &replay("fix-1"), &st);
         assert_eq!(cfg.end_offsets, BTreeMap::from([(0, 10)]));
-        let pod = build_pod(&dlq, &cfg, "sluice:dev").unwrap();
+        let defaults = pods::PodDefaults {
+            image: "sluice:dev".into(),
+            service_account: Some("sluice-task".into()),
+        };
+        let pod = build_pod(&dlq, &cfg, &defaults).unwrap();
         let json = serde_json::to_value(&pod).unwrap();
         assert_eq!(json["metadata"]["name"], "orders-dlq-replay-fix-1");
         assert_eq!(
@@ -511,6 +522,8 @@ spec:
         );
         let c = &json["spec"]["containers"][0];
         assert_eq!(c["args"], json!(["replay"]));
+        assert_eq!(json["spec"]["serviceAccountName"], "sluice-task");
+        assert_eq!(json["spec"]["automountServiceAccountToken"], false);
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         let env = c["env"].as_array().unwrap();
         let password = env

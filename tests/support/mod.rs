@@ -305,6 +305,30 @@ pub async fn create_topic(env: &Env, topic: &str, partitions: i32) {
     assert!(r[0].is_ok(), "create topic {topic}: {r:?}");
 }
 
+/// Creates a Kafka topic unless it exists (for fixed names, such as the examples').
+pub async fn create_topic_if_missing(env: &Env, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &r[0],
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists))
+        ),
+        "create topic {topic}: {r:?}"
+    );
+}
+
 /// Creates a Secret with string data.
 pub async fn create_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
     use k8s_openapi::api::core::v1::Secret;

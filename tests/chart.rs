@@ -1,0 +1,295 @@
+//! The Helm chart and `deploy/` on the loopback cluster: the chart lints, the plain manifests are what the
+//! chart renders, rendered manifests pass the apiserver's dry run in both modes, `helm install` runs the
+//! operator as a pod that brings every example to Ready, and in namespaced mode the operator's ServiceAccount
+//! can't read Secrets outside its namespace while task pods' ServiceAccount can't call the API at all.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use sluice::crd::dead_letter_queue::replay_phase;
+use sluice::crd::{Connector, DeadLetterQueue};
+use support::{Env, create_secret, delete_namespace, install_crds, namespace, wait_for};
+
+const WAIT: Duration = Duration::from_secs(120);
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/sluice");
+/// What the examples call the Kafka bootstrap address; tests put the loopback broker's in its place.
+const EXAMPLE_KAFKA: &str = "my-cluster-kafka-bootstrap:9092";
+
+fn run(env: &Env, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(format!("{}/{tool}", env.bin_dir))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a tool of the environment; panics with its stderr when it fails.
+fn ok(env: &Env, tool: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run(env, tool, args, stdin);
+    assert!(
+        out.status.success(),
+        "{tool} {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn example(name: &str, env: &Env) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace(EXAMPLE_KAFKA, &env.kafka_bootstrap)
+}
+
+#[test]
+fn the_chart_lints_and_deploy_is_what_it_renders() {
+    let Some(env) = Env::get() else { return };
+    ok(&env, "helm", &["lint", "--strict", CHART], None);
+    let rendered = ok(
+        &env,
+        "helm",
+        &[
+            "template",
+            "sluice",
+            CHART,
+            "--namespace",
+            "sluice-system",
+            "--include-crds",
+        ],
+        None,
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/sluice.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap();
+    let body = committed
+        .split_once('\n')
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert!(
+        body == rendered,
+        "deploy/base/sluice.yaml differs from the chart: run `make crds deploy`"
+    );
+    // A wrong value fails at install time, naming the value.
+    let out = run(
+        &env,
+        "helm",
+        &["template", "x", CHART, "--set", "replicas=two"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/replicas"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn rendered_manifests_pass_the_apiservers_dry_run_in_both_modes() {
+    let Some(env) = Env::get() else { return };
+    let client = env.kube().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "chart-dry").await;
+    for mode in [
+        vec![],
+        vec!["--set".to_string(), format!("watchNamespace={ns}")],
+    ] {
+        let mut args = vec!["template", "dry", CHART, "--namespace", &ns];
+        args.extend(mode.iter().map(String::as_str));
+        let rendered = ok(&env, "helm", &args, None);
+        let applied = ok(
+            &env,
+            "kubectl",
+            &["apply", "--dry-run=server", "-f", "-"],
+            Some(&rendered),
+        );
+        assert!(
+            applied.contains("deployment.apps/dry-sluice created (server dry run)"),
+            "{applied}"
+        );
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready() {
+    let Some(env) = Env::get() else { return };
+    let client = env.kube().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "chart-install").await;
+    ok(
+        &env,
+        "helm",
+        &[
+            "install",
+            "sluice",
+            CHART,
+            "--namespace",
+            &ns,
+            "--set",
+            &format!("watchNamespace={ns}"),
+            "--set",
+            "image.tag=dev",
+            "--set",
+            "taskStatusInterval=2s",
+            "--set",
+            "deadLetterRefresh=2s",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let operator = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=sluice-operator"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(operator.len(), 1, "one operator pod");
+    assert_eq!(
+        operator[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name
+            .as_deref(),
+        Some("sluice")
+    );
+
+    // The examples, as a user applies them.
+    create_secret(
+        &client,
+        &ns,
+        "mongodb",
+        &[("uri", env.mongodb_uri.as_str())],
+    )
+    .await;
+    support::create_topic_if_missing(&env, "orders", 1).await;
+    for file in [
+        "sink-with-dead-letter-queue.yaml",
+        "source-with-heartbeats.yaml",
+    ] {
+        ok(
+            &env,
+            "kubectl",
+            &["-n", &ns, "apply", "-f", "-"],
+            Some(&example(file, &env)),
+        );
+    }
+    for kind in [
+        "conn/orders-sink",
+        "conn/orders-cdc",
+        "dlq/orders-dlq",
+        "dlq/orders-sink-dlq",
+    ] {
+        ok(
+            &env,
+            "kubectl",
+            &[
+                "-n",
+                &ns,
+                "wait",
+                "--for=condition=Ready",
+                kind,
+                "--timeout=120s",
+            ],
+            None,
+        );
+    }
+    // Task pods run as the task ServiceAccount, which has no rights.
+    let task = pods.get("orders-sink-task-0").await.unwrap();
+    let spec = task.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("sluice-task"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+
+    ok(
+        &env,
+        "kubectl",
+        &["-n", &ns, "apply", "-f", "-"],
+        Some(&example("dead-letter-replay.yaml", &env)),
+    );
+    let dlqs: Api<DeadLetterQueue> = Api::namespaced(client.clone(), &ns);
+    wait_for("both example replays done", WAIT, || async {
+        let d = dlqs
+            .get("orders-sink-dlq")
+            .await
+            .map_err(|e| e.to_string())?;
+        let replays = d.status.map(|s| s.replays).unwrap_or_default();
+        if replays.len() == 2 && replays.iter().all(|r| r.phase == replay_phase::SUCCEEDED) {
+            Ok(())
+        } else {
+            Err(format!("{replays:#?}"))
+        }
+    })
+    .await;
+    let connectors: Api<Connector> = Api::namespaced(client.clone(), &ns);
+    let sink = connectors.get("orders-sink").await.unwrap();
+    assert!(sink.status.is_some_and(|s| !s.tasks.is_empty()));
+
+    // Namespaced mode: Secrets here, not elsewhere; nothing for the task ServiceAccount.
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = run(&env, "kubectl", &all, None);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let operator_sa = format!("--as=system:serviceaccount:{ns}:sluice");
+    let task_sa = format!("--as=system:serviceaccount:{ns}:sluice-task");
+    assert_eq!(can(&["get", "secrets", "-n", &ns, &operator_sa]), "yes");
+    assert_eq!(
+        can(&["get", "secrets", "-n", "default", &operator_sa]),
+        "no"
+    );
+    assert_eq!(
+        can(&["list", "secrets", "--all-namespaces", &operator_sa]),
+        "no"
+    );
+    assert_eq!(
+        can(&["create", "pods", "-n", "default", &operator_sa]),
+        "no"
+    );
+    assert_eq!(
+        can(&["delete", "connectors.sluice.dev", "-n", &ns, &operator_sa]),
+        "no"
+    );
+    assert_eq!(can(&["get", "pods", "-n", &ns, &task_sa]), "no");
+    assert_eq!(can(&["get", "secrets", "-n", &ns, &task_sa]), "no");
+    let operator_name = operator[0].name_any();
+    ok(
+        &env,
+        "helm",
+        &["uninstall", "sluice", "--namespace", &ns, "--wait"],
+        None,
+    );
+    wait_for("the operator pod gone", WAIT, || async {
+        match pods
+            .get_opt(&operator_name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
