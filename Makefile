@@ -7,7 +7,7 @@ HELM := .cache/bin/helm
 APT_PACKAGES := cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
 TOOLS := cargo go java mvn python3 openssl
 
-.PHONY: demo test deps build lint crds deploy bench-task env-build env-up env-down env-status
+.PHONY: demo test deps build lint crds docs deploy bench-task env-build env-up env-down env-status
 
 ## demo: bring up the loopback cluster, run sluice on it, show it working (KEEP=1 leaves it running)
 demo: deps build env-build
@@ -32,10 +32,16 @@ deps:
 build:
 	cargo build --all-targets --locked
 
-## crds: regenerate the CRD YAML under crds/ and the chart's crds/ from src/crd/ (a test fails when they differ)
+## crds: regenerate the CRD YAML under crds/ and the chart's crds/, and docs/reference.md, from src/crd/ (tests
+## fail when they differ; then `make deploy` for deploy/)
 crds:
 	cargo run --quiet --locked -- crdgen --out-dir crds
 	cargo run --quiet --locked -- crdgen --out-dir charts/sluice/crds
+	cargo run --quiet --locked -- docgen --out docs/reference.md
+
+## docs: regenerate docs/reference.md from the CRD schemas (a test fails when they differ)
+docs:
+	cargo run --quiet --locked -- docgen --out docs/reference.md
 
 ## deploy: regenerate deploy/base/sluice.yaml (plain manifests for kustomize) from the chart; a test fails when
 ## they differ

@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod docs;
 pub mod replay;
 pub mod task;
 pub mod termination;

@@ -28,6 +28,11 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Print the API reference generated from the CRD schemas (or write it to --out).
+    Docgen {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run one connector task from the config file the operator rendered.
     Task {
         /// The task's config file.
@@ -94,6 +99,16 @@ fn main() -> ExitCode {
         Command::Task { config } => run_task(&config),
         Command::Crdgen { out_dir } => crdgen(out_dir.as_deref()),
         Command::Replay { config } => run_replay(&config),
+        Command::Docgen { out } => match out {
+            None => {
+                print!("{}", sluice::docs::reference());
+                ExitCode::SUCCESS
+            }
+            Some(path) => match std::fs::write(&path, sluice::docs::reference()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail("WriteFailed", &format!("{}: {err}", path.display()), 1),
+            },
+        },
     }
 }
 

@@ -16,6 +16,17 @@ fn repo_path(rel: &str) -> PathBuf {
 }
 
 #[test]
+fn the_committed_reference_is_the_generated_one() {
+    let path = repo_path("docs/reference.md");
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make docs`)", path.display()));
+    assert!(
+        committed == sluice::docs::reference(),
+        "docs/reference.md differs from the CRD schemas: run `make docs` and commit the result"
+    );
+}
+
+#[test]
 fn committed_crds_match_the_generated_ones() {
     let generated = sluice::crd::crds();
     for dir in ["crds", "charts/sluice/crds"] {
