@@ -386,12 +386,20 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
             "{h:?}"
         );
     }
+    // Each replay has its own Events (not folded into the first replay's).
     let events = event_reasons(&s, "shop-dlq").await;
-    for reason in ["ReplayStarted", "ReplayCompleted"] {
-        assert!(
-            events.iter().any(|(r, _)| r == reason),
-            "{reason} in {events:?}"
-        );
+    for id in ["look", "orders", "payments"] {
+        for (reason, prefix) in [
+            ("ReplayStarted", format!("replay {id} started")),
+            ("ReplayCompleted", format!("replay {id}:")),
+        ] {
+            assert!(
+                events
+                    .iter()
+                    .any(|(r, m)| r == reason && m.starts_with(&prefix)),
+                "{reason} {prefix:?} in {events:?}"
+            );
+        }
     }
     delete_namespace(&s.client, &s.ns).await;
 }

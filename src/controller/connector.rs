@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::EventType;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -1153,16 +1153,9 @@ async fn dereference(
 }
 
 async fn publish(ctx: &Context, conn: &Connector, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &conn.object_ref(&())).await {
-        warn!(connector = %conn.name_any(), error = %err, "publishing event failed");
-    }
+    ctx.events
+        .record(&conn.object_ref(&()), type_, reason, &note)
+        .await;
 }
 
 /// One reconcile of one Connector.

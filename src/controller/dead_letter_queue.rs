@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::EventType;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -357,16 +357,9 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &dlq.object_ref(&())).await {
-        warn!(error = %err, "publishing event failed");
-    }
+    ctx.events
+        .record(&dlq.object_ref(&()), type_, reason, &note)
+        .await;
 }
 
 /// Runs `spec.replays` (see [`replay`]): applies the plan — events, pod deletions, the start of the next

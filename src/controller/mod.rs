@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod connector;
 pub mod dead_letter_queue;
 pub mod dlq_inspect;
+pub mod events;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -60,7 +60,7 @@ impl OperatorConfig {
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: events::EventRecorder,
     pub config: OperatorConfig,
     pub metrics: Arc<metrics::Metrics>,
     /// The latest `/v1/status` of every running task.
@@ -69,12 +69,12 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::EventRecorder::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             config,
             metrics,

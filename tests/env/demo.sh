@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# make demo: sluice on the embedded loopback cluster. Grows with the project; today it brings the cluster up,
-# installs the CRDs, runs the operator, applies a DeadLetterQueue and a source Connector, streams documents,
-# then has MongoDB lose the source's resume point and shows the automatic offset-partition rotation.
+# make demo: sluice on the embedded loopback cluster, installed with helm like in a real cluster. It applies the
+# examples, streams MongoDB changes to Kafka, sends a poison record to a dead-letter queue and replays it, has
+# MongoDB lose the source's resume point and shows the automatic offset-partition rotation, printing
+# `kubectl get conn,dlq` and the Connectors' status along the way. KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ENVCTL="python3 tests/env/envctl.py"
+KAFKA_CP="tests/env/kafka/target/lib/*"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
 cleanup() { if [ "${KEEP:-}" != 1 ]; then step "Tearing down"; $ENVCTL down; fi; }
 trap cleanup EXIT
 
@@ -15,105 +16,103 @@ step "Bringing up the loopback cluster (etcd, kube-apiserver, controller-manager
 $ENVCTL up
 source .env/env
 kubectl() { "$SLUICE_BIN_DIR/kubectl" "$@"; }
+helm() { "$SLUICE_BIN_DIR/helm" "$@"; }
+# Kafka's own tools, from the broker's jars.
+kafka_tool() { java -cp "$KAFKA_CP" "$@" --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" 2>/dev/null; }
+consume() { # topic count [extra properties...]
+  local topic=$1 count=$2; shift 2
+  kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --topic "$topic" --from-beginning \
+    --max-messages "$count" --timeout-ms 20000 "$@" | cut -c1-220 || true
+}
+mongo() { .cache/venv/bin/python -c "import os, pymongo; db = pymongo.MongoClient(os.environ['MONGODB_URI']).shop; $1"; }
+example() { sed "s/my-cluster-kafka-bootstrap:9092/$KAFKA_BOOTSTRAP_SERVERS/" "examples/$1"; }
+conn_status() { # connector: per-task counters as the Connector's status shows them
+  kubectl -n demo get conn "$1" -o jsonpath='{range .status.tasks[*]}task {.id}: pod {.pod}, recordsIn {.recordsIn}, recordsOut {.recordsOut}, {.metrics}{"\n"}{end}'
+}
+conditions() {
+  kubectl -n demo get conn "$1" -o jsonpath='{range .status.conditions[*]}  {.type}={.status} {.reason}: {.message}{"\n"}{end}'
+}
 
 step "The cluster"
 kubectl get nodes -o wide
 
-step "Installing the CRDs"
-kubectl apply --server-side -f crds/
+step "Installing sluice with helm (cluster mode; the operator runs as a pod on the local node)"
+kubectl create namespace demo
+echo '$ helm install sluice charts/sluice -n sluice-system --create-namespace --set taskServiceAccount.namespaces={demo} ...'
+helm install sluice charts/sluice --namespace sluice-system --create-namespace --set image.tag=dev \
+  --set 'taskServiceAccount.namespaces={demo}' --set taskStatusInterval=2s --set deadLetterRefresh=2s \
+  --wait --timeout 120s
+kubectl -n sluice-system get deploy,pods -o wide
 
-step "Running the operator (log: $SLUICE_ENV_DIR/logs/operator.log)"
-# The marker lets `envctl.py down` find and stop it with the rest of the environment.
-env "${SLUICE_ENV_MARKER%%=*}=${SLUICE_ENV_MARKER#*=}" SLUICE_METRICS_ADDR=127.0.0.1:0 POD_NAMESPACE=default \
-  SLUICE_TASK_IMAGE=ghcr.io/sluice-dev/sluice:dev SLUICE_TASK_STATUS_INTERVAL=2s target/debug/sluice operator >"$SLUICE_ENV_DIR/logs/operator.log" 2>&1 &
-
-step "A DeadLetterQueue and a source Connector"
-kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-# The source reaches MongoDB through the fault peer, which passes everything through until scripted.
-kubectl -n demo create secret generic mongo --from-literal=uri="$SLUICE_FAULT_PEER_URI" --dry-run=client -o yaml \
-  | kubectl apply -f - >/dev/null
-manifest=$(cat <<YAML
-apiVersion: sluice.dev/v1alpha1
-kind: DeadLetterQueue
-metadata: {name: orders-dlq}
-spec:
-  kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS"}
-  partitions: 3
-  retentionMs: 604800000
----
-apiVersion: sluice.dev/v1alpha1
-kind: Connector
-metadata: {name: orders}
-spec:
-  type: mongodb-source
-  kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS"}
-  mongodb: {connectionUriSecretRef: {name: mongo, key: uri}, database: shop, collection: orders}
-  source: {topicPrefix: cdc}
-  errors: {tolerance: all, deadLetterQueueRef: {name: orders-dlq}}
-  restart: {backoffInitialSeconds: 5, backoffMaxSeconds: 60}
-YAML
-)
-echo "$manifest"
-echo "$manifest" | kubectl -n demo apply -f -
-kubectl -n demo wait --for=condition=Ready dlq/orders-dlq --timeout=60s
-kubectl -n demo wait --for=condition=Ready conn/orders --timeout=90s
-
-step "kubectl get conn,dlq"
-kubectl -n demo get conn,dlq
-step "The task pod the operator created, run by the local node"
-kubectl -n demo get pods -o wide
-step "Writing documents into MongoDB; the source task streams them to Kafka (topic cdc.shop.orders)"
-.cache/venv/bin/python - <<PY
-import os, pymongo
-orders = pymongo.MongoClient(os.environ["MONGODB_URI"]).shop.orders
-orders.insert_many([{"_id": 1, "item": "apple", "qty": 3}, {"_id": 2, "item": "pear", "qty": 1}])
-orders.update_one({"_id": 1}, {"\$set": {"qty": 5}})
-print("inserted 2 documents, updated 1")
-PY
-pod_ip=$(kubectl -n demo get pod orders-task-0 -o jsonpath='{.status.podIP}')
-for _ in $(seq 1 50); do
-  status=$(curl -s "http://$pod_ip:8080/v1/status" || true)
-  case "$status" in *'"recordsOut":3'*) break ;; esac
-  sleep 0.2
+step "The examples: a source with heartbeats and a DLQ, a sink with a DLQ"
+kubectl -n demo create secret generic mongodb --from-literal=uri="$SLUICE_FAULT_PEER_URI"
+kafka_tool org.apache.kafka.tools.TopicCommand --create --topic orders --partitions 1 --replication-factor 1
+for f in source-with-heartbeats.yaml sink-with-dead-letter-queue.yaml; do
+  echo "\$ kubectl -n demo apply -f examples/$f"
+  example "$f" | kubectl -n demo apply -f -
 done
-echo "task status (http://$pod_ip:8080/v1/status): $status"
-step "The Connector's conditions"
-kubectl -n demo get conn orders -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
-step "Task 0 as the Connector's status shows it (the operator reads /v1/status every 2 s)"
-kubectl -n demo wait --for=jsonpath='{.status.tasks[0].recordsOut}'=3 conn/orders --timeout=30s >/dev/null
-kubectl -n demo get conn orders -o jsonpath='{.status.tasks[0]}{"\n"}'
+kubectl -n demo wait --for=condition=Ready conn/orders-cdc conn/orders-sink dlq/orders-dlq dlq/orders-sink-dlq --timeout=120s
+step "kubectl get conn,dlq,pods"
+kubectl -n demo get conn,dlq,pods
 
-step "MongoDB loses the resume point: the fault peer answers the next resume with error 286"
+step "Documents into MongoDB shop.orders; the source streams them to Kafka topic cdc.shop.orders"
+mongo 'db.orders.insert_many([{"_id": 1, "item": "apple", "qty": 3}, {"_id": 2, "item": "pear", "qty": 1}]); db.orders.update_one({"_id": 1}, {"$set": {"qty": 5}}); print("inserted 2 documents, updated 1")'
+consume cdc.shop.orders 3
+kubectl -n demo wait --for=jsonpath='{.status.tasks[0].recordsOut}'=3 conn/orders-cdc --timeout=30s >/dev/null
+echo "orders-cdc as its status shows it (the operator reads each task's /v1/status every 2 s):"
+conn_status orders-cdc
+
+step "A poison record for the sink: topic orders gets one good and one unreadable record"
+printf '{"_id": 7, "item": "plum", "qty": 2}\nthis is not JSON\n' | java -cp "$KAFKA_CP" org.apache.kafka.tools.ConsoleProducer \
+  --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --topic orders 2>/dev/null
+kubectl -n demo wait --for=jsonpath='{.status.totals.deadLetterQueueProduceRequests}'=1 conn/orders-sink --timeout=60s >/dev/null
+kubectl -n demo get conn orders-sink
+conn_status orders-sink
+echo "conditions:"; conditions orders-sink
+step "The record in the dead-letter topic: original value, Kafka Connect's context headers"
+consume orders-sink-dlq 1 --property print.headers=true --property headers.separator=$'\n  ' \
+  --property headers.key.separator='=' --property print.value=true --property key.separator=$'\n  value: '
+kubectl -n demo wait --for=jsonpath='{.status.inspection.depth}'=1 dlq/orders-sink-dlq --timeout=60s >/dev/null
+kubectl -n demo get dlq orders-sink-dlq
+echo "by error class: $(kubectl -n demo get dlq orders-sink-dlq -o jsonpath='{.status.inspection.byErrorClass}')"
+
+step "Replaying the DLQ (examples/dead-letter-replay.yaml): a dry run, then the replay"
+example dead-letter-replay.yaml | kubectl -n demo apply -f -
+kubectl -n demo wait --for=jsonpath='{.status.replays[1].phase}'=Succeeded dlq/orders-sink-dlq --timeout=90s >/dev/null
+kubectl -n demo get dlq orders-sink-dlq -o jsonpath='{range .status.replays[*]}  replay {.id}: {.phase}, {.message}{"\n"}{end}'
+echo "The record is still not JSON, so it failed again and came back with sluice.replay.count=1:"
+kubectl -n demo wait --for=jsonpath='{.status.inspection.depth}'=2 dlq/orders-sink-dlq --timeout=60s >/dev/null
+consume orders-sink-dlq 2 --property print.headers=true | tail -1 | tr ',' '\n' | grep -E 'sluice.replay|exception.class' || true
+
+step "MongoDB loses the source's resume point: the fault peer answers the next resume with error 286"
 curl -s -X POST "$SLUICE_FAULT_PEER_CONTROL/rules" -d '{"command": "aggregate", "changeStream": true,
   "database": "shop", "times": 1, "reply": {"ok": 0, "code": 286, "codeName": "ChangeStreamHistoryLost",
-  "errmsg": "Resume of change stream was not possible, as the resume point may no longer be in the oplog."}}'
-echo
+  "errmsg": "Resume of change stream was not possible, as the resume point may no longer be in the oplog."}}' >/dev/null
 # The live cursor is gone (CursorNotFound), so the driver resumes from its token, which meets the 286.
 curl -s -X POST "$SLUICE_FAULT_PEER_CONTROL/rules" -d '{"command": "getMore", "database": "shop",
   "collection": "orders", "times": 1, "reply": {"ok": 0, "code": 43, "codeName": "CursorNotFound",
-  "errmsg": "cursor id 1 not found"}}'
-echo
-kubectl -n demo wait --for=jsonpath='{.status.offsets.partitionName}'=orders.1 conn/orders --timeout=60s
-kubectl -n demo wait --for=condition=ResumeTokenRecovered conn/orders --timeout=60s
-kubectl -n demo get conn orders
-echo "rotations: $(kubectl -n demo get conn orders -o jsonpath='{.status.offsets.rotations}')"
-step "The new task streams under the new partition name"
-.cache/venv/bin/python - <<PY
-import os, pymongo
-pymongo.MongoClient(os.environ["MONGODB_URI"]).shop.orders.insert_one({"_id": 3, "item": "plum", "qty": 2})
-print("inserted 1 document")
-PY
-kubectl -n demo wait --for=jsonpath='{.status.tasks[0].recordsOut}'=1 conn/orders --timeout=30s >/dev/null
-kubectl -n demo get conn orders -o jsonpath='{.status.tasks[0]}{"\n"}'
-step "The Connector's conditions"
-kubectl -n demo get conn orders -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+  "errmsg": "cursor id 1 not found"}}' >/dev/null
+kubectl -n demo wait --for=jsonpath='{.status.offsets.partitionName}'=orders-cdc.1 conn/orders-cdc --timeout=60s >/dev/null
+kubectl -n demo wait --for=condition=ResumeTokenRecovered conn/orders-cdc --timeout=60s >/dev/null
+kubectl -n demo get conn orders-cdc
+echo "rotation: $(kubectl -n demo get conn orders-cdc -o jsonpath='{.status.offsets.rotations[0]}')"
+mongo 'db.orders.insert_one({"_id": 3, "item": "fig", "qty": 2}); print("inserted 1 document")'
+kubectl -n demo wait --for=jsonpath='{.status.tasks[0].recordsOut}'=1 conn/orders-cdc --timeout=30s >/dev/null
+echo "The new task streams under the new partition name:"
+conn_status orders-cdc
+echo "conditions:"; conditions orders-cdc
+
 step "Events"
-kubectl -n demo get events --field-selector involvedObject.kind=Connector --sort-by=.lastTimestamp | tail -10
+kubectl -n demo get events --field-selector involvedObject.apiVersion=sluice.dev/v1alpha1 --sort-by=.lastTimestamp \
+  -o custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message | cut -c1-200 | tail -14
+step "kubectl get conn,dlq"
+kubectl -n demo get conn,dlq
 
 if [ "${KEEP:-}" = 1 ]; then
   step "Left running. Try:"
   echo "  source $SLUICE_ENV_DIR/env"
   echo "  \$SLUICE_BIN_DIR/kubectl -n demo get conn,dlq,pods"
-  echo "  \$SLUICE_BIN_DIR/kubectl -n demo describe conn orders"
+  echo "  \$SLUICE_BIN_DIR/kubectl -n demo describe conn orders-cdc"
+  echo "  \$SLUICE_BIN_DIR/helm -n sluice-system status sluice"
   echo "  make env-down    # when done"
 fi
