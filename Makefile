@@ -7,7 +7,7 @@ HELM := .cache/bin/helm
 APT_PACKAGES := cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
 TOOLS := cargo go java mvn python3 openssl
 
-.PHONY: demo test deps build lint crds docs deploy bench-task env-build env-up env-down env-status
+.PHONY: demo test deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
 
 ## demo: bring up the loopback cluster, run sluice on it, show it working (KEEP=1 leaves it running)
 demo: deps build env-build
@@ -53,6 +53,11 @@ deploy: env-build
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
+
+## bench: sluice side by side with Kafka Connect + the MongoDB connector (prints a table; see docs/benchmarks.md)
+bench: deps build env-build
+	mvn -B -q -f benches/connect/pom.xml package
+	$(ENVCTL) run -- bash benches/versus_connect.sh
 
 ## bench-task: sink and source records/s of one task process on this machine (prints figures)
 bench-task: deps env-build

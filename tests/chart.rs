@@ -88,6 +88,24 @@ fn the_chart_lints_and_deploy_is_what_it_renders() {
         body == rendered,
         "deploy/base/sluice.yaml differs from the chart: run `make crds deploy`"
     );
+    // The ServiceMonitor only when asked for (its CRD belongs to prometheus-operator).
+    assert!(!rendered.contains("kind: ServiceMonitor"));
+    let monitored = ok(
+        &env,
+        "helm",
+        &[
+            "template",
+            "x",
+            CHART,
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ],
+        None,
+    );
+    assert!(
+        monitored.contains("kind: ServiceMonitor") && monitored.contains("port: metrics"),
+        "{monitored}"
+    );
     // A wrong value fails at install time, naming the value.
     let out = run(
         &env,

@@ -199,6 +199,7 @@ pub fn task_config(conn: &Connector, task_id: u32, resolved: &Resolved) -> TaskC
             context_headers_enable: resolved.context_headers_enable,
         },
         http_port: TASK_HTTP_PORT,
+        discard_writes: false,
     }
 }
 

@@ -36,6 +36,10 @@ pub struct TaskConfig {
     pub errors: TaskErrors,
     /// Port of the task's HTTP server (`/metrics`, `/v1/status`, `/healthz`) on the pod IP.
     pub http_port: u16,
+    /// Debug, for benchmarks only (never rendered by the operator): a sink converts records but writes
+    /// nothing, so the framework's own cost shows without MongoDB's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_writes: bool,
 }
 
 /// Kafka settings without secrets (those come from env).

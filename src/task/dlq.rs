@@ -108,14 +108,35 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
-    /// Writes one failed record and waits for the broker's acknowledgement.
-    pub async fn send(
+    /// Hands one failed record to the producer without waiting; the returned future resolves with the
+    /// broker's acknowledgement. `Err` when the producer can't take it now (its queue is full).
+    pub fn enqueue(
         &self,
         record: &RecordContext,
         failure: &Failure,
         connector: &str,
         task_id: u32,
-    ) -> Result<(), Failure> {
+    ) -> Result<rdkafka::producer::DeliveryFuture, Failure> {
+        let headers = self.headers(record, failure, connector, task_id);
+        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(k) = &record.key {
+            out = out.key(k.as_slice());
+        }
+        if let Some(v) = &record.value {
+            out = out.payload(v.as_slice());
+        }
+        self.producer
+            .send_result(out)
+            .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
+    }
+
+    fn headers(
+        &self,
+        record: &RecordContext,
+        failure: &Failure,
+        connector: &str,
+        task_id: u32,
+    ) -> OwnedHeaders {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &record.headers {
             headers = headers.insert(Header {
@@ -131,6 +152,18 @@ impl DeadLetterQueue {
                 });
             }
         }
+        headers
+    }
+
+    /// Writes one failed record and waits for the broker's acknowledgement.
+    pub async fn send(
+        &self,
+        record: &RecordContext,
+        failure: &Failure,
+        connector: &str,
+        task_id: u32,
+    ) -> Result<(), Failure> {
+        let headers = self.headers(record, failure, connector, task_id);
         let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(k) = &record.key {
             out = out.key(k.as_slice());

@@ -227,6 +227,14 @@ pub struct ErrorHandler {
     metrics: Arc<TaskMetrics>,
     dlq: Option<DeadLetterQueue>,
     window: std::sync::Mutex<ToleranceWindow>,
+    /// Dead-letter records handed to the producer whose acknowledgement is still to be checked.
+    pending: tokio::sync::Mutex<Vec<PendingDeadLetter>>,
+}
+
+struct PendingDeadLetter {
+    delivery: rdkafka::producer::DeliveryFuture,
+    record: RecordContext,
+    failure: Failure,
 }
 
 impl ErrorHandler {
@@ -245,6 +253,7 @@ impl ErrorHandler {
             metrics,
             dlq,
             window,
+            pending: Default::default(),
         }
     }
 
@@ -325,27 +334,64 @@ impl ErrorHandler {
             });
         }
         if let Some(dlq) = &self.dlq {
-            let sent = self
-                .retry(|| async {
-                    self.metrics.record_dlq_request();
-                    dlq.send(&record, &failure, &self.connector, self.task_id)
-                        .await
-                        .inspect_err(|_| {
-                            self.metrics.record_dlq_failure();
-                        })
-                })
-                .await;
-            if let Err(dlq_failure) = sent {
-                // Never commit past a record that is neither handled nor dead-lettered.
-                return Err(TaskFailed {
-                    reason: "DeadLetterQueueFailed",
-                    failure: dlq_failure,
-                    record: Some(record),
-                });
+            // Pipelined: acknowledgements are checked by `flush_dead_letters` before offsets move.
+            self.metrics.record_dlq_request();
+            match dlq.enqueue(&record, &failure, &self.connector, self.task_id) {
+                Ok(delivery) => self.pending.lock().await.push(PendingDeadLetter {
+                    delivery,
+                    record,
+                    failure,
+                }),
+                Err(_) => {
+                    self.metrics.record_dlq_failure();
+                    self.send_dead_letter(dlq, &record, &failure).await?;
+                }
             }
         }
         self.metrics.record_skipped();
         Ok(())
+    }
+
+    /// Waits for every dead-letter record handed to the producer; one that failed is sent again with the
+    /// retry settings. Call it before committing offsets: a record that is neither written nor
+    /// dead-lettered stops the task before its offset moves.
+    pub async fn flush_dead_letters(&self) -> Result<(), TaskFailed> {
+        let pending = std::mem::take(&mut *self.pending.lock().await);
+        let Some(dlq) = &self.dlq else {
+            return Ok(());
+        };
+        for p in pending {
+            if !matches!(p.delivery.await, Ok(Ok(_))) {
+                self.metrics.record_dlq_failure();
+                self.send_dead_letter(dlq, &p.record, &p.failure).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one dead-letter record and waits, retrying per the spec.
+    async fn send_dead_letter(
+        &self,
+        dlq: &DeadLetterQueue,
+        record: &RecordContext,
+        failure: &Failure,
+    ) -> Result<(), TaskFailed> {
+        let sent = self
+            .retry(|| async {
+                self.metrics.record_dlq_request();
+                dlq.send(record, failure, &self.connector, self.task_id)
+                    .await
+                    .inspect_err(|_| {
+                        self.metrics.record_dlq_failure();
+                    })
+            })
+            .await;
+        sent.map_err(|dlq_failure| TaskFailed {
+            // Never commit past a record that is neither handled nor dead-lettered.
+            reason: "DeadLetterQueueFailed",
+            failure: dlq_failure,
+            record: Some(record.clone()),
+        })
     }
 }
 

@@ -281,9 +281,14 @@ impl Sink {
                 }
             }
         }
+        if self.cfg.discard_writes {
+            self.metrics.records_out(pending.len() as u64);
+            return self.handler.flush_dead_letters().await;
+        }
         while !pending.is_empty() {
             pending = self.bulk(pending).await?;
         }
+        self.handler.flush_dead_letters().await?;
         Ok(())
     }
 

@@ -651,6 +651,7 @@ impl Source {
                 Err(f) => self.handler.record_failed(f, record).await?,
             }
         }
+        self.handler.flush_dead_letters().await?;
         self.metrics.records_out(sent);
         Ok(())
     }

@@ -389,6 +389,11 @@ impl TaskProcess {
         }
     }
 
+    /// The task's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// GET a path of the task's HTTP server; `None` if it does not answer.
     pub async fn get(&self, path: &str) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -465,7 +470,7 @@ pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
 
 /// Spawns a process of the environment: it carries the environment's marker (so `envctl.py down` finds
 /// it) and is killed by the kernel if the test process dies first.
-fn spawn_marked(env: &Env, cmd: &mut std::process::Command) -> std::process::Child {
+pub fn spawn_marked(env: &Env, cmd: &mut std::process::Command) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let (key, value) = env.marker.split_once('=').expect("marker KEY=VALUE");
     cmd.env(key, value);

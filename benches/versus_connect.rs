@@ -1,0 +1,586 @@
+//! `make bench`: sluice's task side by side with a standalone Kafka Connect worker running the MongoDB Kafka
+//! connector, on the same broker and MongoDB peer, in the same run. Runs alternate (warm-up discarded, then
+//! Connect, sluice, Connect, sluice, …) and the table shows medians and the sluice/Connect ratio. Prints
+//! figures; asserts nothing about speed.
+//!
+//! SLUICE_BENCH_RECORDS (default 200000) sets the sink record count (the source streams a fifth of it);
+//! SLUICE_BENCH_ROUNDS (default 3) the measured runs per side.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Document, doc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::{Env, TaskProcess, create_topic, spawn_marked, unique};
+
+const LIMIT: Duration = Duration::from_secs(600);
+/// The JVM as Kafka's scripts start a Connect worker: connect-distributed.sh's heap and kafka-run-class.sh's
+/// G1 settings.
+const JVM: &[&str] = &[
+    "-Xms256M",
+    "-Xmx2G",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+];
+/// Records per bulk write / poll on both sides.
+const BATCH: usize = 500;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Connect,
+    Sluice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    SinkClean,
+    SinkPoison,
+    SinkNoop,
+    Source,
+}
+
+/// What one run measured.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    /// Records (or events) per second, first record → last.
+    rate: f64,
+    /// Process start → first record delivered.
+    first_ms: f64,
+    peak_rss_mib: f64,
+    cpu_secs_per_100k: f64,
+}
+
+/// A process under measurement: sluice's task or Connect's worker.
+enum Proc {
+    Sluice(TaskProcess),
+    Connect {
+        child: std::process::Child,
+        log: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Sluice(t) => t.pid(),
+            Proc::Connect { child, .. } => child.id(),
+        }
+    }
+
+    /// Peak RSS (MiB) and CPU seconds so far, from /proc.
+    fn usage(&self) -> (f64, f64) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm_kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the command name.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
+    }
+
+    /// How many records the drop connector reported (Connect no-op runs).
+    fn dropped(&self) -> u64 {
+        match self {
+            Proc::Connect { log, .. } => std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.strip_prefix("sluice-bench dropped "))
+                .filter_map(|n| n.trim().parse().ok())
+                .max()
+                .unwrap_or(0),
+            Proc::Sluice(_) => 0,
+        }
+    }
+
+    async fn records_out(&self) -> u64 {
+        match self {
+            Proc::Sluice(t) => t
+                .status()
+                .await
+                .and_then(|s| s["recordsOut"].as_u64())
+                .unwrap_or(0),
+            Proc::Connect { .. } => self.dropped(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        match self {
+            Proc::Sluice(t) => t.log_tail(),
+            Proc::Connect { log, .. } => {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Proc::Connect { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn connect_classpath() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/connect/target");
+    assert!(
+        dir.join("lib").is_dir(),
+        "{} is missing: run `make bench` (it builds benches/connect with Maven)",
+        dir.display()
+    );
+    format!(
+        "{}:{}/*",
+        dir.join("connect-1.jar").display(),
+        dir.join("lib").display()
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a standalone Connect worker with one connector.
+fn start_connect(env: &Env, name: &str, connector: &str) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = format!(
+        "bootstrap.servers={}\nkey.converter=org.apache.kafka.connect.storage.StringConverter\n\
+         value.converter=org.apache.kafka.connect.json.JsonConverter\nvalue.converter.schemas.enable=false\n\
+         offset.storage.file.filename={}\noffset.flush.interval.ms=10000\nlisteners=http://127.0.0.1:{}\n\
+         plugin.discovery=only_scan\nconsumer.max.poll.records={BATCH}\n",
+        env.kafka_bootstrap,
+        dir.path().join("offsets").display(),
+        free_port()
+    );
+    std::fs::write(dir.path().join("worker.properties"), worker).unwrap();
+    std::fs::write(
+        dir.path().join("connector.properties"),
+        format!("name={name}\ntasks.max=1\n{connector}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("log4j2.properties"),
+        "rootLogger.level = WARN\nrootLogger.appenderRef.stdout.ref = STDOUT\nappender.stdout.type = Console\n\
+         appender.stdout.name = STDOUT\nappender.stdout.layout.type = PatternLayout\n\
+         appender.stdout.layout.pattern = %d %p %c{1} %m%n\n",
+    )
+    .unwrap();
+    let log = Path::new(&env.dir)
+        .join("logs")
+        .join(format!("connect-{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new("java");
+    cmd.args(JVM)
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.path().join("log4j2.properties").display()
+        ))
+        .args(["-cp", &connect_classpath()])
+        .arg("org.apache.kafka.connect.cli.ConnectStandalone")
+        .arg(dir.path().join("worker.properties"))
+        .arg(dir.path().join("connector.properties"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    let child = spawn_marked(env, &mut cmd);
+    Proc::Connect {
+        child,
+        log,
+        _dir: dir,
+    }
+}
+
+fn start_sluice(env: &Env, name: &str, config: &str) -> Proc {
+    Proc::Sluice(TaskProcess::start(env, name, config, &env.mongodb_uri))
+}
+
+fn high_watermark(env: &Env, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    // A topic that does not exist yet (sluice's source creates its own) has no partitions.
+    let partitions = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .first()
+                .map_or(0, |t| t.partitions().len() as i32)
+        })
+        .unwrap_or(0);
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, h)| h)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Produces `n` small JSON records (every `poison_every`th one unreadable); returns records/s.
+async fn fill(env: &Env, topic: &str, n: usize, poison_every: Option<usize>) -> f64 {
+    create_topic(env, topic, 1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        let value = if poison_every.is_some_and(|k| i % k == k - 1) {
+            format!("not json {i}")
+        } else {
+            format!(r#"{{"n": {i}, "item": "widget", "qty": {}}}"#, i % 7)
+        };
+        acks.push(
+            producer
+                .send_result(FutureRecord::<(), _>::to(topic).payload(&value))
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Reads the whole topic with a plain rdkafka consumer; returns records/s.
+fn raw_consume(env: &Env, topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("raw"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            seen += 1;
+        }
+        assert!(started.elapsed() < LIMIT, "raw consume stalled at {seen}");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn sluice_sink_config(env: &Env, name: &str, db: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "type: mongodb-sink\nconnector: {name}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
+         kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
+         sink: {{topics: [{topic}], writeModel: insert, maxBatchSize: {BATCH}}}\n{extra}",
+        env.kafka_bootstrap
+    )
+}
+
+fn connect_sink_config(env: &Env, db: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "connector.class=com.mongodb.kafka.connect.MongoSinkConnector\ntopics={topic}\nconnection.uri={}\n\
+         database={db}\ncollection=orders\n\
+         writemodel.strategy=com.mongodb.kafka.connect.sink.writemodel.strategy.InsertOneDefaultStrategy\n\
+         max.batch.size={BATCH}\nbulk.write.ordered=false\n{extra}",
+        env.mongodb_uri
+    )
+}
+
+/// One sink run: start the process, time the first and the last document.
+async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usize) -> Run {
+    let name = unique("bench");
+    let db = unique("bench");
+    let (expect_docs, dlq) = match scenario {
+        Scenario::SinkPoison => (n - n / 10, Some(unique("bench-dlq"))),
+        _ => (n, None),
+    };
+    if let Some(d) = &dlq {
+        create_topic(env, d, 1).await;
+    }
+    let discard = scenario == Scenario::SinkNoop;
+    let started = Instant::now();
+    let proc = match (side, &dlq) {
+        (Side::Sluice, _) => {
+            let errors = match &dlq {
+                Some(d) => format!(
+                    "errors:\n  spec: {{tolerance: all}}\n  deadLetterTopic: {d}\n  contextHeadersEnable: true"
+                ),
+                None => "errors:\n  spec: {}\n  contextHeadersEnable: false".into(),
+            };
+            let extra = if discard { "\ndiscardWrites: true" } else { "" };
+            start_sluice(
+                env,
+                &name,
+                &format!(
+                    "{}{extra}",
+                    sluice_sink_config(env, &name, &db, topic, &errors)
+                ),
+            )
+        }
+        (Side::Connect, _) if discard => start_connect(
+            env,
+            &name,
+            &format!("connector.class=dev.sluice.bench.DropSinkConnector\ntopics={topic}\n"),
+        ),
+        (Side::Connect, Some(d)) => start_connect(
+            env,
+            &name,
+            &connect_sink_config(
+                env,
+                &db,
+                topic,
+                &format!(
+                    "errors.tolerance=all\nerrors.deadletterqueue.topic.name={d}\n\
+                     errors.deadletterqueue.context.headers.enable=true\n\
+                     errors.deadletterqueue.topic.replication.factor=1\n"
+                ),
+            ),
+        ),
+        (Side::Connect, None) => {
+            start_connect(env, &name, &connect_sink_config(env, &db, topic, ""))
+        }
+    };
+    let coll = mongodb::Client::with_uri_str(&env.mongodb_uri)
+        .await
+        .unwrap()
+        .database(&db)
+        .collection::<Document>("orders");
+    let mut first = None;
+    loop {
+        let done = if discard {
+            proc.records_out().await
+        } else {
+            coll.estimated_document_count().await.unwrap_or(0)
+        };
+        if done > 0 && first.is_none() {
+            first = Some(started.elapsed());
+        }
+        let dlq_done = match &dlq {
+            Some(d) => high_watermark(env, d) >= (n / 10) as i64,
+            None => true,
+        };
+        if done >= expect_docs as u64 && dlq_done {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "{side:?} {scenario:?} stalled at {done}/{expect_docs}:\n{}",
+            proc.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = started.elapsed();
+    let (rss, cpu) = proc.usage();
+    drop(proc);
+    let _ = coll.client().database(&db).drop().await;
+    let first = first.unwrap_or(total);
+    Run {
+        rate: n as f64 / (total - first).as_secs_f64().max(1e-3),
+        first_ms: first.as_secs_f64() * 1000.0,
+        peak_rss_mib: rss,
+        cpu_secs_per_100k: cpu / (n as f64 / 100_000.0),
+    }
+}
+
+/// One source run: inserts streamed while the process runs → change events on its topic.
+async fn source_run(env: &Env, side: Side, n: usize) -> Run {
+    let db = unique("bench");
+    let name = unique("bench");
+    let started = Instant::now();
+    let (proc, topic) = match side {
+        Side::Sluice => {
+            let cfg = format!(
+                "type: mongodb-source\nconnector: {name}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
+                 kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
+                 source:\n  spec: {{topicPrefix: bench, heartbeat: {{intervalMs: 0}}}}\n  offsetPartitionName: {name}\n  \
+                 offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}\n  contextHeadersEnable: false",
+                env.kafka_bootstrap
+            );
+            (start_sluice(env, &name, &cfg), format!("bench.{db}.orders"))
+        }
+        Side::Connect => {
+            let topic = unique("bench-cdc");
+            create_topic(env, &topic, 1).await;
+            let cfg = format!(
+                "connector.class=com.mongodb.kafka.connect.MongoSourceConnector\nconnection.uri={}\n\
+                 database={db}\ncollection=orders\ntopic.prefix={topic}\n\
+                 topic.mapper=dev.sluice.bench.FixedTopicMapper\nstartup.mode=latest\n\
+                 poll.max.batch.size=1000\n",
+                env.mongodb_uri
+            );
+            (start_connect(env, &name, &cfg), topic)
+        }
+    };
+    let coll = mongodb::Client::with_uri_str(&env.mongodb_uri)
+        .await
+        .unwrap()
+        .database(&db)
+        .collection::<Document>("orders");
+    // Probe documents until one arrives: the change stream is open.
+    let mut probes = 0i64;
+    loop {
+        coll.insert_one(doc! { "probe": probes }).await.unwrap();
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if high_watermark(env, &topic) > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "{side:?} source never started:\n{}",
+            proc.log_tail()
+        );
+    }
+    let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = high_watermark(env, &topic);
+    let began = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        coll.insert_many(
+            chunk
+                .iter()
+                .map(|i| doc! { "n": *i as i64, "item": "widget" }),
+        )
+        .await
+        .unwrap();
+    }
+    while high_watermark(env, &topic) < base + n as i64 {
+        assert!(
+            began.elapsed() < LIMIT,
+            "{side:?} source stalled:\n{}",
+            proc.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let (rss, cpu) = proc.usage();
+    drop(proc);
+    let _ = coll.client().database(&db).drop().await;
+    Run {
+        rate: n as f64 / secs,
+        first_ms,
+        peak_rss_mib: rss,
+        cpu_secs_per_100k: cpu / (n as f64 / 100_000.0),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn main() {
+    let Some(env) = Env::get() else {
+        eprintln!("the loopback environment is not up: run `make bench`");
+        std::process::exit(1);
+    };
+    let var = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = var("SLUICE_BENCH_RECORDS", 200_000);
+    let rounds = var("SLUICE_BENCH_ROUNDS", 3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let clean = unique("bench-clean");
+        let poison = unique("bench-poison");
+        let produce_rate = fill(&env, &clean, n, None).await;
+        fill(&env, &poison, n, Some(10)).await;
+        let consume_rate = raw_consume(&env, &clean, n);
+        eprintln!("raw rdkafka: produce {produce_rate:.0} records/s, consume {consume_rate:.0} records/s");
+
+        let mut results: BTreeMap<(Scenario, Side), Vec<Run>> = BTreeMap::new();
+        for scenario in [Scenario::SinkClean, Scenario::SinkPoison, Scenario::SinkNoop, Scenario::Source] {
+            // Round 0 warms up the broker, the peer's JIT and the page cache; it is not counted.
+            for round in 0..=rounds {
+                for side in [Side::Connect, Side::Sluice] {
+                    let run = match scenario {
+                        Scenario::SinkClean | Scenario::SinkNoop => sink_run(&env, side, scenario, &clean, n).await,
+                        Scenario::SinkPoison => sink_run(&env, side, scenario, &poison, n).await,
+                        Scenario::Source => source_run(&env, side, (n / 5).max(1)).await,
+                    };
+                    eprintln!(
+                        "{scenario:?} {side:?} round {round}{}: {:.0}/s, first {:.0} ms, peak RSS {:.0} MiB, {:.2} CPU s/100k",
+                        if round == 0 { " (warm-up)" } else { "" },
+                        run.rate, run.first_ms, run.peak_rss_mib, run.cpu_secs_per_100k
+                    );
+                    if round > 0 {
+                        results.entry((scenario, side)).or_default().push(run);
+                    }
+                }
+            }
+        }
+        let m = |s: Scenario, side: Side, f: fn(&Run) -> f64| {
+            median(results.get(&(s, side)).map(|v| v.iter().map(f).collect()).unwrap_or_default())
+        };
+        let row = |label: &str, s: Scenario, f: fn(&Run) -> f64, unit: &str| {
+            let (a, b) = (m(s, Side::Sluice, f), m(s, Side::Connect, f));
+            println!("| {label} | {a:.0} {unit} | {b:.0} {unit} | {:.2} |", a / b);
+        };
+        let row2 = |label: &str, s: Scenario, f: fn(&Run) -> f64, unit: &str| {
+            let (a, b) = (m(s, Side::Sluice, f), m(s, Side::Connect, f));
+            println!("| {label} | {a:.2} {unit} | {b:.2} {unit} | {:.2} |", a / b);
+        };
+        println!(
+            "\nsluice vs Kafka Connect 4.3.1 + MongoDB Kafka connector 2.0.1 ({} cores, medians of {rounds} runs each, \
+             {n} records, warm-up discarded)\n",
+            std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0)
+        );
+        println!("| figure | sluice | Kafka Connect | sluice/Connect |\n| --- | --- | --- | --- |");
+        row("1. sink, clean JSON (first → last document)", Scenario::SinkClean, |r| r.rate, "records/s");
+        row("2. sink, 10% poison → DLQ with context headers", Scenario::SinkPoison, |r| r.rate, "records/s");
+        row("2b. sink, no-op write (framework only)", Scenario::SinkNoop, |r| r.rate, "records/s");
+        row("3. source, inserts streamed → change events", Scenario::Source, |r| r.rate, "events/s");
+        row("4a. peak RSS, sink clean", Scenario::SinkClean, |r| r.peak_rss_mib, "MiB");
+        row("4b. peak RSS, source", Scenario::Source, |r| r.peak_rss_mib, "MiB");
+        row2("4c. CPU per 100k records, sink clean", Scenario::SinkClean, |r| r.cpu_secs_per_100k, "s");
+        row2("4d. CPU per 100k records, sink no-op", Scenario::SinkNoop, |r| r.cpu_secs_per_100k, "s");
+        row("5. process start → first record delivered (sink)", Scenario::SinkClean, |r| r.first_ms, "ms");
+        println!(
+            "\nraw rdkafka on this broker (the ceiling): produce {produce_rate:.0} records/s, consume {consume_rate:.0} records/s\n\
+             settings: 1 partition, 1 task; batch {BATCH} (sluice maxBatchSize; Connect consumer.max.poll.records and \
+             max.batch.size); unordered bulk inserts with ObjectId ids; JSON values without schemas; \
+             Connect JVM {}",
+            JVM.join(" ")
+        );
+    });
+}
