@@ -368,32 +368,8 @@ pub struct ObservedPod {
 impl ObservedPod {
     pub fn from_pod(pod: &Pod) -> Self {
         let status = pod.status.clone().unwrap_or_default();
-        let terminated = status
-            .container_statuses
-            .as_ref()
-            .and_then(|cs| cs.first())
-            .and_then(|c| c.state.as_ref()?.terminated.clone());
-        let parsed: Option<serde_json::Value> = terminated
-            .as_ref()
-            .and_then(|t| t.message.as_deref())
-            .and_then(|m| serde_json::from_str(m).ok());
-        let termination = terminated.as_ref().map(|t| {
-            let parsed = parsed.clone();
-            match parsed {
-                Some(v) if v["reason"].is_string() => (
-                    v["reason"].as_str().unwrap_or_default().to_string(),
-                    v["message"].as_str().unwrap_or_default().to_string(),
-                ),
-                _ => (
-                    t.reason.clone().unwrap_or_else(|| "Error".into()),
-                    format!(
-                        "exit code {}: {}",
-                        t.exit_code,
-                        t.message.clone().unwrap_or_default().trim()
-                    ),
-                ),
-            }
-        });
+        let ended = pods::ended(pod);
+        let parsed = ended.as_ref().and_then(|e| e.parsed.clone());
         Self {
             name: pod.name_any(),
             task_id: pod.labels().get(LABEL_TASK).and_then(|v| v.parse().ok()),
@@ -405,8 +381,8 @@ impl ObservedPod {
                 .unwrap_or_default()
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True"),
-            finished_at: terminated.and_then(|t| t.finished_at.map(|f| f.0)),
-            termination,
+            finished_at: ended.as_ref().and_then(|e| e.finished_at),
+            termination: ended.map(|e| (e.reason, e.message)),
             uid: pod.uid(),
             code: parsed
                 .as_ref()

@@ -18,6 +18,56 @@ pub struct PodDefaults {
     pub service_account: Option<String>,
 }
 
+/// How a pod's (first) container ended, as the operator reads it: the termination message's `reason` and
+/// `message` when sluice wrote one, else the kubelet's reason and the exit code with the log tail.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ended {
+    pub reason: String,
+    pub message: String,
+    /// The termination message as JSON, when it is sluice's.
+    pub parsed: Option<Value>,
+    pub finished_at: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// How the pod's container ended, if it did.
+pub fn ended(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Ended> {
+    let terminated = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .clone()?;
+    let parsed: Option<Value> = terminated
+        .message
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .filter(|v: &Value| v["reason"].is_string());
+    let (reason, message) = match &parsed {
+        Some(v) => (
+            v["reason"].as_str().unwrap_or_default().to_string(),
+            v["message"].as_str().unwrap_or_default().to_string(),
+        ),
+        None => (
+            terminated.reason.clone().unwrap_or_else(|| "Error".into()),
+            format!(
+                "exit code {}: {}",
+                terminated.exit_code,
+                terminated.message.clone().unwrap_or_default().trim()
+            ),
+        ),
+    };
+    Some(Ended {
+        reason,
+        message,
+        parsed,
+        finished_at: terminated.finished_at.map(|f| f.0),
+    })
+}
+
 /// The pod security context of every operator-made pod (Pod Security Standards: restricted).
 pub fn pod_security_context() -> Value {
     json!({ "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,

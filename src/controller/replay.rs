@@ -48,36 +48,17 @@ impl ObservedReplayPod {
     pub fn from_pod(pod: &Pod) -> Option<Self> {
         let id = pod.labels().get(LABEL_REPLAY)?.clone();
         let status = pod.status.clone().unwrap_or_default();
-        let terminated = status
-            .container_statuses
+        let ended = pods::ended(pod);
+        let counts = ended
             .as_ref()
-            .and_then(|cs| cs.first())
-            .and_then(|c| c.state.as_ref()?.terminated.clone());
-        let parsed: Option<serde_json::Value> = terminated
-            .as_ref()
-            .and_then(|t| t.message.as_deref())
-            .and_then(|m| serde_json::from_str(m).ok());
-        let termination = terminated.as_ref().map(|t| match &parsed {
-            Some(v) if v["reason"].is_string() => (
-                v["reason"].as_str().unwrap_or_default().to_string(),
-                v["message"].as_str().unwrap_or_default().to_string(),
-            ),
-            _ => (
-                t.reason.clone().unwrap_or_else(|| "Error".into()),
-                format!(
-                    "exit code {}: {}",
-                    t.exit_code,
-                    t.message.clone().unwrap_or_default().trim()
-                ),
-            ),
-        });
+            .and_then(|e| serde_json::from_value(e.parsed.clone()?["replay"].clone()).ok());
         Some(Self {
             id,
             name: pod.name_any(),
             phase: status.phase.unwrap_or_else(|| "Pending".into()),
             deleting: pod.metadata.deletion_timestamp.is_some(),
-            termination,
-            counts: parsed.and_then(|v| serde_json::from_value(v["replay"].clone()).ok()),
+            termination: ended.map(|e| (e.reason, e.message)),
+            counts,
         })
     }
 }

@@ -117,17 +117,29 @@ impl DeadLetterQueue {
         connector: &str,
         task_id: u32,
     ) -> Result<rdkafka::producer::DeliveryFuture, Failure> {
+        let out = self.dead_letter_record(record, failure, connector, task_id);
+        self.producer
+            .send_result(out)
+            .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
+    }
+
+    /// The dead-letter record: the original key, value and headers, plus the context headers.
+    fn dead_letter_record<'a>(
+        &'a self,
+        record: &'a RecordContext,
+        failure: &Failure,
+        connector: &str,
+        task_id: u32,
+    ) -> FutureRecord<'a, [u8], [u8]> {
         let headers = self.headers(record, failure, connector, task_id);
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        let mut out: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(k) = &record.key {
             out = out.key(k.as_slice());
         }
         if let Some(v) = &record.value {
             out = out.payload(v.as_slice());
         }
-        self.producer
-            .send_result(out)
-            .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
+        out
     }
 
     fn headers(
@@ -163,14 +175,7 @@ impl DeadLetterQueue {
         connector: &str,
         task_id: u32,
     ) -> Result<(), Failure> {
-        let headers = self.headers(record, failure, connector, task_id);
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
-        if let Some(k) = &record.key {
-            out = out.key(k.as_slice());
-        }
-        if let Some(v) = &record.value {
-            out = out.payload(v.as_slice());
-        }
+        let out = self.dead_letter_record(record, failure, connector, task_id);
         self.producer
             .send(out, Duration::from_secs(30))
             .await

@@ -290,25 +290,26 @@ impl Drop for Operator {
 
 /// Creates a Kafka topic for a test.
 pub async fn create_topic(env: &Env, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .create()
-        .unwrap();
-    let r = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(r[0].is_ok(), "create topic {topic}: {r:?}");
+    let r = try_create_topic(env, topic, partitions).await;
+    assert!(r.is_ok(), "create topic {topic}: {r:?}");
 }
 
 /// Creates a Kafka topic unless it exists (for fixed names, such as the examples').
 pub async fn create_topic_if_missing(env: &Env, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
+    let r = try_create_topic(env, topic, partitions).await;
+    assert!(
+        matches!(r, Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists)),
+        "create topic {topic}: {r:?}"
+    );
+}
+
+async fn try_create_topic(
+    env: &Env,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), rdkafka::types::RDKafkaErrorCode> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .create()
@@ -319,14 +320,12 @@ pub async fn create_topic_if_missing(env: &Env, topic: &str, partitions: i32) {
             &AdminOptions::new(),
         )
         .await
-        .unwrap();
-    assert!(
-        matches!(
-            &r[0],
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists))
-        ),
-        "create topic {topic}: {r:?}"
-    );
+        .expect("create_topics");
+    r.into_iter()
+        .next()
+        .expect("one result")
+        .map(|_| ())
+        .map_err(|(_, code)| code)
 }
 
 /// Creates a Secret with string data.
