@@ -32,6 +32,8 @@ const JVM: &[&str] = &[
     "-XX:+ExplicitGCInvokesConcurrent",
     "-Djava.awt.headless=true",
 ];
+/// Heap of the MongoDB peer each run gets (200,000 documents and their oplog entries fit).
+const PEER_HEAP: &str = "-Xmx2g";
 /// Records per bulk write / poll on both sides.
 const BATCH: usize = 500;
 
@@ -128,6 +130,15 @@ impl Proc {
         }
     }
 
+    /// Fails the bench with the process's log when it ended before the run did.
+    fn assert_alive(&mut self, what: &str) {
+        let exited = match self {
+            Proc::Sluice(t) => t.exited(),
+            Proc::Connect { child, .. } => child.try_wait().ok().flatten().is_some(),
+        };
+        assert!(!exited, "{what}: the process ended:\n{}", self.log_tail());
+    }
+
     fn log_tail(&self) -> String {
         match self {
             Proc::Sluice(t) => t.log_tail(),
@@ -220,8 +231,65 @@ fn start_connect(env: &Env, name: &str, connector: &str) -> Proc {
     }
 }
 
-fn start_sluice(env: &Env, name: &str, config: &str) -> Proc {
-    Proc::Sluice(TaskProcess::start(env, name, config, &env.mongodb_uri))
+fn start_sluice(env: &Env, name: &str, config: &str, mongodb_uri: &str) -> Proc {
+    Proc::Sluice(TaskProcess::start(env, name, config, mongodb_uri))
+}
+
+/// A MongoDB peer of its own for one run (the environment's mongo-java-server build, oplog on), so runs
+/// don't share memory or an ever-growing oplog. Killed when dropped.
+struct Peer {
+    child: std::process::Child,
+    uri: String,
+}
+
+impl Peer {
+    fn start(env: &Env) -> Peer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/env/mongo/target");
+        let port = free_port();
+        let log = Path::new(&env.dir)
+            .join("logs")
+            .join(format!("bench-peer-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new("java");
+        cmd.args([
+            PEER_HEAP,
+            "-cp",
+            &format!(
+                "{}:{}/*",
+                dir.join("mongo-peer.jar").display(),
+                dir.join("lib").display()
+            ),
+            "dev.sluice.env.MongoPeer",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+        let child = spawn_marked(env, &mut cmd);
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("READY")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "MongoDB peer did not start: {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Peer {
+            child,
+            uri: format!("mongodb://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn high_watermark(env: &Env, topic: &str) -> i64 {
@@ -309,13 +377,13 @@ fn sluice_sink_config(env: &Env, name: &str, db: &str, topic: &str, extra: &str)
     )
 }
 
-fn connect_sink_config(env: &Env, db: &str, topic: &str, extra: &str) -> String {
+fn connect_sink_config(mongodb_uri: &str, db: &str, topic: &str, extra: &str) -> String {
     format!(
         "connector.class=com.mongodb.kafka.connect.MongoSinkConnector\ntopics={topic}\nconnection.uri={}\n\
          database={db}\ncollection=orders\n\
          writemodel.strategy=com.mongodb.kafka.connect.sink.writemodel.strategy.InsertOneDefaultStrategy\n\
          max.batch.size={BATCH}\nbulk.write.ordered=false\n{extra}",
-        env.mongodb_uri
+        mongodb_uri
     )
 }
 
@@ -331,8 +399,9 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
         create_topic(env, d, 1).await;
     }
     let discard = scenario == Scenario::SinkNoop;
+    let peer = Peer::start(env);
     let started = Instant::now();
-    let proc = match (side, &dlq) {
+    let mut proc = match (side, &dlq) {
         (Side::Sluice, _) => {
             let errors = match &dlq {
                 Some(d) => format!(
@@ -348,6 +417,7 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
                     "{}{extra}",
                     sluice_sink_config(env, &name, &db, topic, &errors)
                 ),
+                &peer.uri,
             )
         }
         (Side::Connect, _) if discard => start_connect(
@@ -359,7 +429,7 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
             env,
             &name,
             &connect_sink_config(
-                env,
+                &peer.uri,
                 &db,
                 topic,
                 &format!(
@@ -370,10 +440,10 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
             ),
         ),
         (Side::Connect, None) => {
-            start_connect(env, &name, &connect_sink_config(env, &db, topic, ""))
+            start_connect(env, &name, &connect_sink_config(&peer.uri, &db, topic, ""))
         }
     };
-    let coll = mongodb::Client::with_uri_str(&env.mongodb_uri)
+    let coll = mongodb::Client::with_uri_str(&peer.uri)
         .await
         .unwrap()
         .database(&db)
@@ -395,6 +465,7 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
         if done >= expect_docs as u64 && dlq_done {
             break;
         }
+        proc.assert_alive(&format!("{side:?} {scenario:?}"));
         assert!(
             started.elapsed() < LIMIT,
             "{side:?} {scenario:?} stalled at {done}/{expect_docs}:\n{}",
@@ -405,7 +476,7 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
     let total = started.elapsed();
     let (rss, cpu) = proc.usage();
     drop(proc);
-    let _ = coll.client().database(&db).drop().await;
+    drop(peer);
     let first = first.unwrap_or(total);
     Run {
         rate: n as f64 / (total - first).as_secs_f64().max(1e-3),
@@ -419,8 +490,9 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
 async fn source_run(env: &Env, side: Side, n: usize) -> Run {
     let db = unique("bench");
     let name = unique("bench");
+    let peer = Peer::start(env);
     let started = Instant::now();
-    let (proc, topic) = match side {
+    let (mut proc, topic) = match side {
         Side::Sluice => {
             let cfg = format!(
                 "type: mongodb-source\nconnector: {name}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
@@ -429,7 +501,10 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
                  offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}\n  contextHeadersEnable: false",
                 env.kafka_bootstrap
             );
-            (start_sluice(env, &name, &cfg), format!("bench.{db}.orders"))
+            (
+                start_sluice(env, &name, &cfg, &peer.uri),
+                format!("bench.{db}.orders"),
+            )
         }
         Side::Connect => {
             let topic = unique("bench-cdc");
@@ -439,12 +514,12 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
                  database={db}\ncollection=orders\ntopic.prefix={topic}\n\
                  topic.mapper=dev.sluice.bench.FixedTopicMapper\nstartup.mode=latest\n\
                  poll.max.batch.size=1000\n",
-                env.mongodb_uri
+                peer.uri
             );
             (start_connect(env, &name, &cfg), topic)
         }
     };
-    let coll = mongodb::Client::with_uri_str(&env.mongodb_uri)
+    let coll = mongodb::Client::with_uri_str(&peer.uri)
         .await
         .unwrap()
         .database(&db)
@@ -458,6 +533,7 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
         if high_watermark(env, &topic) > 0 {
             break;
         }
+        proc.assert_alive(&format!("{side:?} source start"));
         assert!(
             started.elapsed() < LIMIT,
             "{side:?} source never started:\n{}",
@@ -478,6 +554,7 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
         .unwrap();
     }
     while high_watermark(env, &topic) < base + n as i64 {
+        proc.assert_alive(&format!("{side:?} source"));
         assert!(
             began.elapsed() < LIMIT,
             "{side:?} source stalled:\n{}",
@@ -488,7 +565,7 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
     let secs = began.elapsed().as_secs_f64();
     let (rss, cpu) = proc.usage();
     drop(proc);
-    let _ = coll.client().database(&db).drop().await;
+    drop(peer);
     Run {
         rate: n as f64 / secs,
         first_ms,

@@ -388,6 +388,11 @@ impl TaskProcess {
         }
     }
 
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// The task's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
