@@ -15,6 +15,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{Env, TaskProcess, create_topic, unique};
 
 fn main() {
+    // `cargo test --all-targets` runs benches too, without `--bench`: a benchmark is not a test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run it with `make bench-task`");
+        return;
+    }
     let Some(env) = Env::get() else {
         eprintln!("the loopback environment is not up: run `make bench-task`");
         std::process::exit(1);

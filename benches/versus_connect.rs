@@ -584,6 +584,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches too, without `--bench`: a benchmark is not a test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run it with `make bench`");
+        return;
+    }
     let Some(env) = Env::get() else {
         eprintln!("the loopback environment is not up: run `make bench`");
         std::process::exit(1);
