@@ -16,8 +16,8 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, delete_namespace, install_crds, merge,
-    namespace, setup, unique, wait_for,
+    Env, Operator, Setup, create_secret, create_topic, delete_namespace, events_for, install_crds,
+    merge, namespace, setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,18 +84,6 @@ async fn wait_condition(
         },
     )
     .await
-}
-
-async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use mongodb::bson::doc;
@@ -19,7 +19,8 @@ use serde_json::json;
 use sluice::crd::dead_letter_queue::{ReplayStatus, replay_phase};
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, delete_namespace, setup, unique, wait_for,
+    Env, Operator, Setup, create_secret, create_topic, delete_namespace, events_for, setup, unique,
+    wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -148,17 +149,6 @@ async fn read_all(
         }
     }
     out
-}
-
-async fn event_reasons(s: &Setup, name: &str) -> Vec<(String, String)> {
-    Api::<Event>::namespaced(s.client.clone(), &s.ns)
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect()
 }
 
 /// The Connector's task pod, once it runs with a config hash other than `old`.
@@ -387,7 +377,7 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
         );
     }
     // Each replay has its own Events (not folded into the first replay's).
-    let events = event_reasons(&s, "shop-dlq").await;
+    let events = events_for(&s.client, &s.ns, "shop-dlq").await;
     for id in ["look", "orders", "payments"] {
         for (reason, prefix) in [
             ("ReplayStarted", format!("replay {id} started")),
@@ -522,7 +512,7 @@ async fn a_replay_killed_midway_continues_and_replays_each_record_exactly_once()
         "each record exactly once on the target topic"
     );
 
-    let events = event_reasons(&s, "kill-dlq").await;
+    let events = events_for(&s.client, &s.ns, "kill-dlq").await;
     assert!(
         events
             .iter()

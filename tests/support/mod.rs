@@ -512,6 +512,19 @@ pub async fn setup(prefix: &str) -> Option<Setup> {
     })
 }
 
+/// The Events about an object, as (reason, message).
+pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    use k8s_openapi::api::core::v1::Event;
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
 /// The first row of a `kubectl get` table by column header (`{"DEPTH": "3", …}`).
 pub fn first_row(table: &str) -> std::collections::BTreeMap<String, String> {
     let mut lines = table.lines();
