@@ -54,10 +54,14 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-## bench: sluice side by side with Kafka Connect + the MongoDB connector (prints a table; see docs/benchmarks.md)
-bench: deps build env-build
+## bench: sluice side by side with Kafka Connect + the MongoDB connector (prints a table; see docs/benchmarks.md).
+## Release builds only: the comparison, the recovery test for figure 6, and the sluice binary the local node
+## runs for task pods (SLUICE_BINARY), so no debug build is needed.
+bench: deps env-build
+	cargo bench --locked --bench versus_connect --no-run
+	cargo test --release --locked --test recovery --no-run
 	mvn -B -q -f benches/connect/pom.xml package
-	$(ENVCTL) run -- bash benches/versus_connect.sh
+	SLUICE_BINARY=$(CURDIR)/target/release/sluice $(ENVCTL) run -- bash benches/versus_connect.sh
 
 ## bench-task: sink and source records/s of one task process on this machine (prints figures)
 bench-task: deps env-build

@@ -2,7 +2,9 @@
 """sluice's loopback environment: a real Kubernetes control plane, a local node, Kafka and MongoDB peers.
 
 Everything binds to 127.0.0.0/8 on free ports. Builds are cached under ``.cache/`` and state (certificates,
-data, logs, pids, the env file) lives under ``.env/`` (or ``$SLUICE_ENV_DIR``); both are git-ignored.
+data, logs, pids, the env file) lives under ``.env/`` (or ``$SLUICE_ENV_DIR``); both are git-ignored. The local
+node runs pods of the sluice image as ``target/debug/sluice``, or the binary ``$SLUICE_BINARY`` names (``make
+bench`` gives it the release build).
 
     envctl.py build            build or fetch what is missing (Go binaries, Maven jars, the fault peer's venv)
     envctl.py up               start every component, write .env/env, print versions and endpoints
