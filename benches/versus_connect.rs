@@ -36,6 +36,9 @@ const JVM: &[&str] = &[
 const PEER_HEAP: &str = "-Xmx2g";
 /// Records per bulk write / poll on both sides.
 const BATCH: usize = 500;
+/// Milliseconds between offset commits on both sides (sluice `offsetFlushIntervalMs`, Connect's worker
+/// `offset.flush.interval.ms`).
+const FLUSH_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Side {
@@ -188,7 +191,7 @@ fn start_connect(env: &Env, name: &str, connector: &str) -> Proc {
     let worker = format!(
         "bootstrap.servers={}\nkey.converter=org.apache.kafka.connect.storage.StringConverter\n\
          value.converter=org.apache.kafka.connect.json.JsonConverter\nvalue.converter.schemas.enable=false\n\
-         offset.storage.file.filename={}\noffset.flush.interval.ms=10000\nlisteners=http://127.0.0.1:{}\n\
+         offset.storage.file.filename={}\noffset.flush.interval.ms={FLUSH_MS}\nlisteners=http://127.0.0.1:{}\n\
          plugin.discovery=only_scan\nconsumer.max.poll.records={BATCH}\n",
         env.kafka_bootstrap,
         dir.path().join("offsets").display(),
@@ -372,7 +375,7 @@ fn sluice_sink_config(env: &Env, name: &str, db: &str, topic: &str, extra: &str)
     format!(
         "type: mongodb-sink\nconnector: {name}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
-         sink: {{topics: [{topic}], writeModel: insert, maxBatchSize: {BATCH}}}\n{extra}",
+         sink: {{topics: [{topic}], writeModel: insert, maxBatchSize: {BATCH}, offsetFlushIntervalMs: {FLUSH_MS}}}\n{extra}",
         env.kafka_bootstrap
     )
 }
@@ -660,7 +663,8 @@ fn main() {
         println!(
             "\nraw rdkafka on this broker (the ceiling): produce {produce_rate:.0} records/s, consume {consume_rate:.0} records/s\n\
              settings: 1 partition, 1 task; batch {BATCH} (sluice maxBatchSize; Connect consumer.max.poll.records and \
-             max.batch.size); unordered bulk inserts with ObjectId ids; JSON values without schemas; \
+             max.batch.size); offset commits every {FLUSH_MS} ms (sluice offsetFlushIntervalMs; Connect \
+             offset.flush.interval.ms); unordered bulk inserts with ObjectId ids; JSON values without schemas; \
              Connect JVM {}",
             JVM.join(" ")
         );

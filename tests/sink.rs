@@ -421,7 +421,7 @@ async fn tolerance_none_ends_the_task_with_a_termination_message_and_no_commit()
 
     // Nothing was committed: the record is still ahead of the connector's consumer group.
     assert_eq!(
-        committed_offset(&env, &topic).await,
+        committed_offset(&env, "orders-sink", &topic).await,
         rdkafka::Offset::Invalid
     );
 }
@@ -478,17 +478,115 @@ async fn a_dead_letter_write_that_fails_stops_the_task_before_any_commit() {
     assert_eq!(m["stage"], "KAFKA_PRODUCE");
     assert_eq!(m["record"], format!("{topic}-0@0"));
     assert_eq!(
-        committed_offset(&env, &topic).await,
+        committed_offset(&env, "orders-sink", &topic).await,
         rdkafka::Offset::Invalid,
         "the record is not handled, so not committed"
     );
 }
 
-/// The offset the test connector's consumer group committed for partition 0 of `topic`.
-async fn committed_offset(env: &Env, topic: &str) -> rdkafka::Offset {
+/// A sink config for `connector` (its own consumer group: a task of another test joining the shared
+/// group would revoke this one's partitions, and a revocation commits).
+fn own_group_config(env: &Env, connector: &str, topic: &str, db: &str, sink: &str) -> String {
+    config(env, topic, db, sink, "tolerance: none", None)
+        .replace("connector: orders-sink", &format!("connector: {connector}"))
+}
+
+/// Waits until `connector`'s group has committed `offset` for partition 0 of `topic`.
+async fn wait_committed(env: &Env, connector: &str, topic: &str, offset: i64) {
+    wait_for(
+        &format!("offset {offset} committed for {topic}"),
+        WAIT,
+        || async {
+            match committed_offset(env, connector, topic).await {
+                rdkafka::Offset::Offset(o) if o == offset => Ok(()),
+                other => Err(format!("committed: {other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn handled_offsets_are_committed_on_the_interval_or_after_every_batch() {
+    let Some(env) = Env::get() else { return };
+    for interval_ms in [1000, 0] {
+        let topic = unique("orders");
+        create_topic(&env, &topic, 1).await;
+        let db = unique("sink");
+        let connector = unique("commit");
+        produce(&env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
+        let sink = format!("writeModel: insert, offsetFlushIntervalMs: {interval_ms}");
+        let cfg = own_group_config(&env, &connector, &topic, &db, &sink);
+        let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+        documents(&env, &db, 2).await;
+        wait_committed(&env, &connector, &topic, 2).await;
+        assert!(
+            !task.exited(),
+            "committed while running: {}",
+            task.log_tail()
+        );
+        assert_eq!(task.stop().await, 0, "{}", task.log_tail());
+    }
+}
+
+#[tokio::test]
+async fn a_clean_stop_commits_what_was_handled_before_the_interval() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    let connector = unique("commit");
+    produce(&env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
+    let sink = "writeModel: insert, offsetFlushIntervalMs: 3600000";
+    let cfg = own_group_config(&env, &connector, &topic, &db, sink);
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    documents(&env, &db, 2).await;
+    assert_eq!(
+        committed_offset(&env, &connector, &topic).await,
+        rdkafka::Offset::Invalid,
+        "an hour's interval: nothing committed per batch"
+    );
+    assert_eq!(task.stop().await, 0, "{}", task.log_tail());
+    assert_eq!(
+        committed_offset(&env, &connector, &topic).await,
+        rdkafka::Offset::Offset(2),
+        "SIGTERM commits the handled records"
+    );
+    // A new task starts after them: nothing is written twice.
+    produce(&env, &topic, &[("c", r#"{"n": 3}"#)]).await;
+    let _task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    let docs = documents(&env, &db, 3).await;
+    let ns: Vec<_> = docs.iter().map(|d| d.get_i32("n").unwrap()).collect();
+    assert_eq!(ns.iter().filter(|n| **n == 1).count(), 1, "{docs:?}");
+}
+
+#[tokio::test]
+async fn a_failing_task_commits_the_batches_it_handled_and_not_the_failed_record() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    let connector = unique("commit");
+    produce(&env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
+    let sink = "writeModel: insert, offsetFlushIntervalMs: 3600000";
+    let cfg = own_group_config(&env, &connector, &topic, &db, sink);
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    documents(&env, &db, 2).await;
+    produce(&env, &topic, &[("c", "[1, 2]")]).await;
+    assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
+    assert_eq!(task.termination_message()["record"], format!("{topic}-0@2"));
+    assert_eq!(
+        committed_offset(&env, &connector, &topic).await,
+        rdkafka::Offset::Offset(2),
+        "the two written records are committed as the consumer closes; the failed one is not"
+    );
+}
+
+/// The offset `connector`'s consumer group (namespace `test`) committed for partition 0 of `topic`.
+async fn committed_offset(env: &Env, connector: &str, topic: &str) -> rdkafka::Offset {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", "sluice-test-orders-sink")
+        .set("group.id", format!("sluice-test-{connector}"))
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();

@@ -332,7 +332,7 @@ pub enum RecoveryPolicy {
 }
 
 /// Settings of a MongoDB sink.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.topics) != has(self.topicsRegex)")
     .message("spec.sink needs exactly one of topics or topicsRegex"))]
@@ -366,10 +366,21 @@ pub struct SinkSpec {
     /// How record values are read (Kafka Connect: `value.converter`).
     #[serde(default)]
     pub value_converter: Converter,
+    /// Milliseconds between offset commits (Kafka Connect: `offset.flush.interval.ms`, a worker
+    /// setting there). Only records written or handled by the error machinery are committed; a task that
+    /// stops, fails or loses partitions in a rebalance commits what it handled first, so a crash replays at
+    /// most this much. 0 commits synchronously after every batch.
+    #[serde(default = "default_offset_flush_interval_ms")]
+    #[schemars(range(min = 0, max = 3_600_000))]
+    pub offset_flush_interval_ms: i64,
 }
 
 fn default_key_converter() -> Converter {
     Converter::String
+}
+
+fn default_offset_flush_interval_ms() -> i64 {
+    5_000
 }
 
 /// Write models.

@@ -3,17 +3,20 @@
 //! Records are consumed in batches, converted, and written with one bulk `insert` or `update` command
 //! (unordered unless `bulkWriteOrdered`). A bulk write that fails as a whole is retried; a write that fails
 //! at some indexes sends only those records to error handling (retried when retriable, else reported and,
-//! with `tolerance: all`, dead-lettered) — KIP-610's errant-record reporting. Offsets are committed only
-//! after every record of the batch was written or handled: at least once.
+//! with `tolerance: all`, dead-lettered) — KIP-610's errant-record reporting. A batch's offsets are stored
+//! only after every record of it was written or handled, and only stored offsets are committed: at least
+//! once. librdkafka commits them every `offsetFlushIntervalMs` and when partitions are revoked or the
+//! consumer closes; a clean stop commits synchronously (`offsetFlushIntervalMs: 0`: after every batch).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, Document, doc};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::config::TaskConfig;
@@ -60,6 +63,25 @@ pub fn group_id(cfg: &TaskConfig) -> String {
 /// The consumer group of the sink Connector `connector` in `namespace`.
 pub fn consumer_group(namespace: &str, connector: &str) -> String {
     format!("sluice-{namespace}-{connector}")
+}
+
+/// The sink consumer's context: reports offset commits that librdkafka makes in the background (on the
+/// interval, on revocation, on close) and that fail. The next commit carries the offsets again.
+struct CommitReporter;
+
+impl ClientContext for CommitReporter {}
+
+impl ConsumerContext for CommitReporter {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                partitions = offsets.count(),
+                "offset commit failed; the next commit retries it"
+            ),
+        }
+    }
 }
 
 /// One record on its way to MongoDB.
@@ -198,16 +220,27 @@ impl Sink {
             failure,
             record: None,
         };
-        let consumer: StreamConsumer = client_config(&self.cfg.kafka)
+        let interval_ms = self.spec.offset_flush_interval_ms;
+        let mut config = client_config(&self.cfg.kafka);
+        config
             .set("group.id", group_id(&self.cfg))
             .set(
                 "client.id",
                 format!("sluice-{}-{}", self.cfg.connector, self.cfg.task_id),
             )
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(|e| fatal(classify_kafka_error(Stage::KafkaConsume, &e)))?;
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        if interval_ms > 0 {
+            config
+                .set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", interval_ms.to_string());
+        } else {
+            config.set("enable.auto.commit", "false");
+        }
+        let consumer: StreamConsumer<CommitReporter> =
+            config
+                .create_with_context(CommitReporter)
+                .map_err(|e| fatal(classify_kafka_error(Stage::KafkaConsume, &e)))?;
         let topics: Vec<String> = match (&self.spec.topics, &self.spec.topics_regex) {
             (Some(t), _) => t.clone(),
             (None, Some(r)) => vec![if r.starts_with('^') {
@@ -249,12 +282,21 @@ impl Sink {
             }
             let started = Instant::now();
             self.write_batch(&batch).await?;
-            commit(&consumer, &batch).map_err(|e| TaskFailed {
-                reason: "CommitFailed",
-                failure: classify_kafka_error(Stage::KafkaConsume, &e),
-                record: None,
-            })?;
+            let handled = positions_after(&batch).map_err(commit_failed)?;
+            if interval_ms > 0 {
+                store(&consumer, &handled).map_err(commit_failed)?;
+            } else {
+                consumer
+                    .commit(&handled, CommitMode::Sync)
+                    .map_err(commit_failed)?;
+            }
             self.metrics.batch(started.elapsed());
+        }
+        if interval_ms > 0 {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => return Err(commit_failed(e)),
+            }
         }
         self.metrics.set_running(false);
         Ok(())
@@ -384,23 +426,46 @@ impl Sink {
     }
 }
 
-/// Commits the position after every record of the batch.
-fn commit(
-    consumer: &StreamConsumer,
-    batch: &[OwnedMessage],
-) -> Result<(), rdkafka::error::KafkaError> {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+fn commit_failed(e: KafkaError) -> TaskFailed {
+    TaskFailed {
+        reason: "CommitFailed",
+        failure: classify_kafka_error(Stage::KafkaConsume, &e),
+        record: None,
+    }
+}
+
+/// The position after every record of the batch, per partition: what a commit records as handled.
+fn positions_after(batch: &[OwnedMessage]) -> KafkaResult<TopicPartitionList> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
-        let e = next
-            .entry((m.topic().to_string(), m.partition()))
-            .or_insert(0);
+        let e = next.entry((m.topic(), m.partition())).or_insert(0);
         *e = (*e).max(m.offset() + 1);
     }
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in next {
-        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
-    consumer.commit(&tpl, CommitMode::Sync)
+    Ok(tpl)
+}
+
+/// Stores handled positions for librdkafka's next commit. A partition revoked while its batch was being
+/// written can't be stored any more; its new owner starts from the last commit (at least once).
+fn store(
+    consumer: &StreamConsumer<CommitReporter>,
+    handled: &TopicPartitionList,
+) -> KafkaResult<()> {
+    match consumer.store_offsets(handled) {
+        Err(KafkaError::StoreOffset(
+            RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition,
+        )) => {
+            tracing::warn!(
+                partitions = handled.count(),
+                "partitions revoked while their batch was written; their new owner writes it again"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
