@@ -294,7 +294,7 @@ impl Replayer {
     /// committed progress.
     pub fn new(cfg: ReplayConfig) -> Result<Self, ReplayError> {
         let group = cfg.group();
-        let consumer: BaseConsumer = crate::task::kafka::client_config(&cfg.kafka)
+        let consumer: BaseConsumer = crate::task::kafka::consumer_config(&cfg.kafka)
             .set("group.id", &group)
             .set("client.id", format!("{group}-reader"))
             .set("enable.auto.commit", "false")

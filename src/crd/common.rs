@@ -56,6 +56,8 @@ pub struct KafkaConnection {
     pub sasl: Option<KafkaSasl>,
     /// Extra librdkafka client properties, e.g. `compression.type: zstd`. Secrets do not belong here: the
     /// names of password-like properties are rejected; use `tls` and `sasl` with Secret references.
+    /// sluice's consumers default `fetch.queue.backoff.ms` to 10 (librdkafka's 1000 idles a consumer that
+    /// keeps up); a value here replaces it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new(

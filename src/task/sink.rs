@@ -23,7 +23,7 @@ use super::config::TaskConfig;
 use super::convert::{Coordinates, Write, build_write, key_value, value_document};
 use super::dlq::RecordContext;
 use super::errors::{ErrorHandler, Failure, Stage, TaskFailed, next_retry};
-use super::kafka::{classify_kafka_error, client_config};
+use super::kafka::{classify_kafka_error, consumer_config};
 use super::metrics::TaskMetrics;
 use crate::crd::connector::{DocumentIdStrategy, SinkSpec};
 
@@ -221,7 +221,7 @@ impl Sink {
             record: None,
         };
         let interval_ms = self.spec.offset_flush_interval_ms;
-        let mut config = client_config(&self.cfg.kafka);
+        let mut config = consumer_config(&self.cfg.kafka);
         config
             .set("group.id", group_id(&self.cfg))
             .set(
