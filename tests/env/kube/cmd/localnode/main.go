@@ -382,7 +382,12 @@ func (r *podRunner) run(ctx context.Context) {
 	r.ready = map[string]bool{}
 	startTime := metav1.Now()
 
+	r.logf("bound to this node (uid %s)", r.pod.UID)
 	prepared, err := r.prepare(ctx)
+	// Retry soon, then less often: the Node authorizer learns of a just-bound pod's ConfigMaps and Secrets a
+	// moment after the binding (its graph follows informers), and a kubelet's volume manager retries every
+	// 100ms; a missing object can take longer.
+	retry := 100 * time.Millisecond
 	for err != nil {
 		var fatal *podError
 		if errors.As(err, &fatal) {
@@ -395,7 +400,8 @@ func (r *podRunner) run(ctx context.Context) {
 			r.waitDeleted(ctx)
 			return
 		}
-		// A missing ConfigMap or Secret: stay Pending (like ContainerCreating) and try again.
+		// A missing or not yet readable ConfigMap or Secret: stay Pending (like ContainerCreating), try again.
+		r.logf("waiting %v to start: %v", retry, err)
 		r.setStatus(ctx, func(s *corev1.PodStatus) {
 			s.Phase = corev1.PodPending
 			s.HostIP, s.PodIP = "127.0.0.1", ""
@@ -408,8 +414,9 @@ func (r *podRunner) run(ctx context.Context) {
 		case <-r.deleted:
 			r.removeObject(ctx)
 			return
-		case <-time.After(2 * time.Second):
+		case <-time.After(retry):
 		}
+		retry = min(2*retry, 2*time.Second)
 		prepared, err = r.prepare(ctx)
 	}
 
