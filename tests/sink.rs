@@ -484,78 +484,82 @@ async fn a_dead_letter_write_that_fails_stops_the_task_before_any_commit() {
     );
 }
 
-/// A sink config for `connector` (its own consumer group: a task of another test joining the shared
-/// group would revoke this one's partitions, and a revocation commits).
-fn own_group_config(env: &Env, connector: &str, topic: &str, db: &str, sink: &str) -> String {
-    config(env, topic, db, sink, "tolerance: none", None)
-        .replace("connector: orders-sink", &format!("connector: {connector}"))
+/// A sink task of its own connector (so its own consumer group: a task of another test joining the shared
+/// group would revoke this one's partitions, and a revocation commits) that has written two records.
+struct CommitCase {
+    topic: String,
+    db: String,
+    connector: String,
+    cfg: String,
+    task: TaskProcess,
 }
 
-/// Waits until `connector`'s group has committed `offset` for partition 0 of `topic`.
-async fn wait_committed(env: &Env, connector: &str, topic: &str, offset: i64) {
-    wait_for(
-        &format!("offset {offset} committed for {topic}"),
-        WAIT,
-        || async {
-            match committed_offset(env, connector, topic).await {
-                rdkafka::Offset::Offset(o) if o == offset => Ok(()),
-                other => Err(format!("committed: {other:?}")),
-            }
-        },
-    )
-    .await
+impl CommitCase {
+    async fn start(env: &Env, offset_flush_interval_ms: u64) -> CommitCase {
+        let topic = unique("orders");
+        create_topic(env, &topic, 1).await;
+        let db = unique("sink");
+        let connector = unique("commit");
+        produce(env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
+        let sink = format!("writeModel: insert, offsetFlushIntervalMs: {offset_flush_interval_ms}");
+        let cfg = config(env, &topic, &db, &sink, "tolerance: none", None)
+            .replace("connector: orders-sink", &format!("connector: {connector}"));
+        let task = TaskProcess::start(env, &db, &cfg, &env.mongodb_uri);
+        documents(env, &db, 2).await;
+        CommitCase {
+            topic,
+            db,
+            connector,
+            cfg,
+            task,
+        }
+    }
+
+    async fn committed(&self, env: &Env) -> rdkafka::Offset {
+        committed_offset(env, &self.connector, &self.topic).await
+    }
 }
 
 #[tokio::test]
 async fn handled_offsets_are_committed_on_the_interval_or_after_every_batch() {
     let Some(env) = Env::get() else { return };
     for interval_ms in [1000, 0] {
-        let topic = unique("orders");
-        create_topic(&env, &topic, 1).await;
-        let db = unique("sink");
-        let connector = unique("commit");
-        produce(&env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
-        let sink = format!("writeModel: insert, offsetFlushIntervalMs: {interval_ms}");
-        let cfg = own_group_config(&env, &connector, &topic, &db, &sink);
-        let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
-        documents(&env, &db, 2).await;
-        wait_committed(&env, &connector, &topic, 2).await;
+        let mut c = CommitCase::start(&env, interval_ms).await;
+        wait_for("offset 2 committed", WAIT, || async {
+            match c.committed(&env).await {
+                rdkafka::Offset::Offset(2) => Ok(()),
+                other => Err(format!("committed: {other:?}")),
+            }
+        })
+        .await;
         assert!(
-            !task.exited(),
+            !c.task.exited(),
             "committed while running: {}",
-            task.log_tail()
+            c.task.log_tail()
         );
-        assert_eq!(task.stop().await, 0, "{}", task.log_tail());
+        assert_eq!(c.task.stop().await, 0, "{}", c.task.log_tail());
     }
 }
 
 #[tokio::test]
 async fn a_clean_stop_commits_what_was_handled_before_the_interval() {
     let Some(env) = Env::get() else { return };
-    let topic = unique("orders");
-    create_topic(&env, &topic, 1).await;
-    let db = unique("sink");
-    let connector = unique("commit");
-    produce(&env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
-    let sink = "writeModel: insert, offsetFlushIntervalMs: 3600000";
-    let cfg = own_group_config(&env, &connector, &topic, &db, sink);
-    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
-    documents(&env, &db, 2).await;
+    let mut c = CommitCase::start(&env, 3_600_000).await;
     assert_eq!(
-        committed_offset(&env, &connector, &topic).await,
+        c.committed(&env).await,
         rdkafka::Offset::Invalid,
         "an hour's interval: nothing committed per batch"
     );
-    assert_eq!(task.stop().await, 0, "{}", task.log_tail());
+    assert_eq!(c.task.stop().await, 0, "{}", c.task.log_tail());
     assert_eq!(
-        committed_offset(&env, &connector, &topic).await,
+        c.committed(&env).await,
         rdkafka::Offset::Offset(2),
         "SIGTERM commits the handled records"
     );
     // A new task starts after them: nothing is written twice.
-    produce(&env, &topic, &[("c", r#"{"n": 3}"#)]).await;
-    let _task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
-    let docs = documents(&env, &db, 3).await;
+    produce(&env, &c.topic, &[("c", r#"{"n": 3}"#)]).await;
+    let _task = TaskProcess::start(&env, &c.db, &c.cfg, &env.mongodb_uri);
+    let docs = documents(&env, &c.db, 3).await;
     let ns: Vec<_> = docs.iter().map(|d| d.get_i32("n").unwrap()).collect();
     assert_eq!(ns.iter().filter(|n| **n == 1).count(), 1, "{docs:?}");
 }
@@ -563,20 +567,15 @@ async fn a_clean_stop_commits_what_was_handled_before_the_interval() {
 #[tokio::test]
 async fn a_failing_task_commits_the_batches_it_handled_and_not_the_failed_record() {
     let Some(env) = Env::get() else { return };
-    let topic = unique("orders");
-    create_topic(&env, &topic, 1).await;
-    let db = unique("sink");
-    let connector = unique("commit");
-    produce(&env, &topic, &[("a", r#"{"n": 1}"#), ("b", r#"{"n": 2}"#)]).await;
-    let sink = "writeModel: insert, offsetFlushIntervalMs: 3600000";
-    let cfg = own_group_config(&env, &connector, &topic, &db, sink);
-    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
-    documents(&env, &db, 2).await;
-    produce(&env, &topic, &[("c", "[1, 2]")]).await;
-    assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
-    assert_eq!(task.termination_message()["record"], format!("{topic}-0@2"));
+    let mut c = CommitCase::start(&env, 3_600_000).await;
+    produce(&env, &c.topic, &[("c", "[1, 2]")]).await;
+    assert_eq!(c.task.wait_exit(WAIT).await, 1, "{}", c.task.log_tail());
     assert_eq!(
-        committed_offset(&env, &connector, &topic).await,
+        c.task.termination_message()["record"],
+        format!("{}-0@2", c.topic)
+    );
+    assert_eq!(
+        c.committed(&env).await,
         rdkafka::Offset::Offset(2),
         "the two written records are committed as the consumer closes; the failed one is not"
     );
