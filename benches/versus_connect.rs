@@ -682,18 +682,13 @@ fn main() {
         let m = |s: Scenario, side: Side, f: fn(&Run) -> f64| {
             median(results.get(&(s, side)).map(|v| v.iter().map(f).collect()).unwrap_or_default())
         };
-        // Rows of scenarios that did not run are left out.
-        let row = |label: &str, s: Scenario, f: fn(&Run) -> f64, unit: &str| {
-            let (a, b) = (m(s, Side::Sluice, f), m(s, Side::Connect, f));
-            if scenarios.contains(&s) {
-                println!("| {label} | {a:.0} {unit} | {b:.0} {unit} | {:.2} |", a / b);
+        // One table row, with `decimals` for the figures; rows of scenarios that did not run are left out.
+        let row = |label: &str, s: Scenario, f: fn(&Run) -> f64, unit: &str, decimals: usize| {
+            if !scenarios.contains(&s) {
+                return;
             }
-        };
-        let row2 = |label: &str, s: Scenario, f: fn(&Run) -> f64, unit: &str| {
             let (a, b) = (m(s, Side::Sluice, f), m(s, Side::Connect, f));
-            if scenarios.contains(&s) {
-                println!("| {label} | {a:.2} {unit} | {b:.2} {unit} | {:.2} |", a / b);
-            }
+            println!("| {label} | {a:.decimals$} {unit} | {b:.decimals$} {unit} | {:.2} |", a / b);
         };
         println!(
             "\nsluice vs Kafka Connect 4.3.1 + MongoDB Kafka connector 2.0.1 ({} cores, medians of {rounds} runs each, \
@@ -701,15 +696,15 @@ fn main() {
             std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0)
         );
         println!("| figure | sluice | Kafka Connect | sluice/Connect |\n| --- | --- | --- | --- |");
-        row("1. sink, clean JSON (first → last document)", Scenario::SinkClean, |r| r.rate, "records/s");
-        row("2. sink, 10% poison → DLQ with context headers", Scenario::SinkPoison, |r| r.rate, "records/s");
-        row("2b. sink, no-op write (framework only)", Scenario::SinkNoop, |r| r.rate, "records/s");
-        row("3. source, inserts streamed → change events", Scenario::Source, |r| r.rate, "events/s");
-        row("4a. peak RSS, sink clean", Scenario::SinkClean, |r| r.peak_rss_mib, "MiB");
-        row("4b. peak RSS, source", Scenario::Source, |r| r.peak_rss_mib, "MiB");
-        row2("4c. CPU per 100k records, sink clean", Scenario::SinkClean, |r| r.cpu_secs_per_100k, "s");
-        row2("4d. CPU per 100k records, sink no-op", Scenario::SinkNoop, |r| r.cpu_secs_per_100k, "s");
-        row("5. process start → first record delivered (sink)", Scenario::SinkClean, |r| r.first_ms, "ms");
+        row("1. sink, clean JSON (first → last document)", Scenario::SinkClean, |r| r.rate, "records/s", 0);
+        row("2. sink, 10% poison → DLQ with context headers", Scenario::SinkPoison, |r| r.rate, "records/s", 0);
+        row("2b. sink, no-op write (framework only)", Scenario::SinkNoop, |r| r.rate, "records/s", 0);
+        row("3. source, inserts streamed → change events", Scenario::Source, |r| r.rate, "events/s", 0);
+        row("4a. peak RSS, sink clean", Scenario::SinkClean, |r| r.peak_rss_mib, "MiB", 0);
+        row("4b. peak RSS, source", Scenario::Source, |r| r.peak_rss_mib, "MiB", 0);
+        row("4c. CPU per 100k records, sink clean", Scenario::SinkClean, |r| r.cpu_secs_per_100k, "s", 2);
+        row("4d. CPU per 100k records, sink no-op", Scenario::SinkNoop, |r| r.cpu_secs_per_100k, "s", 2);
+        row("5. process start → first record delivered (sink)", Scenario::SinkClean, |r| r.first_ms, "ms", 0);
         println!(
             "\nraw rdkafka on this broker (the ceiling): produce {produce_rate:.0} records/s, consume {consume_rate:.0} records/s\n\
              settings: 1 partition, 1 task; batch {BATCH} (sluice maxBatchSize; Connect consumer.max.poll.records and \

@@ -515,8 +515,38 @@ impl CommitCase {
         }
     }
 
+    /// [`CommitCase::start`] with an hour between commits: nothing is committed per batch.
+    async fn start_with_an_hours_interval(env: &Env) -> CommitCase {
+        let c = CommitCase::start(env, 3_600_000).await;
+        assert_eq!(
+            c.committed(env).await,
+            rdkafka::Offset::Invalid,
+            "an hour's interval: nothing committed per batch"
+        );
+        c
+    }
+
     async fn committed(&self, env: &Env) -> rdkafka::Offset {
         committed_offset(env, &self.connector, &self.topic).await
+    }
+
+    /// Produces a third record and waits for its document: the two handled records are not written twice.
+    async fn next_record_lands_once(&self, env: &Env) {
+        produce(env, &self.topic, &[("c", r#"{"n": 3}"#)]).await;
+        let docs = documents(env, &self.db, 3).await;
+        let ns: Vec<_> = docs.iter().map(|d| d.get_i32("n").unwrap()).collect();
+        assert_eq!(ns.iter().filter(|n| **n == 1).count(), 1, "{docs:?}");
+    }
+
+    /// Waits until the connector's group has committed `offset`.
+    async fn wait_committed(&self, env: &Env, offset: i64) {
+        wait_for(&format!("offset {offset} committed"), WAIT, || async {
+            match self.committed(env).await {
+                rdkafka::Offset::Offset(o) if o == offset => Ok(()),
+                other => Err(format!("committed: {other:?}")),
+            }
+        })
+        .await
     }
 }
 
@@ -525,13 +555,7 @@ async fn handled_offsets_are_committed_on_the_interval_or_after_every_batch() {
     let Some(env) = Env::get() else { return };
     for interval_ms in [1000, 0] {
         let mut c = CommitCase::start(&env, interval_ms).await;
-        wait_for("offset 2 committed", WAIT, || async {
-            match c.committed(&env).await {
-                rdkafka::Offset::Offset(2) => Ok(()),
-                other => Err(format!("committed: {other:?}")),
-            }
-        })
-        .await;
+        c.wait_committed(&env, 2).await;
         assert!(
             !c.task.exited(),
             "committed while running: {}",
@@ -544,24 +568,31 @@ async fn handled_offsets_are_committed_on_the_interval_or_after_every_batch() {
 #[tokio::test]
 async fn a_clean_stop_commits_what_was_handled_before_the_interval() {
     let Some(env) = Env::get() else { return };
-    let mut c = CommitCase::start(&env, 3_600_000).await;
-    assert_eq!(
-        c.committed(&env).await,
-        rdkafka::Offset::Invalid,
-        "an hour's interval: nothing committed per batch"
-    );
+    let mut c = CommitCase::start_with_an_hours_interval(&env).await;
     assert_eq!(c.task.stop().await, 0, "{}", c.task.log_tail());
     assert_eq!(
         c.committed(&env).await,
         rdkafka::Offset::Offset(2),
         "SIGTERM commits the handled records"
     );
-    // A new task starts after them: nothing is written twice.
-    produce(&env, &c.topic, &[("c", r#"{"n": 3}"#)]).await;
+    // A new task starts after them.
     let _task = TaskProcess::start(&env, &c.db, &c.cfg, &env.mongodb_uri);
-    let docs = documents(&env, &c.db, 3).await;
-    let ns: Vec<_> = docs.iter().map(|d| d.get_i32("n").unwrap()).collect();
-    assert_eq!(ns.iter().filter(|n| **n == 1).count(), 1, "{docs:?}");
+    c.next_record_lands_once(&env).await;
+}
+
+#[tokio::test]
+async fn a_rebalance_commits_what_the_task_losing_the_partition_handled() {
+    let Some(env) = Env::get() else { return };
+    let mut c = CommitCase::start_with_an_hours_interval(&env).await;
+    // A second task joins the connector's group: the rebalance takes the partition from the first task,
+    // which commits what it handled.
+    let mut second =
+        TaskProcess::start(&env, &format!("{}-second", c.db), &c.cfg, &env.mongodb_uri);
+    c.wait_committed(&env, 2).await;
+    assert!(!c.task.exited(), "{}", c.task.log_tail());
+    assert!(!second.exited(), "{}", second.log_tail());
+    // Whichever task owns the partition now starts after the handled records.
+    c.next_record_lands_once(&env).await;
 }
 
 #[tokio::test]

@@ -47,13 +47,11 @@ pub fn client_config(kafka: &TaskKafka) -> ClientConfig {
 /// same memory (the queue's bounds don't change).
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
-/// [`client_config`] for a consumer: sluice's consumer defaults, each unless `kafka.properties` sets it.
+/// [`client_config`] for a consumer, with sluice's fetch backoff unless `kafka.properties` sets one.
 pub fn consumer_config(kafka: &TaskKafka) -> ClientConfig {
     let mut config = client_config(kafka);
-    for (key, value) in [("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)] {
-        if !kafka.properties.contains_key(key) {
-            config.set(key, value);
-        }
+    if !kafka.properties.contains_key("fetch.queue.backoff.ms") {
+        config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     }
     config
 }

@@ -385,8 +385,8 @@ func (r *podRunner) run(ctx context.Context) {
 	r.logf("bound to this node (uid %s)", r.pod.UID)
 	prepared, err := r.prepare(ctx)
 	// Retry soon, then less often: the Node authorizer learns of a just-bound pod's ConfigMaps and Secrets a
-	// moment after the binding (its graph follows informers), and a kubelet's volume manager retries every
-	// 100ms; a missing object can take longer.
+	// moment after the binding (its graph follows informers); a missing object can take longer. (A kubelet
+	// backs a failed volume mount off from 500ms, so on a real node this race costs a little more.)
 	retry := 100 * time.Millisecond
 	for err != nil {
 		var fatal *podError
