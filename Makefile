@@ -15,6 +15,7 @@ demo: deps build env-build
 
 ## test: set up what is missing, run every test against the real loopback environment, tear it down
 test: deps build env-build
+	cd tests/env/kube && GOFLAGS=-mod=mod go test ./cmd/localnode
 	SLUICE_REQUIRE_ENV=1 $(ENVCTL) run -- cargo test --all-targets --locked
 	$(VENV_PY) -m pytest -q tests/env
 

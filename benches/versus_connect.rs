@@ -391,7 +391,7 @@ fn raw_consume(env: &Env, topic: &str, n: usize) -> f64 {
         .set("enable.auto.commit", "false")
         .set(
             "fetch.queue.backoff.ms",
-            sluice::task::kafka::FETCH_QUEUE_BACKOFF_MS,
+            sluice::kafka::FETCH_QUEUE_BACKOFF_MS,
         )
         .create()
         .unwrap();

@@ -1,11 +1,12 @@
-//! The `sluice` binary: the operator, and the task runtime its pods run.
+//! The `sluice` binary: the command line only. It runs the operator, a task or a replay, prints the CRDs or
+//! the API reference, and maps how a process ended to its exit status in one place ([`end`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice::task::TaskConfig;
-use sluice::termination::{self, TerminationMessage};
+use sluice::wire::termination::{self, TerminationMessage, TerminationReason};
+use sluice::wire::{ReplayConfig, TaskConfig};
 
 #[derive(Parser)]
 #[command(
@@ -87,7 +88,7 @@ struct OperatorArgs {
 
 /// A duration like `10s`, `5m`, `1h`, `500ms`.
 fn duration(s: &str) -> Result<std::time::Duration, String> {
-    sluice::task::errors::parse_duration(s)
+    sluice::duration::parse(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a duration like 10s, 5m or 500ms"))
 }
@@ -106,7 +107,10 @@ fn main() -> ExitCode {
             }
             Some(path) => match std::fs::write(&path, sluice::docs::reference()) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err) => fail("WriteFailed", &format!("{}: {err}", path.display()), 1),
+                Err(err) => fail(
+                    TerminationReason::WriteFailed,
+                    &format!("{}: {err}", path.display()),
+                ),
             },
         },
     }
@@ -116,15 +120,14 @@ fn crdgen(out_dir: Option<&std::path::Path>) -> ExitCode {
     for (file, crd) in sluice::crd::crds() {
         let yaml = match sluice::crd::to_yaml(&crd) {
             Ok(yaml) => yaml,
-            Err(err) => return fail("CrdInvalid", &format!("{file}: {err}"), 1),
+            Err(err) => return fail(TerminationReason::CrdInvalid, &format!("{file}: {err}")),
         };
         match out_dir {
             Some(dir) => {
                 if let Err(err) = std::fs::write(dir.join(&file), yaml) {
                     return fail(
-                        "WriteFailed",
+                        TerminationReason::WriteFailed,
                         &format!("{}: {err}", dir.join(&file).display()),
-                        1,
                     );
                 }
             }
@@ -142,7 +145,7 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
     runtime.block_on(async move {
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
-            Err(err) => return fail("KubeConfigInvalid", &format!("connecting to Kubernetes: {err}"), 1),
+            Err(err) => return fail(TerminationReason::KubeConfigInvalid, &format!("connecting to Kubernetes: {err}")),
         };
         let metrics = std::sync::Arc::new(sluice::controller::metrics::Metrics::default());
         let server = tokio::spawn(sluice::controller::metrics::serve(args.metrics_addr, metrics.clone()));
@@ -178,7 +181,7 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
         };
         server.abort();
         match outcome {
-            Some(lost) => fail("LeaderLost", &lost.to_string(), 1),
+            Some(lost) => fail(TerminationReason::LeaderLost, &lost.to_string()),
             None => {
                 tracing::info!("operator stopped");
                 ExitCode::SUCCESS
@@ -194,7 +197,7 @@ fn run_task(path: &std::path::Path) -> ExitCode {
     };
     let config = match TaskConfig::load(path) {
         Ok(config) => config,
-        Err(err) => return fail("ConfigInvalid", &err.to_string(), 2),
+        Err(err) => return fail(TerminationReason::ConfigInvalid, &err.to_string()),
     };
     runtime.block_on(async move {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -220,16 +223,7 @@ fn run_task(path: &std::path::Path) -> ExitCode {
             Err(err) => {
                 let mut message = err.termination_message();
                 message.counters = Some(metrics.report().errors);
-                eprintln!("sluice: {err}");
-                message.write_to(&termination::path_from_env());
-                ExitCode::from(match err {
-                    sluice::task::TaskError::Config(_) => 2,
-                    sluice::task::TaskError::Unsupported(_) => 3,
-                    sluice::task::TaskError::Failed(f) if f.reason == "ResumeTokenLost" => {
-                        sluice::task::source::RESUME_TOKEN_LOST_EXIT
-                    }
-                    sluice::task::TaskError::Failed(_) => 1,
-                })
+                end(&message, &err.to_string())
             }
         }
     })
@@ -240,9 +234,14 @@ fn run_replay(config: &str) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let config: sluice::replay::ReplayConfig = match serde_json::from_str(config) {
+    let config: ReplayConfig = match serde_json::from_str(config) {
         Ok(c) => c,
-        Err(err) => return fail("ConfigInvalid", &format!("replay config: {err}"), 2),
+        Err(err) => {
+            return fail(
+                TerminationReason::ConfigInvalid,
+                &format!("replay config: {err}"),
+            );
+        }
     };
     let id = config.replay.id.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -262,23 +261,22 @@ fn run_replay(config: &str) -> ExitCode {
     let done = runtime.block_on(runtime.spawn_blocking(move || sluice::replay::run(config, stop)));
     let (result, counts) = match done {
         Ok(r) => r,
-        Err(err) => return fail("ReplayPanicked", &err.to_string(), 1),
+        Err(err) => return fail(TerminationReason::ReplayPanicked, &err.to_string()),
     };
     match result {
         Ok(counts) => {
             tracing::info!(replay = %id, ?counts, "replay completed");
-            let mut message =
-                TerminationMessage::new("ReplayCompleted", format!("replay {id} completed"));
+            let mut message = TerminationMessage::new(
+                TerminationReason::ReplayCompleted,
+                format!("replay {id} completed"),
+            );
             message.replay = Some(counts);
-            message.write_to(&termination::path_from_env());
-            ExitCode::SUCCESS
+            end(&message, &message.message)
         }
-        Err(err) => {
-            eprintln!("sluice: replay {id}: {err}");
-            err.termination_message(counts)
-                .write_to(&termination::path_from_env());
-            ExitCode::from(err.exit_code())
-        }
+        Err(err) => end(
+            &err.termination_message(counts),
+            &format!("replay {id}: {err}"),
+        ),
     }
 }
 
@@ -294,16 +292,24 @@ fn start(default_filter: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
         .init();
     tokio::runtime::Runtime::new().map_err(|err| {
         fail(
-            "RuntimeFailed",
+            TerminationReason::RuntimeFailed,
             &format!("starting the async runtime: {err}"),
-            1,
         )
     })
 }
 
 /// Reports why the process ends on stderr and in the termination message, and returns the exit code.
-fn fail(reason: &str, message: &str, code: u8) -> ExitCode {
-    eprintln!("sluice: {message}");
-    TerminationMessage::new(reason, message).write_to(&termination::path_from_env());
+fn fail(reason: TerminationReason, message: &str) -> ExitCode {
+    end(&TerminationMessage::new(reason, message), message)
+}
+
+/// How every process ends that has something to say: the termination message for the operator, a line on
+/// stderr (unless it completed), and the exit status of its reason ([`TerminationReason::exit_code`]).
+fn end(message: &TerminationMessage, said: &str) -> ExitCode {
+    let code = message.reason.exit_code();
+    if code != 0 {
+        eprintln!("sluice: {said}");
+    }
+    message.write_to(&termination::path_from_env());
     ExitCode::from(code)
 }

@@ -9,6 +9,55 @@ pub const DEGRADED: &str = "Degraded";
 pub const RESUME_TOKEN_RECOVERED: &str = "ResumeTokenRecovered";
 pub const RESUME_TOKEN_AT_RISK: &str = "ResumeTokenAtRisk";
 
+/// The reasons of conditions (and of the [`super::Problem`]s that become `Ready=False`).
+pub mod reason {
+    // Problems: the spec can't be used yet.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
+    pub const DEAD_LETTER_QUEUE_NOT_FOUND: &str = "DeadLetterQueueNotFound";
+    pub const CONFIG_INVALID: &str = "ConfigInvalid";
+    pub const TOPIC_NOT_FOUND: &str = "TopicNotFound";
+    pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+    pub const TOPIC_CREATE_FAILED: &str = "TopicCreateFailed";
+    pub const TOPIC_PENDING: &str = "TopicPending";
+    pub const PARTITIONS_NOT_GROWN: &str = "PartitionsNotGrown";
+    pub const TOPIC_CONFIG_REJECTED: &str = "TopicConfigRejected";
+    pub const TOPIC_MISSING: &str = "TopicMissing";
+    pub const UNKNOWN: &str = "Unknown";
+
+    // Connector: Ready, Progressing, Degraded.
+    pub const TASKS_READY: &str = "TasksReady";
+    pub const TASKS_NOT_READY: &str = "TasksNotReady";
+    pub const PAUSED: &str = "Paused";
+    pub const STOPPED: &str = "Stopped";
+    pub const BLOCKED: &str = "Blocked";
+    pub const TASKS_CHANGING: &str = "TasksChanging";
+    pub const STABLE: &str = "Stable";
+    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const RESUME_TOKEN_LOST: &str = "ResumeTokenLost";
+    pub const MAX_RESTARTS_REACHED: &str = "MaxRestartsReached";
+    pub const TASK_FAILED: &str = "TaskFailed";
+    pub const RECORD_ERRORS: &str = "RecordErrors";
+
+    // Connector: ResumeTokenRecovered, ResumeTokenAtRisk.
+    pub const NO_ROTATION: &str = "NoRotation";
+    pub const OFFSET_PARTITION_ROTATED: &str = "OffsetPartitionRotated";
+    pub const RECOVERING: &str = "Recovering";
+    pub const NOT_REPORTED: &str = "NotReported";
+    pub const NO_RESUME_TOKEN: &str = "NoResumeToken";
+    pub const OPLOG_WINDOW_UNKNOWN: &str = "OplogWindowUnknown";
+    pub const TOKEN_OLDER_THAN_HALF_THE_OPLOG_WINDOW: &str = "TokenOlderThanHalfTheOplogWindow";
+    pub const WITHIN_OPLOG_WINDOW: &str = "WithinOplogWindow";
+
+    // DeadLetterQueue: Ready.
+    pub const PARTITIONS_PENDING: &str = "PartitionsPending";
+    pub const CONFIG_PENDING: &str = "ConfigPending";
+    pub const TOPIC_READY: &str = "TopicReady";
+
+    /// The Ready reasons of a Connector whose spec resolves (anything else is a problem's reason).
+    pub const RESOLVED: [&str; 4] = [TASKS_READY, TASKS_NOT_READY, PAUSED, STOPPED];
+}
+
 /// A condition as a reconcile decides it; [`merge`] turns it into the stored form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {

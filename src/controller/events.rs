@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 pub use kube::runtime::events::EventType;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -44,16 +44,28 @@ pub struct EventRecorder {
     seen: Mutex<HashMap<Key, Seen>>,
 }
 
+/// The reasons of the operator's Events.
+pub mod reason {
+    pub const CONFIG_VALID: &str = "ConfigValid";
+    pub const TASKS_CREATED: &str = "TasksCreated";
+    pub const TASK_REPLACED: &str = "TaskReplaced";
+    pub const TASK_REMOVED: &str = "TaskRemoved";
+    pub const TASK_RESTARTED: &str = "TaskRestarted";
+    pub const TASK_FAILED: &str = "TaskFailed";
+    pub const RESUME_TOKEN_LOST: &str = "ResumeTokenLost";
+    pub const OFFSET_PARTITION_ROTATED: &str = "OffsetPartitionRotated";
+    pub const OFFSET_RESET_PENDING: &str = "OffsetResetPending";
+    pub const OFFSETS_RESET: &str = "OffsetsReset";
+    pub const REPLAY_TARGET_MISSING: &str = "ReplayTargetMissing";
+    pub const REPLAY_STARTED: &str = "ReplayStarted";
+    pub const REPLAY_COMPLETED: &str = "ReplayCompleted";
+    pub const REPLAY_RESTARTED: &str = "ReplayRestarted";
+    pub const REPLAY_FAILED: &str = "ReplayFailed";
+}
+
 /// The note cut to what the API keeps, on a character boundary.
 pub fn note_within_limit(note: &str) -> String {
-    if note.len() <= MAX_NOTE {
-        return note.to_string();
-    }
-    let cut = (0..=MAX_NOTE - 3)
-        .rev()
-        .find(|i| note.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{}...", &note[..cut])
+    crate::text::cut_with_marker(note, MAX_NOTE, "...")
 }
 
 impl EventRecorder {
@@ -64,6 +76,18 @@ impl EventRecorder {
             instance,
             seen: Mutex::default(),
         }
+    }
+
+    /// Records an Event about one of sluice's resources; a failure is logged.
+    pub async fn about<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        self.record(&object.object_ref(&()), type_, reason, note)
+            .await;
     }
 
     /// Records an Event about `regarding`; a failure is logged (an Event is never worth failing a reconcile).

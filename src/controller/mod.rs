@@ -1,19 +1,27 @@
 //! The operator: one reconciler per resource ([`connector`], [`dead_letter_queue`]), sharing a [`Context`].
 //!
-//! Reconcilers follow the same steps: dereference (read what the spec points at) → validate → build the
-//! desired objects (pure, unit-tested) → apply them with server-side apply → write status when it changed.
+//! Reconcilers follow the same steps: dereference (read what the spec points at) → validate (pure) → build
+//! the desired objects (pure, unit-tested) → apply them → write status when it changed. What they share:
+//!
+//! - [`apply`]: server-side apply, guarded status writes, deletes and creates that tolerate races.
+//! - [`pod_template`]: the one restricted pod template of task and replay pods; [`pod_status`] reads them.
+//! - [`secrets`]: the Secrets a spec references, read once and looked up without I/O.
+//! - [`conditions`]: condition types, reasons, and merging without losing transition times.
+//! - [`events`]: Events as client-go's recorder makes them.
+//! - [`metrics`]: the operator's own metrics and HTTP endpoints; [`leader`]: leader election.
 
+pub mod apply;
 pub mod conditions;
 pub mod connector;
 pub mod dead_letter_queue;
-pub mod dlq_inspect;
 pub mod events;
-pub mod kafka;
 pub mod leader;
 pub mod metrics;
-pub mod pods;
-pub mod replay;
-pub mod task_status;
+pub mod pod_status;
+pub mod pod_template;
+pub mod secrets;
+
+pub use conditions::reason;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +35,7 @@ pub const FIELD_MANAGER: &str = "sluice-operator";
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
     /// Image and ServiceAccount of task and replay pods.
-    pub pods: pods::PodDefaults,
+    pub pods: pod_template::PodDefaults,
     /// Watch only this namespace (namespaced mode); `None` watches all.
     pub namespace: Option<String>,
     /// How often every running task's `/v1/status` is read.
@@ -44,7 +52,7 @@ impl OperatorConfig {
     /// Defaults for everything but the image and namespace.
     pub fn new(task_image: String, namespace: Option<String>) -> Self {
         Self {
-            pods: pods::PodDefaults {
+            pods: pod_template::PodDefaults {
                 image: task_image,
                 service_account: None,
             },
@@ -64,7 +72,7 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Arc<metrics::Metrics>,
     /// The latest `/v1/status` of every running task.
-    pub reports: task_status::TaskReports,
+    pub reports: connector::task_poller::TaskReports,
 }
 
 impl Context {
@@ -88,11 +96,8 @@ impl Context {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("Kafka admin ({operation}): {source}")]
-    Kafka {
-        operation: &'static str,
-        source: rdkafka::error::KafkaError,
-    },
+    #[error("{0}")]
+    Kafka(#[from] crate::kafka::Error),
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -111,7 +116,7 @@ pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
 pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) {
     let ctx = Arc::new(Context::new(client, config, metrics));
     let (changed, reports_changed) = tokio::sync::mpsc::channel(256);
-    let poller = tokio::spawn(task_status::poll(ctx.clone(), changed));
+    let poller = tokio::spawn(connector::task_poller::poll(ctx.clone(), changed));
     tokio::join!(
         connector::run(ctx.clone(), reports_changed),
         dead_letter_queue::run(ctx.clone())
@@ -135,40 +140,4 @@ impl Problem {
             message: message.into(),
         }
     }
-}
-
-/// Reads one key of a Secret; a missing Secret or key is a [`Problem`] naming the spec field that points
-/// at it. The value never leaves the operator except into a client config.
-pub async fn secret_value(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    field: &str,
-) -> Result<Result<String, Problem>> {
-    use k8s_openapi::api::core::v1::Secret;
-    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-    let Some(secret) = secrets.get_opt(name).await? else {
-        return Ok(Err(Problem::new(
-            "SecretNotFound",
-            format!("Secret {namespace}/{name} ({field}) not found"),
-        )));
-    };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key).cloned())
-        });
-    Ok(value.ok_or_else(|| {
-        Problem::new(
-            "SecretKeyNotFound",
-            format!("Secret {namespace}/{name} has no key {key:?} ({field})"),
-        )
-    }))
 }

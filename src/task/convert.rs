@@ -3,7 +3,7 @@
 
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 
-use super::errors::{Failure, Stage};
+use super::failure::{Failure, Stage};
 use crate::crd::connector::{Converter, DocumentIdStrategy, WriteModel};
 
 /// A record's value as a document. JSON and string values must hold a JSON object (MongoDB extended JSON is

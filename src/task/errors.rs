@@ -1,112 +1,19 @@
-//! The KIP-298 error machinery every stage of a task goes through: classification, retry with a total
-//! timeout and capped exponential backoff, tolerance (with the optional window limit), reporting (log and
-//! dead-letter queue) and the eight per-task error metrics. Source and sink call the same [`ErrorHandler`].
+//! The KIP-298 error machinery every stage of a task goes through: retry with a total timeout and capped
+//! exponential backoff, tolerance (with the optional window limit), reporting (log and dead-letter queue)
+//! and the eight per-task error metrics. Source and sink call the same [`ErrorHandler`]; what failed is a
+//! [`Failure`] (classified in [`super::failure`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::crd::connector::{ErrorsSpec, Tolerance};
+use crate::text::without_record_contents;
+use crate::wire::TerminationReason;
 
-use super::dlq::{DeadLetterQueue, RecordContext};
+use super::dlq::DeadLetterQueue;
+use super::failure::{Failure, RecordContext, is_retriable};
 use super::metrics::TaskMetrics;
-
-/// Kafka Connect's stages (`__connect.errors.stage`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum Stage {
-    KeyConverter,
-    ValueConverter,
-    HeaderConverter,
-    Transformation,
-    TaskPut,
-    TaskPoll,
-    KafkaProduce,
-    KafkaConsume,
-}
-
-impl Stage {
-    /// The name Kafka Connect writes.
-    pub fn connect_name(self) -> &'static str {
-        match self {
-            Stage::KeyConverter => "KEY_CONVERTER",
-            Stage::ValueConverter => "VALUE_CONVERTER",
-            Stage::HeaderConverter => "HEADER_CONVERTER",
-            Stage::Transformation => "TRANSFORMATION",
-            Stage::TaskPut => "TASK_PUT",
-            Stage::TaskPoll => "TASK_POLL",
-            Stage::KafkaProduce => "KAFKA_PRODUCE",
-            Stage::KafkaConsume => "KAFKA_CONSUME",
-        }
-    }
-}
-
-/// One failed attempt at one operation, classified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub stage: Stage,
-    /// The error class (`__connect.errors.exception.class.name`), e.g. `DataException`, `MongoWriteException`.
-    pub class: String,
-    pub message: String,
-    /// A MongoDB or Kafka error code, when there is one.
-    pub code: Option<i32>,
-    /// Whether trying again can help (network errors, timeouts, retryable labels, broker-retriable errors).
-    pub retriable: bool,
-}
-
-impl Failure {
-    pub fn new(
-        stage: Stage,
-        class: impl Into<String>,
-        message: impl Into<String>,
-        retriable: bool,
-    ) -> Self {
-        Self {
-            stage,
-            class: class.into(),
-            message: message.into(),
-            code: None,
-            retriable,
-        }
-    }
-
-    pub fn with_code(mut self, code: i32) -> Self {
-        self.code = Some(code);
-        self
-    }
-
-    /// A conversion failure: never retried.
-    pub fn conversion(stage: Stage, message: impl Into<String>) -> Self {
-        Self::new(
-            stage,
-            "org.apache.kafka.connect.errors.DataException",
-            message,
-            false,
-        )
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} in {}: {}",
-            self.class,
-            self.stage.connect_name(),
-            self.message
-        )
-    }
-}
-
-/// Whether a failure is retried: its own classification unless the user listed its class or code in
-/// `notRetryable` (Spring Kafka's not-retryable exceptions).
-pub fn is_retriable(failure: &Failure, not_retryable: &[String]) -> bool {
-    failure.retriable
-        && !not_retryable.iter().any(|n| {
-            n == &failure.class
-                || failure.class.rsplit('.').next() == Some(n.as_str())
-                || failure.code.is_some_and(|c| n == &c.to_string())
-        })
-}
 
 /// Kafka Connect's backoff: 300 ms doubled per attempt; once that passes the maximum, a random delay below
 /// the maximum (jitter).
@@ -153,7 +60,7 @@ impl ToleranceWindow {
     pub fn new(spec: &ErrorsSpec) -> Self {
         let limit = spec
             .max_errors
-            .zip(spec.window.as_deref().and_then(parse_duration))
+            .zip(spec.window.as_deref().and_then(crate::duration::parse))
             .map(|(n, w)| (n.max(1) as u64, w));
         Self {
             limit,
@@ -178,45 +85,14 @@ impl ToleranceWindow {
     }
 }
 
-/// `500ms`, `30s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
-        _ => None,
-    }
-}
-
-/// An error message fit for status and metrics: MongoDB quotes key values in duplicate-key errors
-/// (`dup key: { _id: "…" }`), which are record contents; they are cut, and the message kept short.
-pub fn without_record_contents(message: &str) -> String {
-    let mut text = match message.find("dup key:") {
-        Some(i) => format!("{}dup key: (omitted)", &message[..i]),
-        None => message.to_string(),
-    };
-    if text.len() > 300 {
-        let cut = (0..=300)
-            .rev()
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
 /// Why a task must stop: the first error under `tolerance: none`, the window limit, or a failed DLQ write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{failure}{}", .record.as_ref().map(|r| format!(" (record {})", r.coordinates())).unwrap_or_default())]
 pub struct TaskFailed {
-    pub reason: &'static str,
+    pub reason: TerminationReason,
     pub failure: Failure,
-    pub record: Option<RecordContext>,
+    /// The record it failed on (boxed: a failure travels up through every return).
+    pub record: Option<Box<RecordContext>>,
 }
 
 /// The error handling of one task.
@@ -316,9 +192,9 @@ impl ErrorHandler {
         }
         if self.spec.tolerance == Tolerance::None {
             return Err(TaskFailed {
-                reason: "RecordFailed",
+                reason: TerminationReason::RecordFailed,
                 failure,
-                record: Some(record),
+                record: Some(Box::new(record)),
             });
         }
         if !self
@@ -328,9 +204,9 @@ impl ErrorHandler {
             .admit(Instant::now())
         {
             return Err(TaskFailed {
-                reason: "ErrorLimitExceeded",
+                reason: TerminationReason::ErrorLimitExceeded,
                 failure,
-                record: Some(record),
+                record: Some(Box::new(record)),
             });
         }
         if let Some(dlq) = &self.dlq {
@@ -388,9 +264,9 @@ impl ErrorHandler {
             .await;
         sent.map_err(|dlq_failure| TaskFailed {
             // Never commit past a record that is neither handled nor dead-lettered.
-            reason: "DeadLetterQueueFailed",
+            reason: TerminationReason::DeadLetterQueueFailed,
             failure: dlq_failure,
-            record: Some(record.clone()),
+            record: Some(Box::new(record.clone())),
         })
     }
 }
@@ -405,17 +281,6 @@ mod tests {
             retry_delay_max_ms: max,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn status_messages_leave_out_duplicate_key_values_and_stay_short() {
-        let m = "E11000 duplicate key error collection: shop.orders index: _id_ dup key: { _id: \"4111-1111\" }";
-        assert_eq!(
-            without_record_contents(m),
-            "E11000 duplicate key error collection: shop.orders index: _id_ dup key: (omitted)"
-        );
-        let long = "é".repeat(400);
-        assert!(without_record_contents(&long).len() <= 304);
     }
 
     #[test]
@@ -457,27 +322,6 @@ mod tests {
     }
 
     #[test]
-    fn classification_and_not_retryable() {
-        let net = Failure::new(
-            Stage::TaskPut,
-            "com.mongodb.MongoSocketException",
-            "reset",
-            true,
-        );
-        assert!(is_retriable(&net, &[]));
-        assert!(
-            !is_retriable(&net, &["MongoSocketException".into()]),
-            "short class names match"
-        );
-        let dup = Failure::new(Stage::TaskPut, "MongoWriteException", "dup", true).with_code(11000);
-        assert!(!is_retriable(&dup, &["11000".into()]), "codes match");
-        assert!(
-            !is_retriable(&Failure::conversion(Stage::ValueConverter, "bad json"), &[]),
-            "conversion never retries"
-        );
-    }
-
-    #[test]
     fn the_window_fails_past_max_errors_and_forgets_old_ones() {
         let s = ErrorsSpec {
             tolerance: Tolerance::All,
@@ -499,12 +343,5 @@ mod tests {
             ToleranceWindow::new(&ErrorsSpec::default()).admit(t0),
             "no limit without maxErrors"
         );
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5 minutes"), None);
     }
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::crd::connector::{ErrorCounters, LastError, ResumeTokenStatus};
+use crate::wire::StatusReport;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -18,9 +20,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
-
-use crate::crd::connector::{ErrorCounters, LastError, ResumeTokenStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
@@ -47,24 +46,6 @@ pub struct TaskMetrics {
     running: AtomicBool,
     last_error_detail: Mutex<Option<LastError>>,
     resume_token: Mutex<Option<ResumeTokenStatus>>,
-}
-
-/// What `/v1/status` returns.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusReport {
-    pub connector: String,
-    pub task: String,
-    pub running: bool,
-    pub errors: ErrorCounters,
-    pub records_in: u64,
-    pub records_out: u64,
-    /// The last record error, without record contents.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<LastError>,
-    /// A source's resume token time and the oplog window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume_token: Option<ResumeTokenStatus>,
 }
 
 fn now_ms() -> i64 {

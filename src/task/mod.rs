@@ -1,23 +1,21 @@
-//! The connector runtime a task pod runs: `sluice task --config FILE`.
+//! The connector runtime a task pod runs: `sluice task --config FILE` (the config is a
+//! [`crate::wire::TaskConfig`]; secrets come from env).
 //!
-//! - [`config`]: the config the controller renders; secrets come from env.
+//! - [`failure`]: what failed, where and on which record; Kafka and MongoDB errors classified (a leaf).
 //! - [`errors`]: the KIP-298 machinery (retry, tolerance, reporting) every stage goes through.
 //! - [`dlq`]: dead-letter records and their `__connect.errors.*` headers.
 //! - [`metrics`]: the per-task error metrics and the task's HTTP endpoints.
-//! - [`convert`]: record key/value converters.
+//! - [`convert`]: record key/value converters and the sink's write models.
 //! - [`sink`]: Kafka → MongoDB.
 //! - [`source`]: MongoDB change streams → Kafka.
 
-pub mod config;
 pub mod convert;
 pub mod dlq;
 pub mod errors;
-pub mod kafka;
+pub mod failure;
 pub mod metrics;
 pub mod sink;
 pub mod source;
-
-pub use config::{ConfigError, ConnectorType, TaskConfig};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +23,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::termination::TerminationMessage;
+use crate::kafka::{Credentials, client_config};
+use crate::names;
+use crate::wire::task_config::ConnectorType;
+use crate::wire::{TaskConfig, TerminationMessage, TerminationReason};
 use errors::{ErrorHandler, TaskFailed};
 use metrics::TaskMetrics;
 
@@ -44,10 +45,14 @@ impl TaskError {
     /// The termination message the operator reads.
     pub fn termination_message(&self) -> TerminationMessage {
         match self {
-            TaskError::Config(m) => TerminationMessage::new("ConfigInvalid", m.clone()),
-            TaskError::Unsupported(m) => TerminationMessage::new("Unsupported", m.clone()),
-            TaskError::Failed(f) if f.reason == "ResumeTokenLost" => {
-                let mut t = TerminationMessage::new(f.reason, f.failure.message.clone());
+            TaskError::Config(m) => {
+                TerminationMessage::new(TerminationReason::ConfigInvalid, m.clone())
+            }
+            TaskError::Unsupported(m) => {
+                TerminationMessage::new(TerminationReason::Unsupported, m.clone())
+            }
+            TaskError::Failed(f) if f.reason == TerminationReason::ResumeTokenLost => {
+                let mut t = TerminationMessage::new(f.reason.clone(), f.failure.message.clone());
                 t.code = f.failure.code;
                 t.code_name = Some(f.failure.class.clone());
                 t.partition_name = f.record.as_ref().map(|r| r.topic.clone());
@@ -55,7 +60,7 @@ impl TaskError {
                 t
             }
             TaskError::Failed(f) => {
-                let mut t = TerminationMessage::new(f.reason, f.failure.message.clone());
+                let mut t = TerminationMessage::new(f.reason.clone(), f.failure.message.clone());
                 t.stage = Some(f.failure.stage.connect_name().into());
                 t.error_class = Some(f.failure.class.clone());
                 t.code = f.failure.code;
@@ -101,10 +106,10 @@ pub async fn run_with_metrics(
         Some(topic) => Some(dlq::DeadLetterQueue {
             topic: topic.clone(),
             context_headers: cfg.errors.context_headers_enable,
-            producer: kafka::client_config(&cfg.kafka)
+            producer: client_config(&cfg.kafka, Credentials::Env)
                 .set(
                     "client.id",
-                    format!("sluice-{}-{}-dlq", cfg.connector, cfg.task_id),
+                    names::dead_letter_client_id(&cfg.connector, cfg.task_id),
                 )
                 .set("enable.idempotence", "true")
                 .create()

@@ -4,21 +4,24 @@
 //! huge topic is worked through over several refreshes and never read twice.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::crd::dead_letter_queue::{DeadLetterError, Inspection, PartitionDepth};
-use crate::task::errors::without_record_contents;
+use crate::kafka::read::{self, Next, Range};
+use crate::names;
+use crate::text::without_record_contents;
 
 /// How many records one refresh reads at most.
 pub const MAX_RECORDS_PER_REFRESH: usize = 20_000;
 /// How many recent errors status keeps.
 const LAST_ERRORS: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(200);
 
 /// One dead-letter record as inspection sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,7 +73,11 @@ pub fn apply_scan(old: &Inspection, scan: &Scan) -> Inspection {
         next.records_scanned += 1;
         next.scanned_offsets
             .insert(r.partition.to_string(), r.offset + 1);
-        let header = |name: &str| r.headers.get(&format!("__connect.errors.{name}")).cloned();
+        let header = |name: &str| {
+            r.headers
+                .get(&format!("{}{name}", names::DEAD_LETTER_HEADER_PREFIX))
+                .cloned()
+        };
         let class = header("exception.class.name").unwrap_or_else(|| "(no context headers)".into());
         *next.by_error_class.entry(class.clone()).or_default() += 1;
         if let Some(topic) = header("topic") {
@@ -109,89 +116,60 @@ pub fn apply_scan(old: &Inspection, scan: &Scan) -> Inspection {
 /// Reads the watermarks, the oldest record time and the records after `cursor` (blocking: run it on a
 /// blocking thread).
 pub fn scan(
-    props: &BTreeMap<String, String>,
+    kafka: &ClientConfig,
     topic: &str,
     cursor: &BTreeMap<String, i64>,
     max_records: usize,
 ) -> Result<Scan, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    for (k, v) in props {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config
-        .set("group.id", "sluice-operator-dlq-inspection")
+    let consumer: BaseConsumer = kafka
+        .clone()
+        .set("group.id", names::INSPECTION_GROUP)
         .set("enable.auto.commit", "false")
-        .set("client.id", "sluice-operator")
+        .set("client.id", names::OPERATOR_CLIENT_ID)
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut out = Scan::default();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
-        out.watermarks.push((p, low, high));
-    }
-    out.watermarks.sort();
+    let watermarks = read::watermarks(&consumer, topic, TIMEOUT)?;
+    let mut out = Scan {
+        watermarks: watermarks
+            .iter()
+            .map(|w| (w.partition, w.low, w.high))
+            .collect(),
+        ..Default::default()
+    };
 
     // The first record of every non-empty partition gives the oldest time.
-    let mut firsts = TopicPartitionList::new();
-    for &(p, low, high) in &out.watermarks {
-        if high > low {
-            firsts.add_partition_offset(topic, p, Offset::Offset(low))?;
+    let whole: Vec<Range> = watermarks
+        .iter()
+        .map(|w| Range {
+            partition: w.partition,
+            from: w.low,
+            end: w.high,
+        })
+        .collect();
+    read::read_ranges(&consumer, topic, &whole, TIMEOUT, POLL, |m| {
+        if let Some(ts) = m.timestamp().to_millis() {
+            out.oldest_ms = Some(out.oldest_ms.map_or(ts, |o| o.min(ts)));
         }
-    }
-    let mut pending = firsts.count();
-    if pending > 0 {
-        consumer.assign(&firsts)?;
-        let mut seen = std::collections::HashSet::new();
-        let deadline = Instant::now() + TIMEOUT;
-        while pending > 0 && Instant::now() < deadline {
-            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-                let m = m?;
-                if seen.insert(m.partition()) {
-                    pending -= 1;
-                    if let Some(ts) = m.timestamp().to_millis() {
-                        out.oldest_ms = Some(out.oldest_ms.map_or(ts, |o| o.min(ts)));
-                    }
-                }
-            }
-        }
-    }
+        Next::PartitionDone
+    })?;
 
     // Then everything after the cursor, up to the end offsets seen above.
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for &(p, low, high) in &out.watermarks {
-        let from = cursor.get(&p.to_string()).copied().unwrap_or(low).max(low);
-        if from < high {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + TIMEOUT;
-    while !ends.is_empty() && out.records.len() < max_records && Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m?;
-        let Some(end) = ends.get(&m.partition()).copied() else {
-            continue;
-        };
-        if m.offset() >= end {
-            ends.remove(&m.partition());
-            continue;
-        }
+    let after_cursor: Vec<Range> = watermarks
+        .iter()
+        .map(|w| Range {
+            partition: w.partition,
+            from: cursor
+                .get(&w.partition.to_string())
+                .copied()
+                .unwrap_or(w.low)
+                .max(w.low),
+            end: w.high,
+        })
+        .collect();
+    read::read_ranges(&consumer, topic, &after_cursor, TIMEOUT, POLL, |m| {
         let mut headers = BTreeMap::new();
         if let Some(hs) = m.headers() {
             for h in hs.iter() {
-                if h.key.starts_with("__connect.errors.") {
+                if h.key.starts_with(names::DEAD_LETTER_HEADER_PREFIX) {
                     let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
                     headers.insert(h.key.to_string(), value.unwrap_or_default());
                 }
@@ -203,10 +181,12 @@ pub fn scan(
             timestamp_ms: m.timestamp().to_millis(),
             headers,
         });
-        if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
+        if out.records.len() >= max_records {
+            Next::Stop
+        } else {
+            Next::Continue
         }
-    }
+    })?;
     Ok(out)
 }
 

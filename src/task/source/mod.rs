@@ -1,13 +1,18 @@
 //! The MongoDB source: change streams → Kafka.
 //!
-//! Events are read in batches, turned into records (key `{"_id": <resume token>}`, value the change event or
-//! only its full document, relaxed extended JSON) and produced; once the broker acknowledged the batch, the
-//! resume token of its last event is stored in the offsets topic under the offset partition name (Kafka
-//! Connect's offset key `["<namespace>/<connector>", {"ns": "<partition name>"}]`). Heartbeats store the cursor's
-//! post-batch resume token while the collection is quiet. A resume point MongoDB no longer has ends the task
-//! with [`RESUME_TOKEN_LOST_EXIT`] and a `ResumeTokenLost` termination message for the operator.
+//! - this module: the stream loop — events read in batches, produced, and once the broker acknowledged the
+//!   batch, the resume token of its last event stored; heartbeats store the cursor's post-batch resume
+//!   token while the collection is quiet. A resume point MongoDB no longer has ends the task with a
+//!   `ResumeTokenLost` termination message (exit code 4) for the operator.
+//! - [`events`]: change events as records, and the topic of each namespace.
+//! - [`offsets`]: the resume token in the offsets topic, read at start and written after each batch.
+//! - [`oplog`]: the token's cluster time and the oplog window, for the `ResumeTokenAtRisk` condition.
 
-use std::collections::{BTreeMap, HashSet};
+pub mod events;
+mod offsets;
+pub mod oplog;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,21 +21,21 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::config::{TaskConfig, TaskSource};
-use super::dlq::RecordContext;
-use super::errors::{ErrorHandler, Failure, Stage, TaskFailed};
-use super::kafka::{classify_kafka_error, client_config};
+use super::errors::{ErrorHandler, TaskFailed};
+use super::failure::{Failure, RecordContext, Stage};
 use super::metrics::TaskMetrics;
-use super::sink::classify_mongo_error;
 use crate::crd::connector::{FullDocument, StartupMode};
+use crate::kafka::admin::{Admin, admin};
+use crate::kafka::topics::{self, WantedTopic};
+use crate::kafka::{Credentials, client_config};
+use crate::names;
+use crate::wire::{TaskConfig, TaskSource, TerminationReason};
+use events::{event_record, topic_for};
+use offsets::token_json;
+use oplog::{report_oplog_window, rfc3339, token_cluster_time};
 
 /// Aborts a background task when the stream loop ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -40,9 +45,6 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-
-/// The exit code of a task whose resume point is gone.
-pub const RESUME_TOKEN_LOST_EXIT: u8 = 4;
 
 /// Whether a MongoDB error means the stored resume point is gone (never retried with the same token).
 pub fn resume_token_lost(code: i32, message: &str) -> bool {
@@ -56,150 +58,13 @@ pub fn resume_token_lost(code: i32, message: &str) -> bool {
     }
 }
 
-/// The topic for a namespace: the namespace map (`db.coll`, then `db`, then `*`), else
-/// `<prefix>.<db>.<coll>.<suffix>` without empty parts (MongoDB connector naming).
-pub fn topic_for(source: &crate::crd::connector::SourceSpec, db: &str, coll: &str) -> String {
-    if let Some(map) = &source.topic_namespace_map {
-        for key in [format!("{db}.{coll}"), db.to_string(), "*".to_string()] {
-            if let Some(t) = map.get(&key) {
-                return t.clone();
-            }
-        }
-    }
-    [
-        source.topic_prefix.as_deref().unwrap_or(""),
-        db,
-        coll,
-        source.topic_suffix.as_deref().unwrap_or(""),
-    ]
-    .iter()
-    .filter(|p| !p.is_empty())
-    .copied()
-    .collect::<Vec<_>>()
-    .join(".")
-}
-
-/// Kafka Connect's offset key for a connector and partition name. The connector is named
-/// `<namespace>/<name>`: one Kafka cluster (and offsets topic) serves Connectors of many namespaces.
-pub fn offset_key(namespace: &str, connector: &str, partition_name: &str) -> String {
-    serde_json::json!([format!("{namespace}/{connector}"), { "ns": partition_name }]).to_string()
-}
-
-fn token_json(token: &ResumeToken) -> String {
-    serde_json::to_string(token).unwrap_or_default()
-}
-
-/// The cluster time (seconds) a replica set's resume token points at: its `_data` is a KeyString whose
-/// first value is the event's cluster time (type byte `0x82`, then 4 bytes of seconds, 4 of increment).
-pub fn token_cluster_time(token_json: &str) -> Option<u32> {
-    let v: serde_json::Value = serde_json::from_str(token_json).ok()?;
-    let data = v["_data"].as_str()?;
-    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
-        return None;
-    }
-    u32::from_str_radix(data.get(2..10)?, 16).ok()
-}
-
-fn rfc3339(secs: i64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(secs)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-/// Reads the oplog window (first and last entry times of `local.oplog.rs`), or why it can't be read.
-async fn oplog_window(mongo: &mongodb::Client) -> Result<(u32, u32), String> {
-    let oplog = mongo.database("local").collection::<Document>("oplog.rs");
-    let mut ends = Vec::new();
-    for order in [1, -1] {
-        let entry = oplog
-            .find_one(doc! {})
-            .sort(doc! { "$natural": order })
-            .projection(doc! { "ts": 1 })
-            .await
-            .map_err(|e| match e.kind.as_ref() {
-                mongodb::error::ErrorKind::Command(c) if c.code == 13 => {
-                    "not authorized to read local.oplog.rs (grant read on the local database to see the oplog window)".to_string()
-                }
-                _ => format!("reading local.oplog.rs failed: {e}"),
-            })?;
-        match entry.as_ref().and_then(|d| d.get_timestamp("ts").ok()) {
-            Some(ts) => ends.push(ts.time),
-            None => {
-                return Err(
-                    "local.oplog.rs is missing or empty (not a replica set member?)".to_string(),
-                );
-            }
-        }
-    }
-    Ok((ends[0], ends[1]))
-}
-
-/// Keeps the oplog window in the task's status fresh (it only moves slowly: once a minute).
-async fn report_oplog_window(
-    mongo: mongodb::Client,
-    metrics: Arc<TaskMetrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let window = oplog_window(&mongo).await;
-        metrics.update_resume_token(|r| match window {
-            Ok((first, last)) => {
-                r.oplog_first_time = Some(rfc3339(first.into()));
-                r.oplog_last_time = Some(rfc3339(last.into()));
-                r.oplog_window_unknown = None;
-            }
-            Err(why) => {
-                r.oplog_first_time = None;
-                r.oplog_last_time = None;
-                r.oplog_window_unknown = Some(why);
-            }
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(OPLOG_WINDOW_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// How often a source reads the oplog window.
-const OPLOG_WINDOW_EVERY: Duration = Duration::from_secs(60);
-
-/// A change event as a Kafka record: key and value JSON, or the conversion failure.
-pub fn event_record(
-    event: &Document,
-    publish_full_document_only: bool,
-) -> Result<(String, Option<String>), Failure> {
-    let id = event
-        .get("_id")
-        .cloned()
-        .ok_or_else(|| Failure::conversion(Stage::ValueConverter, "change event without _id"))?;
-    let key = Bson::Document(doc! { "_id": id })
-        .into_relaxed_extjson()
-        .to_string();
-    let value = if publish_full_document_only {
-        match event.get("fullDocument") {
-            Some(Bson::Document(d)) => {
-                Some(Bson::Document(d.clone()).into_relaxed_extjson().to_string())
-            }
-            _ => None, // deletes have no full document: a tombstone
-        }
-    } else {
-        Some(
-            Bson::Document(event.clone())
-                .into_relaxed_extjson()
-                .to_string(),
-        )
-    };
-    Ok((key, value))
-}
-
 /// The source task.
 pub struct Source {
     cfg: TaskConfig,
     source: TaskSource,
     mongo: mongodb::Client,
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    admin: Admin,
     handler: Arc<ErrorHandler>,
     metrics: Arc<TaskMetrics>,
     known_topics: std::sync::Mutex<HashSet<String>>,
@@ -207,7 +72,7 @@ pub struct Source {
 
 fn start_failed(failure: Failure) -> TaskFailed {
     TaskFailed {
-        reason: "TaskStartFailed",
+        reason: TerminationReason::TaskStartFailed,
         failure,
         record: None,
     }
@@ -228,19 +93,17 @@ impl Source {
                 false,
             )
         })?;
-        let base = client_config(&cfg.kafka);
-        let producer: FutureProducer = with(&base)
-            .set(
-                "client.id",
-                format!("sluice-{}-{}", cfg.connector, cfg.task_id),
-            )
+        let base = client_config(&cfg.kafka, Credentials::Env);
+        let client_id = names::task_client_id(&cfg.connector, cfg.task_id);
+        let producer: FutureProducer = base
+            .clone()
+            .set("client.id", &client_id)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()
-            .map_err(|e| classify_kafka_error(Stage::KafkaProduce, &e))?;
-        let admin = with(&base)
-            .create()
-            .map_err(|e| classify_kafka_error(Stage::KafkaProduce, &e))?;
+            .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))?;
+        let admin =
+            admin(&base, &client_id).map_err(|e| Failure::kafka(Stage::KafkaProduce, &e.source))?;
         Ok(Self {
             cfg,
             source,
@@ -263,85 +126,32 @@ impl Source {
         {
             return Ok(());
         }
-        let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1));
-        if compacted {
-            new = new.set("cleanup.policy", "compact");
-        }
-        let result = self
-            .admin
-            .create_topics(
-                [&new],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
+        let wanted = WantedTopic {
+            name: topic.into(),
+            partitions: 1,
+            replication_factor: -1,
+            configs: if compacted {
+                [("cleanup.policy".to_string(), "compact".to_string())].into()
+            } else {
+                Default::default()
+            },
+        };
+        let refused = topics::create(&self.admin, &wanted)
             .await
-            .map_err(|e| classify_kafka_error(Stage::KafkaProduce, &e))?;
-        match result.into_iter().next() {
-            Some(Err((_, code)))
-                if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists =>
-            {
-                return Err(Failure::new(
-                    Stage::KafkaProduce,
-                    "org.apache.kafka.common.errors.TopicException",
-                    format!("creating topic {topic}: {code}"),
-                    true,
-                ));
-            }
-            _ => {}
+            .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e.source))?;
+        if let Some(code) = refused {
+            return Err(Failure::new(
+                Stage::KafkaProduce,
+                "org.apache.kafka.common.errors.TopicException",
+                format!("creating topic {topic}: {code}"),
+                true,
+            ));
         }
         self.known_topics
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.into());
         Ok(())
-    }
-
-    /// The stored resume token of this partition name, read from the offsets topic.
-    async fn stored_token(&self) -> Result<Option<ResumeToken>, Failure> {
-        let topic = self.source.offset_storage_topic.clone();
-        self.ensure_topic(&topic, true).await?;
-        let key = offset_key(
-            &self.cfg.namespace,
-            &self.cfg.connector,
-            &self.source.offset_partition_name,
-        );
-        let config = with(&client_config(&self.cfg.kafka))
-            .set("group.id", "sluice-offset-reader")
-            .set("enable.auto.commit", "false")
-            .clone();
-        tokio::task::spawn_blocking(move || read_latest(&config, &topic, &key))
-            .await
-            .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
-    }
-
-    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic.
-    async fn store_token(&self, token: &ResumeToken, at: Option<u32>) -> Result<(), Failure> {
-        let key = offset_key(
-            &self.cfg.namespace,
-            &self.cfg.connector,
-            &self.source.offset_partition_name,
-        );
-        let json = token_json(token);
-        let value = serde_json::json!({ "_id": json }).to_string();
-        let time = token_cluster_time(&json)
-            .or(at)
-            .map(i64::from)
-            .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().as_second());
-        self.metrics
-            .update_resume_token(|r| r.time = Some(rfc3339(time)));
-        self.handler
-            .retry(|| async {
-                self.producer
-                    .send(
-                        FutureRecord::to(&self.source.offset_storage_topic)
-                            .key(&key)
-                            .payload(&value),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
-            })
-            .await
     }
 
     async fn open(
@@ -410,7 +220,7 @@ impl Source {
             return None;
         };
         resume_token_lost(c.code, &c.message).then(|| TaskFailed {
-            reason: "ResumeTokenLost",
+            reason: TerminationReason::ResumeTokenLost,
             failure: Failure::new(
                 Stage::TaskPoll,
                 c.code_name.clone(),
@@ -418,10 +228,10 @@ impl Source {
                 false,
             )
             .with_code(c.code),
-            record: Some(RecordContext {
+            record: Some(Box::new(RecordContext {
                 topic: self.source.offset_partition_name.clone(),
                 ..Default::default()
-            }),
+            })),
         })
     }
 
@@ -441,7 +251,7 @@ impl Source {
             Err(e) => {
                 return Err(self
                     .lost(&e)
-                    .unwrap_or_else(|| start_failed(classify_mongo_error(Stage::TaskPoll, &e))));
+                    .unwrap_or_else(|| start_failed(Failure::mongo(Stage::TaskPoll, &e))));
             }
         };
         if !resumed && self.source.startup_mode == StartupMode::CopyExisting {
@@ -485,11 +295,11 @@ impl Source {
                         if let Some(lost) = self.lost(&e) {
                             return Err(lost);
                         }
-                        let failure = classify_mongo_error(Stage::TaskPoll, &e);
+                        let failure = Failure::mongo(Stage::TaskPoll, &e);
                         self.metrics.record_failure();
                         if !failure.retriable {
                             return Err(TaskFailed {
-                                reason: "ChangeStreamFailed",
+                                reason: TerminationReason::ChangeStreamFailed,
                                 failure,
                                 record: None,
                             });
@@ -505,8 +315,8 @@ impl Source {
                             Ok(s) => s,
                             Err(e) => {
                                 return Err(self.lost(&e).unwrap_or_else(|| TaskFailed {
-                                    reason: "ChangeStreamFailed",
-                                    failure: classify_mongo_error(Stage::TaskPoll, &e),
+                                    reason: TerminationReason::ChangeStreamFailed,
+                                    failure: Failure::mongo(Stage::TaskPoll, &e),
                                     record: None,
                                 }));
                             }
@@ -527,7 +337,7 @@ impl Source {
                     .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok())
                 {
                     self.store_token(&token, at).await.map_err(|f| TaskFailed {
-                        reason: "OffsetStoreFailed",
+                        reason: TerminationReason::OffsetStoreFailed,
                         failure: f,
                         record: None,
                     })?;
@@ -563,7 +373,7 @@ impl Source {
     async fn heartbeat(&self, token: &ResumeToken) -> Result<(), TaskFailed> {
         let topic = self.source.spec.heartbeat.topic.clone();
         let failed = |f| TaskFailed {
-            reason: "HeartbeatFailed",
+            reason: TerminationReason::HeartbeatFailed,
             failure: f,
             record: None,
         };
@@ -576,7 +386,7 @@ impl Source {
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|(e, _)| failed(classify_kafka_error(Stage::KafkaProduce, &e)))?;
+            .map_err(|(e, _)| failed(Failure::kafka(Stage::KafkaProduce, &e)))?;
         self.store_token(token, None).await.map_err(failed)
     }
 
@@ -640,7 +450,7 @@ impl Source {
                     .send(record, Duration::from_secs(30))
                     .await
                     .map(|_| ())
-                    .map_err(|(e, _)| classify_kafka_error(Stage::KafkaProduce, &e))
+                    .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
             })
         });
         let results = futures::future::join_all(sends).await;
@@ -659,8 +469,8 @@ impl Source {
     /// `copyExisting`: every document of the watched collections as an insert event, before streaming.
     async fn copy_existing(&self) -> Result<(), TaskFailed> {
         let failed = |e: mongodb::error::Error| TaskFailed {
-            reason: "CopyExistingFailed",
-            failure: classify_mongo_error(Stage::TaskPoll, &e),
+            reason: TerminationReason::CopyExistingFailed,
+            failure: Failure::mongo(Stage::TaskPoll, &e),
             record: None,
         };
         let m = &self.cfg.mongodb;
@@ -710,10 +520,6 @@ impl Source {
     }
 }
 
-fn with(base: &ClientConfig) -> ClientConfig {
-    base.clone()
-}
-
 /// `startAtOperationTime`: RFC 3339 or seconds since the epoch.
 pub fn parse_operation_time(s: &str) -> Option<mongodb::bson::Timestamp> {
     let secs = s.parse::<u32>().ok().or_else(|| {
@@ -727,76 +533,9 @@ pub fn parse_operation_time(s: &str) -> Option<mongodb::bson::Timestamp> {
     })
 }
 
-/// The last value stored under `key` in the offsets topic (read from its start to its end).
-fn read_latest(
-    config: &ClientConfig,
-    topic: &str,
-    key: &str,
-) -> Result<Option<ResumeToken>, Failure> {
-    let consumer: BaseConsumer = config
-        .create()
-        .map_err(|e| classify_kafka_error(Stage::KafkaConsume, &e))?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| classify_kafka_error(Stage::KafkaConsume, &e))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| classify_kafka_error(Stage::KafkaConsume, &e))?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(|e| classify_kafka_error(Stage::KafkaConsume, &e))?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(None);
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| classify_kafka_error(Stage::KafkaConsume, &e))?;
-    let mut latest = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ends.is_empty() && Instant::now() < deadline {
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let msg = msg.map_err(|e| classify_kafka_error(Stage::KafkaConsume, &e))?;
-        if msg.key() == Some(key.as_bytes()) {
-            latest = msg.payload().map(<[u8]>::to_vec);
-        }
-        if ends
-            .get(&msg.partition())
-            .is_some_and(|end| msg.offset() + 1 >= *end)
-        {
-            ends.remove(&msg.partition());
-        }
-    }
-    let Some(value) = latest else { return Ok(None) };
-    let parsed: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
-        Failure::conversion(
-            Stage::KafkaConsume,
-            format!("stored offset is not JSON: {e}"),
-        )
-    })?;
-    let token = parsed["_id"]
-        .as_str()
-        .and_then(|t| serde_json::from_str(t).ok());
-    Ok(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::connector::SourceSpec;
 
     #[test]
     fn lost_resume_points_are_recognised() {
@@ -818,52 +557,6 @@ mod tests {
                 && resume_token_lost(40585, "")
         );
         assert!(!resume_token_lost(91, "ShutdownInProgress"));
-    }
-
-    #[test]
-    fn a_replica_set_token_tells_its_cluster_time() {
-        // A real token: KeyString 0x82, seconds 0x6553F100, increment 1, then the event's identity.
-        let token = r#"{"_data":"826553F100000000012B022C0100296E5A1004"}"#;
-        assert_eq!(token_cluster_time(token), Some(0x6553_F100));
-        assert_eq!(token_cluster_time(r#"{"_data":"0000000a00000001"}"#), None);
-        assert_eq!(token_cluster_time("not json"), None);
-    }
-
-    #[test]
-    fn topics_follow_the_mongodb_connector_naming() {
-        let mut s = SourceSpec {
-            topic_prefix: Some("cdc".into()),
-            ..Default::default()
-        };
-        assert_eq!(topic_for(&s, "shop", "orders"), "cdc.shop.orders");
-        s.topic_suffix = Some("v1".into());
-        assert_eq!(topic_for(&s, "shop", "orders"), "cdc.shop.orders.v1");
-        s.topic_namespace_map = Some(BTreeMap::from([
-            ("shop.orders".into(), "orders".into()),
-            ("shop".into(), "shop-all".into()),
-        ]));
-        assert_eq!(topic_for(&s, "shop", "orders"), "orders");
-        assert_eq!(topic_for(&s, "shop", "users"), "shop-all");
-    }
-
-    #[test]
-    fn events_become_records_keyed_by_their_id() {
-        let event = doc! { "_id": { "_data": "8263" }, "operationType": "insert", "fullDocument": { "_id": 1, "item": "apple" } };
-        let (key, value) = event_record(&event, false).unwrap();
-        assert_eq!(key, r#"{"_id":{"_data":"8263"}}"#);
-        assert!(value.unwrap().contains(r#""operationType":"insert""#));
-        let (_, only) = event_record(&event, true).unwrap();
-        assert_eq!(only.unwrap(), r#"{"_id":1,"item":"apple"}"#);
-        let delete = doc! { "_id": { "_data": "8264" }, "operationType": "delete" };
-        assert_eq!(
-            event_record(&delete, true).unwrap().1,
-            None,
-            "a delete is a tombstone"
-        );
-        assert_eq!(
-            offset_key("shop", "orders", "orders.2"),
-            r#"["shop/orders",{"ns":"orders.2"}]"#
-        );
     }
 
     #[test]

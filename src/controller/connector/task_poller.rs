@@ -22,10 +22,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::Context;
-use super::connector::{LABEL_CONNECTOR, LABEL_TASK, TASK_HTTP_PORT};
+use crate::controller::Context;
 use crate::crd::Connector;
-use crate::task::metrics::StatusReport;
+use crate::names::{LABEL_CONNECTOR, LABEL_TASK, TASK_HTTP_PORT};
+use crate::wire::StatusReport;
 
 /// How long one task may take to answer.
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);

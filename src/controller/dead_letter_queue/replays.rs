@@ -11,24 +11,29 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt};
+use kube::api::ListParams;
+use kube::{Api, Resource, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::json;
+use tracing::warn;
 
-use super::{Error, Result, pods};
+use crate::controller::events::{EventType, reason};
+use crate::controller::pod_status::{self, PodPhase};
+use crate::controller::pod_template::{self, PodDefaults, PodParts};
+use crate::controller::{Context, Error, Result, apply};
 use crate::crd::DeadLetterQueue;
 use crate::crd::dead_letter_queue::{Replay, ReplayCounts, ReplayStatus, replay_phase};
-use crate::replay::{ReplayConfig, decode_counts, replay_group};
-use crate::task::config::TaskKafka;
+use crate::names;
+use crate::wire::replay_config::decode_counts;
+use crate::wire::{ReplayConfig, TaskKafka, TerminationReason};
 
-pub const LABEL_DEAD_LETTER_QUEUE: &str = "sluice.dev/dead-letter-queue";
-pub const LABEL_REPLAY: &str = "sluice.dev/replay";
 /// How often a failed replay pod is replaced before the replay is `Failed`.
 pub const MAX_RESTARTS: i32 = 5;
+/// How long reading a replay's committed progress may take.
+const PROGRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn pod_name(dlq: &DeadLetterQueue, id: &str) -> String {
-    format!("{}-replay-{id}", dlq.name_any())
+    names::replay_pod(&dlq.name_any(), id)
 }
 
 /// A replay pod as the planner sees it.
@@ -36,26 +41,23 @@ pub fn pod_name(dlq: &DeadLetterQueue, id: &str) -> String {
 pub struct ObservedReplayPod {
     pub id: String,
     pub name: String,
-    pub phase: String,
+    pub phase: PodPhase,
     pub deleting: bool,
-    /// The termination message's reason and message, or the exit code.
-    pub termination: Option<(String, String)>,
+    /// The termination reason and message, or the kubelet's reason and the exit code.
+    pub termination: Option<(TerminationReason, String)>,
     /// The final counts from the termination message.
     pub counts: Option<ReplayCounts>,
 }
 
 impl ObservedReplayPod {
     pub fn from_pod(pod: &Pod) -> Option<Self> {
-        let id = pod.labels().get(LABEL_REPLAY)?.clone();
-        let status = pod.status.clone().unwrap_or_default();
-        let ended = pods::ended(pod);
-        let counts = ended
-            .as_ref()
-            .and_then(|e| serde_json::from_value(e.parsed.clone()?["replay"].clone()).ok());
+        let id = pod.labels().get(names::LABEL_REPLAY)?.clone();
+        let ended = pod_status::ended(pod);
+        let counts = ended.as_ref().and_then(|e| e.termination.as_ref()?.replay);
         Some(Self {
             id,
             name: pod.name_any(),
-            phase: status.phase.unwrap_or_else(|| "Pending".into()),
+            phase: PodPhase::of(pod),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             termination: ended.map(|e| (e.reason, e.message)),
             counts,
@@ -138,7 +140,7 @@ pub fn plan_replays(
         match pod {
             None => plan.create_pod = Some(replay.id.clone()),
             Some(p) if p.deleting => {}
-            Some(p) if p.phase == "Succeeded" => {
+            Some(p) if p.phase == PodPhase::Succeeded => {
                 let counts = p.counts.unwrap_or(st.counts);
                 st.phase = replay_phase::SUCCEEDED.into();
                 st.counts = counts;
@@ -149,28 +151,30 @@ pub fn plan_replays(
                 plan.delete_pods.push(p.name.clone());
                 plan.events.push(ReplayEvent {
                     warning: false,
-                    reason: "ReplayCompleted",
+                    reason: reason::REPLAY_COMPLETED,
                     note: format!("replay {}: {}", st.id, summary(&counts, st.dry_run)),
                 });
                 running = None;
             }
-            Some(p) if p.phase == "Failed" => {
-                let (reason, message) = p
-                    .termination
-                    .clone()
-                    .unwrap_or_else(|| ("Error".into(), "no termination message".into()));
+            Some(p) if p.phase == PodPhase::Failed => {
+                let (reason, message) = p.termination.clone().unwrap_or_else(|| {
+                    (
+                        TerminationReason::Other("Error".into()),
+                        "no termination message".into(),
+                    )
+                });
                 if let Some(c) = p.counts {
                     st.counts = c;
                 }
                 plan.delete_pods.push(p.name.clone());
-                if reason == "ConfigInvalid" || st.restarts >= MAX_RESTARTS {
+                if reason == TerminationReason::ConfigInvalid || st.restarts >= MAX_RESTARTS {
                     st.phase = replay_phase::FAILED.into();
                     st.completion_time = Some(now.to_string());
                     st.pod = None;
                     st.message = Some(format!("{reason}: {message}"));
                     plan.events.push(ReplayEvent {
                         warning: true,
-                        reason: "ReplayFailed",
+                        reason: reason::REPLAY_FAILED,
                         note: format!(
                             "replay {} failed after {} restarts: {reason}: {message}",
                             st.id, st.restarts
@@ -185,7 +189,7 @@ pub fn plan_replays(
                     ));
                     plan.events.push(ReplayEvent {
                         warning: true,
-                        reason: "ReplayRestarted",
+                        reason: reason::REPLAY_RESTARTED,
                         note: format!(
                             "replay {}: {}",
                             st.id,
@@ -241,11 +245,7 @@ pub fn replay_config(
 }
 
 /// The replay pod, owned by the DeadLetterQueue.
-pub fn build_pod(
-    dlq: &DeadLetterQueue,
-    cfg: &ReplayConfig,
-    defaults: &pods::PodDefaults,
-) -> Result<Pod> {
+pub fn build_pod(dlq: &DeadLetterQueue, cfg: &ReplayConfig, defaults: &PodDefaults) -> Result<Pod> {
     let owner = dlq
         .controller_owner_ref(&())
         .ok_or_else(|| Error::NotNamespaced(dlq.name_any()))?;
@@ -253,70 +253,43 @@ pub fn build_pod(
         what: "replay config",
         source,
     })?;
-    let mut env = pods::downward_env();
-    env.push(json!({ "name": "SLUICE_REPLAY_CONFIG", "value": config }));
-    env.extend(pods::kafka_env(&dlq.spec.kafka));
-    let (volumes, mounts) = pods::kafka_tls_volumes(&dlq.spec.kafka);
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "name": pod_name(dlq, &cfg.replay.id), "namespace": dlq.namespace(),
-            "labels": {
-                "app.kubernetes.io/name": "sluice-replay",
-                "app.kubernetes.io/instance": dlq.name_any(),
-                "app.kubernetes.io/managed-by": "sluice",
-                LABEL_DEAD_LETTER_QUEUE: dlq.name_any(),
-                LABEL_REPLAY: cfg.replay.id,
-            },
-            "ownerReferences": [owner],
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 30,
-            "securityContext": pods::pod_security_context(),
-            "volumes": volumes,
-            "containers": [{
-                "name": "replay",
-                "image": defaults.image,
-                "args": ["replay"],
-                "env": env,
-                "volumeMounts": mounts,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": pods::container_security_context(),
-            }],
-        },
-    });
-    if let Some(sa) = &defaults.service_account {
-        pod["spec"]["serviceAccountName"] = json!(sa);
-    }
-    serde_json::from_value(pod).map_err(|source| Error::Serialize {
-        what: "Pod",
-        source,
-    })
+    let mut env = vec![pod_template::plain_env("SLUICE_REPLAY_CONFIG", &config)];
+    env.extend(pod_template::kafka_env(&dlq.spec.kafka));
+    let (volumes, mounts) = pod_template::kafka_tls_volumes(&dlq.spec.kafka);
+    let parts = PodParts {
+        name: pod_name(dlq, &cfg.replay.id),
+        namespace: dlq.namespace().unwrap_or_default(),
+        labels: names::replay_labels(&dlq.name_any(), &cfg.replay.id),
+        owner: Some(owner),
+        container: "replay".into(),
+        image: defaults.image.clone(),
+        args: vec!["replay".into()],
+        env,
+        volumes,
+        mounts,
+        ..Default::default()
+    };
+    Ok(pod_template::restricted_pod(parts, defaults))
 }
 
 /// Counts and records left of a running replay, from its committed progress (blocking: run it on a
 /// blocking thread). `starts` are the partitions' start offsets now.
 pub fn read_progress(
-    props: &BTreeMap<String, String>,
+    kafka: &ClientConfig,
     topic: &str,
     dlq: &DeadLetterQueue,
     status: &ReplayStatus,
     starts: &BTreeMap<i32, i64>,
 ) -> Result<(ReplayCounts, i64), rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    for (k, v) in props {
-        config.set(k, v);
-    }
-    let group = replay_group(
+    let group = names::replay_group(
         &dlq.namespace().unwrap_or_default(),
         &dlq.name_any(),
         &status.id,
     );
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer = kafka
+        .clone()
         .set("group.id", &group)
-        .set("client.id", "sluice-operator")
+        .set("client.id", names::OPERATOR_CLIENT_ID)
         .set("enable.auto.commit", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
@@ -328,7 +301,7 @@ pub fn read_progress(
     for p in ends.keys() {
         tpl.add_partition(topic, *p);
     }
-    let committed = consumer.committed_offsets(tpl, std::time::Duration::from_secs(10))?;
+    let committed = consumer.committed_offsets(tpl, PROGRESS_TIMEOUT)?;
     let mut counts = ReplayCounts::default();
     let mut remaining = 0;
     for (p, end) in ends {
@@ -344,6 +317,174 @@ pub fn read_progress(
         remaining += (end - next.unwrap_or(start).max(start)).max(0);
     }
     Ok((counts, remaining))
+}
+
+/// Runs `spec.replays` (see [`replay`]): applies the plan — events, pod deletions, the start of the next
+/// replay (recorded in status before its pod exists), a missing pod — and reads the running replay's
+/// progress. Returns `status.replays` and whether a replay is running.
+pub async fn reconcile_replays(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    topic: &str,
+    kafka: &ClientConfig,
+    watermarks: Option<&[(i32, i64, i64)]>,
+) -> Result<(Vec<ReplayStatus>, bool)> {
+    let ns = dlq.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{}={}", names::LABEL_DEAD_LETTER_QUEUE, dlq.name_any());
+    let observed: Vec<_> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(ObservedReplayPod::from_pod)
+        .collect();
+    let old = dlq.status.clone().unwrap_or_default().replays;
+    let now = Timestamp::now();
+    let mut plan = plan_replays(&dlq.spec.replays, &old, &observed, now);
+    for e in &plan.events {
+        let type_ = if e.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.events.about(dlq, type_, e.reason, &e.note).await;
+    }
+    for name in &plan.delete_pods {
+        apply::delete(&pods, name).await?;
+    }
+    if let (Some(id), Some(watermarks)) = (plan.start.clone(), watermarks) {
+        let spec = dlq
+            .spec
+            .replays
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .unwrap_or_default();
+        let missing_target = match &spec.target_topic {
+            Some(t) => {
+                let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
+                crate::kafka::topics::metadata(&admin, t)
+                    .await?
+                    .is_none()
+                    .then(|| t.clone())
+            }
+            None => None,
+        };
+        let st = plan
+            .statuses
+            .iter_mut()
+            .find(|s| s.id == id)
+            .expect("planned");
+        if let Some(target) = missing_target {
+            let message =
+                format!("target topic {target} does not exist; the replay starts once it does");
+            if old
+                .iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.message.as_ref())
+                != Some(&message)
+            {
+                let note = format!("replay {id}: {message}");
+                ctx.events
+                    .about(
+                        dlq,
+                        EventType::Warning,
+                        reason::REPLAY_TARGET_MISSING,
+                        &note,
+                    )
+                    .await;
+            }
+            st.message = Some(message);
+        } else {
+            st.phase = replay_phase::RUNNING.into();
+            st.start_time = Some(now.to_string());
+            st.end_offsets = watermarks
+                .iter()
+                .map(|&(p, _, high)| (p.to_string(), high))
+                .collect();
+            st.remaining = watermarks.iter().map(|&(_, low, high)| high - low).sum();
+            st.pod = Some(pod_name(dlq, &id));
+            st.message = Some("reading up to the end offsets taken at the start".into());
+            let note = format!(
+                "replay {id} started{}: {} records up to end offsets {:?}, to {}",
+                if spec.dry_run { " (dry run)" } else { "" },
+                st.remaining,
+                st.end_offsets,
+                spec.target_topic
+                    .as_deref()
+                    .unwrap_or("their original topics"),
+            );
+            // Status, not the pod, is the record that this replay began: written first, guarded by the
+            // resourceVersion this reconcile read, so a stale view can't start it twice.
+            write_replays_guarded(ctx, dlq, &plan.statuses).await?;
+            ctx.events
+                .about(dlq, EventType::Normal, reason::REPLAY_STARTED, &note)
+                .await;
+            plan.create_pod = Some(id);
+        }
+    }
+    if let Some(id) = &plan.create_pod {
+        let spec = dlq.spec.replays.iter().find(|r| &r.id == id);
+        let st = plan.statuses.iter_mut().find(|s| &s.id == id);
+        if let (Some(spec), Some(st)) = (spec, st) {
+            let cfg = replay_config(dlq, topic, spec, st);
+            let pod = build_pod(dlq, &cfg, &ctx.config.pods)?;
+            apply::create(&pods, &pod).await?;
+            st.pod = Some(pod.name_any());
+        }
+    }
+    let starts: BTreeMap<i32, i64> = watermarks
+        .unwrap_or_default()
+        .iter()
+        .map(|&(p, low, _)| (p, low))
+        .collect();
+    let mut running = false;
+    for st in plan
+        .statuses
+        .iter_mut()
+        .filter(|s| s.phase == replay_phase::RUNNING)
+    {
+        running = true;
+        let (kafka, topic, dlq, status, starts) = (
+            kafka.clone(),
+            topic.to_string(),
+            dlq.clone(),
+            st.clone(),
+            starts.clone(),
+        );
+        let progress = tokio::task::spawn_blocking(move || {
+            read_progress(&kafka, &topic, &dlq, &status, &starts)
+        })
+        .await;
+        match progress {
+            Ok(Ok((counts, remaining))) => {
+                st.counts = counts;
+                st.remaining = remaining;
+            }
+            Ok(Err(err)) => warn!(replay = %st.id, error = %err, "reading replay progress failed"),
+            Err(err) => warn!(replay = %st.id, error = %err, "replay progress task failed"),
+        }
+    }
+    Ok((plan.statuses, running))
+}
+
+/// Writes `status.replays` only if the DeadLetterQueue is still at the resourceVersion this reconcile read.
+async fn write_replays_guarded(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    replays: &[ReplayStatus],
+) -> Result<()> {
+    let api: Api<DeadLetterQueue> =
+        Api::namespaced(ctx.client.clone(), &dlq.namespace().unwrap_or_default());
+    apply::apply_status(
+        &api,
+        &dlq.name_any(),
+        &serde_json::json!({ "replays": replays }),
+        dlq.resource_version(),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -367,11 +508,11 @@ mod tests {
         }
     }
 
-    fn pod(id: &str, phase: &str) -> ObservedReplayPod {
+    fn pod(id: &str, phase: PodPhase) -> ObservedReplayPod {
         ObservedReplayPod {
             id: id.into(),
             name: format!("dlq-replay-{id}"),
-            phase: phase.into(),
+            phase,
             ..Default::default()
         }
     }
@@ -392,7 +533,7 @@ mod tests {
         );
         // a runs: nothing else starts; b and c wait.
         let old = [status("a", replay_phase::RUNNING)];
-        let plan = plan_replays(&spec, &old, &[pod("a", "Running")], now());
+        let plan = plan_replays(&spec, &old, &[pod("a", PodPhase::Running)], now());
         assert_eq!((plan.start, plan.create_pod), (None, None));
         // a finished: b starts, a is never run again.
         let old = [status("a", replay_phase::SUCCEEDED)];
@@ -415,7 +556,7 @@ mod tests {
     fn a_finished_pod_completes_the_replay_with_its_counts() {
         let spec = [replay("a"), replay("b")];
         let old = [status("a", replay_phase::RUNNING)];
-        let mut done = pod("a", "Succeeded");
+        let mut done = pod("a", PodPhase::Succeeded);
         done.counts = Some(ReplayCounts {
             matched: 4,
             replayed: 3,
@@ -441,8 +582,8 @@ mod tests {
     #[test]
     fn a_failed_pod_is_replaced_until_the_limit_then_the_replay_fails() {
         let spec = [replay("a")];
-        let mut failed = pod("a", "Failed");
-        failed.termination = Some(("ReplayKafkaError".into(), "broker down".into()));
+        let mut failed = pod("a", PodPhase::Failed);
+        failed.termination = Some((TerminationReason::ReplayKafkaError, "broker down".into()));
         let old = [status("a", replay_phase::RUNNING)];
         let plan = plan_replays(&spec, &old, std::slice::from_ref(&failed), now());
         assert_eq!(plan.statuses[0].phase, replay_phase::RUNNING);
@@ -456,7 +597,7 @@ mod tests {
         assert_eq!(plan.statuses[0].phase, replay_phase::FAILED);
         assert_eq!(plan.events[0].reason, "ReplayFailed");
 
-        failed.termination = Some(("ConfigInvalid".into(), "bad".into()));
+        failed.termination = Some((TerminationReason::ConfigInvalid, "bad".into()));
         let plan = plan_replays(&spec, &old, &[failed], now());
         assert_eq!(
             plan.statuses[0].phase,
@@ -468,7 +609,7 @@ mod tests {
     #[test]
     fn a_replay_removed_from_the_spec_is_cancelled() {
         let old = [status("a", replay_phase::RUNNING)];
-        let plan = plan_replays(&[], &old, &[pod("a", "Running")], now());
+        let plan = plan_replays(&[], &old, &[pod("a", PodPhase::Running)], now());
         assert!(plan.statuses.is_empty());
         assert_eq!(plan.delete_pods, ["dlq-replay-a"]);
     }
@@ -490,7 +631,7 @@ spec:
         let st = status("fix-1", replay_phase::RUNNING);
         let cfg = replay_config(&dlq, "orders-dlq", &replay("fix-1"), &st);
         assert_eq!(cfg.end_offsets, BTreeMap::from([(0, 10)]));
-        let defaults = pods::PodDefaults {
+        let defaults = PodDefaults {
             image: "sluice:dev".into(),
             service_account: Some("sluice-task".into()),
         };
@@ -502,7 +643,7 @@ spec:
             "DeadLetterQueue"
         );
         let c = &json["spec"]["containers"][0];
-        assert_eq!(c["args"], json!(["replay"]));
+        assert_eq!(c["args"], serde_json::json!(["replay"]));
         assert_eq!(json["spec"]["serviceAccountName"], "sluice-task");
         assert_eq!(json["spec"]["automountServiceAccountToken"], false);
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);

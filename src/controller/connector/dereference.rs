@@ -1,0 +1,121 @@
+//! Everything a Connector reconcile reads before it decides (reads only): the Secrets and the
+//! DeadLetterQueue the spec references, whether the topics it needs exist, its task pods, and its tasks'
+//! latest reports.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::plan::ObservedPod;
+use super::task_poller::Sample;
+use crate::controller::secrets::{Secrets, kafka_secret_names};
+use crate::controller::{Context, Result};
+use crate::crd::{Connector, DeadLetterQueue};
+use crate::kafka::{self, Credentials};
+use crate::names;
+use crate::wire::TaskKafka;
+
+/// What a Connector's spec points at, and its pods, as read now.
+#[derive(Debug, Default)]
+pub struct Dereferenced {
+    pub secrets: Secrets,
+    /// The referenced DeadLetterQueue, if the spec names one and it exists.
+    pub dead_letter_queue: Option<DeadLetterQueue>,
+    /// The topics the Connector reads or writes without creating them, in spec order, with what the broker
+    /// said (`Ok(false)`: missing; `Err`: Kafka could not be asked). Looked up until the first that is not
+    /// there; none when the Kafka credentials can't be read.
+    pub topics: Vec<TopicLookup>,
+    /// The Connector's task pods.
+    pub pods: Vec<ObservedPod>,
+    /// The latest report of each running task.
+    pub samples: BTreeMap<u32, Sample>,
+}
+
+/// One topic the spec needs, and whether it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicLookup {
+    pub topic: String,
+    /// The spec field naming it.
+    pub field: &'static str,
+    pub exists: Result<bool, String>,
+}
+
+/// The topics a Connector needs to exist: the sink's topics, and a plain dead-letter topic.
+pub fn needed_topics(conn: &Connector) -> Vec<(String, &'static str)> {
+    let mut needed = Vec::new();
+    if let Some(topics) = conn.spec.sink.as_ref().and_then(|s| s.topics.as_ref()) {
+        needed.extend(topics.iter().map(|t| (t.clone(), "spec.sink.topics")));
+    }
+    if let Some(topic) = &conn.spec.errors.dead_letter_queue_topic {
+        needed.push((topic.clone(), "spec.errors.deadLetterQueueTopic"));
+    }
+    needed
+}
+
+pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<Dereferenced> {
+    let client = &ctx.client;
+    let uri = &conn.spec.mongodb.connection_uri_secret_ref;
+    let mut wanted = vec![uri.name.clone()];
+    wanted.extend(kafka_secret_names(&conn.spec.kafka));
+    let secrets = Secrets::read(client, ns, wanted).await?;
+    let dead_letter_queue = match &conn.spec.errors.dead_letter_queue_ref {
+        Some(r) => {
+            Api::<DeadLetterQueue>::namespaced(client.clone(), ns)
+                .get_opt(&r.name)
+                .await?
+        }
+        None => None,
+    };
+    let mut topics = Vec::new();
+    let needed = needed_topics(conn);
+    if let (false, Ok(creds)) = (
+        needed.is_empty(),
+        secrets.kafka_credentials(&conn.spec.kafka, "spec.kafka"),
+    ) {
+        let config = kafka::client_config(
+            &TaskKafka::from(&conn.spec.kafka),
+            Credentials::Secrets(&creds),
+        );
+        let admin = kafka::admin::admin(&config, names::OPERATOR_CLIENT_ID)?;
+        for (topic, field) in needed {
+            let exists = kafka::topics::metadata(&admin, &topic)
+                .await
+                .map(|m| m.is_some())
+                .map_err(|e| e.to_string());
+            let found = exists == Ok(true);
+            topics.push(TopicLookup {
+                topic,
+                field,
+                exists,
+            });
+            if !found {
+                break;
+            }
+        }
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            names::LABEL_CONNECTOR,
+            conn.name_any()
+        )))
+        .await?
+        .items
+        .iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == conn.uid().as_ref())
+        })
+        .map(ObservedPod::from_pod)
+        .collect();
+    Ok(Dereferenced {
+        secrets,
+        dead_letter_queue,
+        topics,
+        pods,
+        samples: ctx.reports.of(ns, &conn.name_any()),
+    })
+}

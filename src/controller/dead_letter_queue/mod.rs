@@ -1,0 +1,264 @@
+//! The DeadLetterQueue reconciler. A reconcile is a fixed list of steps:
+//! 1. dereference: the Secrets the Kafka connection references, and the Connectors of the namespace;
+//! 2. validate (pure): the Kafka credentials resolve, or a [`super::Problem`];
+//! 3. [`topic`]: create the topic or bring its partitions (only up) and configs to the spec, and the `Ready`
+//!    condition for what the broker has (deleting the resource keeps the topic);
+//! 4. [`inspect`]: read what is new in the topic (depth, times, counts by error class);
+//! 5. [`replays`]: run `spec.replays` one at a time as replay pods, and read their progress;
+//! 6. status, written when it changed.
+
+pub mod inspect;
+pub mod replays;
+pub mod topic;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use rdkafka::ClientConfig;
+use tracing::warn;
+
+use super::conditions::{self, READY};
+use super::events::EventType;
+use super::secrets::{Secrets, kafka_secret_names};
+use super::{Context, Error, RETRY_AFTER_ERROR, Result, apply};
+use crate::crd::dead_letter_queue::{Inspection, TopicStatus};
+use crate::crd::{Connector, DeadLetterQueue, DeadLetterQueueStatus};
+use crate::kafka::{self, Credentials};
+use crate::names;
+use crate::wire::TaskKafka;
+
+const CONTROLLER: &str = "deadletterqueue";
+const RETRY_PROBLEM: Duration = Duration::from_secs(15);
+/// How often a running replay's progress is read into status at most.
+const REPLAY_PROGRESS_REFRESH: Duration = Duration::from_secs(10);
+/// How soon the inspection goes on when one refresh did not read everything.
+const BACKLOG_REFRESH: Duration = Duration::from_millis(100);
+
+/// Connectors in the list that send failed records to this queue.
+pub fn referencing_connectors(dlq: &DeadLetterQueue, connectors: &[Connector]) -> Vec<String> {
+    let mut names: Vec<String> = connectors
+        .iter()
+        .filter(|c| {
+            c.spec
+                .errors
+                .dead_letter_queue_ref
+                .as_ref()
+                .is_some_and(|r| r.name == dlq.name_any())
+        })
+        .map(|c| c.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tracing::instrument(skip_all, fields(dlq = %dlq.name_any(), namespace = dlq.namespace().unwrap_or_default()))]
+async fn reconcile(dlq: Arc<DeadLetterQueue>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = reconcile_dead_letter_queue(&dlq, &ctx).await;
+    ctx.metrics
+        .observe(CONTROLLER, result.is_ok(), started.elapsed());
+    result
+}
+
+async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Result<Action> {
+    let ns = dlq
+        .namespace()
+        .ok_or_else(|| Error::NotNamespaced(dlq.name_any()))?;
+    let old = dlq.status.clone().unwrap_or_default();
+    let secrets = Secrets::read(&ctx.client, &ns, kafka_secret_names(&dlq.spec.kafka)).await?;
+    let connectors = Api::<Connector>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await?
+        .items;
+
+    let kafka = secrets
+        .kafka_credentials(&dlq.spec.kafka, "spec.kafka")
+        .map(|creds| {
+            kafka::client_config(
+                &TaskKafka::from(&dlq.spec.kafka),
+                Credentials::Secrets(&creds),
+            )
+        });
+    let topic = match &kafka {
+        Ok(config) => topic::ensure(dlq, config).await?,
+        Err(problem) => Err(problem.clone()),
+    };
+    let ready = topic::ready_condition(dlq, topic.as_ref());
+    if old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .is_none_or(|c| c.reason != ready.reason)
+    {
+        let type_ = if ready.status {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        ctx.events
+            .about(dlq, type_, &ready.reason, &ready.message)
+            .await;
+    }
+
+    let mut inspection = old.inspection.clone();
+    let mut backlog = false;
+    let mut replay_running = false;
+    let mut replays = old.replays.clone();
+    if let (Ok(t), Ok(config)) = (&topic, &kafka) {
+        let refresh = inspect_topic(dlq, t, config, old.inspection.clone()).await;
+        backlog = refresh.backlog;
+        inspection = refresh.inspection.or(inspection);
+        (replays, replay_running) =
+            replays::reconcile_replays(ctx, dlq, &t.name, config, refresh.watermarks.as_deref())
+                .await?;
+    }
+
+    let status = DeadLetterQueueStatus {
+        replays,
+        inspection,
+        observed_generation: dlq.metadata.generation,
+        conditions: conditions::merge(
+            &old.conditions,
+            std::slice::from_ref(&ready),
+            dlq.metadata.generation,
+            Timestamp::now(),
+        ),
+        topic: topic.as_ref().ok().cloned().or(old.topic.clone()),
+        connectors: referencing_connectors(dlq, &connectors),
+    };
+    if dlq.status.as_ref() != Some(&status) {
+        let api: Api<DeadLetterQueue> = Api::namespaced(ctx.client.clone(), &ns);
+        apply::apply_status(&api, &dlq.name_any(), &status, None).await?;
+    }
+    Ok(Action::requeue(if backlog {
+        BACKLOG_REFRESH
+    } else if replay_running {
+        ctx.config.dead_letter_refresh.min(REPLAY_PROGRESS_REFRESH)
+    } else if ready.status {
+        ctx.config.dead_letter_refresh
+    } else {
+        RETRY_PROBLEM
+    }))
+}
+
+/// One inspection refresh: the new inspection (`None` when reading failed — logged; the last one stays),
+/// the watermarks seen, and whether records are left to read.
+struct Refresh {
+    inspection: Option<Inspection>,
+    watermarks: Option<Vec<(i32, i64, i64)>>,
+    backlog: bool,
+}
+
+async fn inspect_topic(
+    dlq: &DeadLetterQueue,
+    topic: &TopicStatus,
+    kafka: &ClientConfig,
+    old: Option<Inspection>,
+) -> Refresh {
+    let (config, name) = (kafka.clone(), topic.name.clone());
+    let cursor = old
+        .as_ref()
+        .map(|i| i.scanned_offsets.clone())
+        .unwrap_or_default();
+    let scanned = tokio::task::spawn_blocking(move || {
+        inspect::scan(&config, &name, &cursor, inspect::MAX_RECORDS_PER_REFRESH)
+    })
+    .await;
+    match scanned {
+        Ok(Ok(scan)) => Refresh {
+            backlog: scan.records.len() >= inspect::MAX_RECORDS_PER_REFRESH,
+            watermarks: Some(scan.watermarks.clone()),
+            inspection: Some(inspect::apply_scan(&old.unwrap_or_default(), &scan)),
+        },
+        Ok(Err(err)) => {
+            warn!(dlq = %dlq.name_any(), error = %err, "inspecting the topic failed");
+            Refresh {
+                inspection: None,
+                watermarks: None,
+                backlog: false,
+            }
+        }
+        Err(err) => {
+            warn!(dlq = %dlq.name_any(), error = %err, "inspection task failed");
+            Refresh {
+                inspection: None,
+                watermarks: None,
+                backlog: false,
+            }
+        }
+    }
+}
+
+fn error_policy(dlq: Arc<DeadLetterQueue>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(dlq = %dlq.name_any(), error = %err, "reconcile failed; retrying");
+    Action::requeue(RETRY_AFTER_ERROR)
+}
+
+/// Runs the DeadLetterQueue controller until shutdown. A Connector change re-reconciles the queue it
+/// references, so `status.connectors` follows.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (dlqs, connectors, pods) = match &ctx.config.namespace {
+        Some(ns) => (
+            Api::<DeadLetterQueue>::namespaced(client.clone(), ns),
+            Api::<Connector>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    Controller::new(dlqs, watcher::Config::default())
+        .owns(
+            pods,
+            watcher::Config::default().labels(names::LABEL_DEAD_LETTER_QUEUE),
+        )
+        .watches(connectors, watcher::Config::default(), |conn: Connector| {
+            let ns = conn.namespace();
+            conn.spec.errors.dead_letter_queue_ref.clone().map(|r| {
+                ObjectRef::<DeadLetterQueue>::new(&r.name).within(ns.as_deref().unwrap_or_default())
+            })
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic::tests::{ORDERS, dlq};
+    use super::*;
+
+    #[test]
+    fn referencing_connectors_are_listed_by_name() {
+        let conn = |name: &str, dlq: Option<&str>| -> Connector {
+            let mut c: Connector = serde_json::from_value(serde_json::json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector", "metadata": { "name": name },
+                "spec": { "type": "mongodb-sink", "kafka": { "bootstrapServers": "k:9092" },
+                          "mongodb": { "connectionUriSecretRef": { "name": "m", "key": "uri" } },
+                          "sink": { "topics": ["t"] } }
+            }))
+            .unwrap();
+            c.spec.errors.dead_letter_queue_ref =
+                dlq.map(|n| crate::crd::LocalObjectRef { name: n.into() });
+            c
+        };
+        let all = [
+            conn("b", Some("orders-dlq")),
+            conn("a", Some("orders-dlq")),
+            conn("c", Some("other")),
+            conn("d", None),
+        ];
+        assert_eq!(referencing_connectors(&dlq(ORDERS), &all), ["a", "b"]);
+    }
+}

@@ -1,0 +1,204 @@
+//! A DeadLetterQueue's topic: what the spec wants (partitions, replication, configs — retention among them),
+//! bringing the broker's topic to it (partitions only grow), and the `Ready` condition for what the broker
+//! has. Deleting the resource keeps the topic: dead-letter records are never dropped by the operator.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use rdkafka::ClientConfig;
+
+use crate::controller::conditions::{Desired, READY};
+use crate::controller::{Problem, Result, reason};
+use crate::crd::DeadLetterQueue;
+use crate::crd::dead_letter_queue::TopicStatus;
+use crate::kafka::topics::{self, Refused, WantedTopic, config_drift};
+use crate::names;
+
+/// The topic's name: the spec's, else the resource's.
+pub fn topic_name(dlq: &DeadLetterQueue) -> String {
+    dlq.spec
+        .topic_name
+        .clone()
+        .unwrap_or_else(|| dlq.name_any())
+}
+
+/// The topic configs the spec asks for.
+pub fn desired_configs(dlq: &DeadLetterQueue) -> BTreeMap<String, String> {
+    let mut configs = dlq.spec.config.clone().unwrap_or_default();
+    if let Some(ms) = dlq.spec.retention_ms {
+        configs.insert("retention.ms".into(), ms.to_string());
+    }
+    configs
+}
+
+/// The topic the spec asks for.
+pub fn wanted_topic(dlq: &DeadLetterQueue) -> WantedTopic {
+    WantedTopic {
+        name: topic_name(dlq),
+        partitions: dlq.spec.partitions,
+        replication_factor: dlq.spec.replication_factor.unwrap_or(-1),
+        configs: desired_configs(dlq),
+    }
+}
+
+/// What a refusal of the broker means for the user.
+pub fn refusal_problem(wanted: &WantedTopic, refused: &Refused) -> Problem {
+    let topic = &wanted.name;
+    match refused {
+        Refused::Create(code) => Problem::new(
+            reason::TOPIC_CREATE_FAILED,
+            format!("Kafka refused to create topic {topic}: {code}"),
+        ),
+        Refused::Pending => Problem::new(
+            reason::TOPIC_PENDING,
+            format!("topic {topic} created; waiting for its metadata"),
+        ),
+        Refused::GrowPartitions(code) => Problem::new(
+            reason::PARTITIONS_NOT_GROWN,
+            format!(
+                "Kafka refused to grow {topic} to {} partitions: {code}",
+                wanted.partitions
+            ),
+        ),
+        Refused::Configs(code) => Problem::new(
+            reason::TOPIC_CONFIG_REJECTED,
+            format!("Kafka refused the configs of {topic}: {code}"),
+        ),
+        Refused::Missing => {
+            Problem::new(reason::TOPIC_MISSING, format!("topic {topic} disappeared"))
+        }
+    }
+}
+
+/// Creates or updates the topic; `Ok(Err(problem))` when the broker refuses what the spec asks or can't be
+/// reached.
+pub async fn ensure(
+    dlq: &DeadLetterQueue,
+    kafka: &ClientConfig,
+) -> Result<Result<TopicStatus, Problem>> {
+    let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
+    let wanted = wanted_topic(dlq);
+    Ok(match topics::ensure(&admin, &wanted).await {
+        Ok(Ok(topic)) => Ok(topic),
+        Ok(Err(refused)) => Err(refusal_problem(&wanted, &refused)),
+        Err(crate::kafka::Error { operation, source }) => Err(Problem::new(
+            reason::KAFKA_UNAVAILABLE,
+            format!(
+                "Kafka {} ({operation}): {source}",
+                dlq.spec.kafka.bootstrap_servers
+            ),
+        )),
+    })
+}
+
+/// The Ready condition for what the broker reports.
+pub fn ready_condition(dlq: &DeadLetterQueue, topic: Result<&TopicStatus, &Problem>) -> Desired {
+    match topic {
+        Err(p) => Desired::new(READY, false, p.reason, p.message.clone()),
+        Ok(t) => {
+            let drift = config_drift(&desired_configs(dlq), &t.config);
+            if t.partitions < dlq.spec.partitions {
+                Desired::new(
+                    READY,
+                    false,
+                    reason::PARTITIONS_PENDING,
+                    format!(
+                        "topic {} has {} of {} partitions",
+                        t.name, t.partitions, dlq.spec.partitions
+                    ),
+                )
+            } else if !drift.is_empty() {
+                Desired::new(
+                    READY,
+                    false,
+                    reason::CONFIG_PENDING,
+                    format!("topic {} configs differ: {}", t.name, drift.join(", ")),
+                )
+            } else {
+                Desired::new(
+                    READY,
+                    true,
+                    reason::TOPIC_READY,
+                    format!(
+                        "topic {} has {} partitions and the requested configs",
+                        t.name, t.partitions
+                    ),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub fn dlq(yaml: &str) -> DeadLetterQueue {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    pub const ORDERS: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: DeadLetterQueue
+metadata: {name: orders-dlq, namespace: shop}
+spec:
+  kafka: {bootstrapServers: "kafka:9092"}
+  partitions: 3
+  retentionMs: 604800000
+  config: {cleanup.policy: delete}
+"#;
+
+    #[test]
+    fn topic_name_defaults_to_the_resource_name() {
+        assert_eq!(topic_name(&dlq(ORDERS)), "orders-dlq");
+        let mut named = dlq(ORDERS);
+        named.spec.topic_name = Some("dlq.orders".into());
+        assert_eq!(topic_name(&named), "dlq.orders");
+    }
+
+    #[test]
+    fn desired_configs_include_retention() {
+        let configs = desired_configs(&dlq(ORDERS));
+        assert_eq!(configs["retention.ms"], "604800000");
+        assert_eq!(configs["cleanup.policy"], "delete");
+        assert_eq!(wanted_topic(&dlq(ORDERS)).replication_factor, -1);
+    }
+
+    #[test]
+    fn ready_needs_partitions_and_configs() {
+        let d = dlq(ORDERS);
+        let mut topic = TopicStatus {
+            name: "orders-dlq".into(),
+            partitions: 3,
+            replication_factor: Some(1),
+            config: desired_configs(&d),
+        };
+        assert!(ready_condition(&d, Ok(&topic)).status);
+        topic.partitions = 1;
+        assert_eq!(ready_condition(&d, Ok(&topic)).reason, "PartitionsPending");
+        topic.partitions = 3;
+        topic.config.remove("retention.ms");
+        let c = ready_condition(&d, Ok(&topic));
+        assert_eq!(c.reason, "ConfigPending");
+        assert!(
+            c.message
+                .contains("retention.ms=604800000 (broker: default)"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_topic() {
+        let wanted = wanted_topic(&dlq(ORDERS));
+        let p = refusal_problem(
+            &wanted,
+            &Refused::GrowPartitions(rdkafka::types::RDKafkaErrorCode::InvalidPartitions),
+        );
+        assert_eq!(p.reason, "PartitionsNotGrown");
+        assert!(
+            p.message
+                .starts_with("Kafka refused to grow orders-dlq to 3 partitions")
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Reading what a topic holds now: its partitions' watermarks, and records of partition ranges up to end
+//! offsets taken before reading (so records that arrive meanwhile are not waited for). Blocking calls: run
+//! them on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// One partition's watermarks: the first offset still there and the offset the next record gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Watermarks {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Every partition of `topic` with its watermarks, by partition (none if the topic does not exist).
+pub fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> KafkaResult<Vec<Watermarks>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        out.push(Watermarks {
+            partition,
+            low,
+            high,
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What to read of one partition: offsets `from` up to `end` (exclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub partition: i32,
+    pub from: i64,
+    pub end: i64,
+}
+
+/// Whether to go on reading after a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Nothing more of this record's partition.
+    PartitionDone,
+    Stop,
+}
+
+/// Reads the records of `ranges` in order per partition, handing each to `each`, until every range is
+/// read, `each` says stop, or `timeout` passes (then what was read is all there is). Empty ranges are
+/// skipped. The consumer is assigned the ranges (replacing any assignment).
+pub fn read_ranges(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[Range],
+    timeout: Duration,
+    poll: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> Next,
+) -> KafkaResult<()> {
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for r in ranges.iter().filter(|r| r.from < r.end) {
+        ends.insert(r.partition, r.end);
+        assignment.add_partition_offset(topic, r.partition, Offset::Offset(r.from))?;
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(message) = consumer.poll(poll) else {
+            continue;
+        };
+        let message = message?;
+        let Some(end) = ends.get(&message.partition()).copied() else {
+            continue;
+        };
+        if message.offset() >= end {
+            ends.remove(&message.partition());
+            continue;
+        }
+        match each(&message) {
+            Next::Stop => break,
+            Next::PartitionDone => {
+                ends.remove(&message.partition());
+            }
+            Next::Continue if message.offset() + 1 >= end => {
+                ends.remove(&message.partition());
+            }
+            Next::Continue => {}
+        }
+    }
+    Ok(())
+}

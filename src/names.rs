@@ -1,0 +1,128 @@
+//! Every name the operator and its pods agree on: labels, annotations, object names, consumer groups,
+//! offset keys, Kafka client ids and ports. Both ends import them from here, so a name changes in one place.
+
+use std::collections::BTreeMap;
+
+/// Label of every task pod and task ConfigMap: the Connector's name.
+pub const LABEL_CONNECTOR: &str = "sluice.dev/connector";
+/// Label of a task pod: its task id.
+pub const LABEL_TASK: &str = "sluice.dev/task";
+/// Label of every replay pod: the DeadLetterQueue's name.
+pub const LABEL_DEAD_LETTER_QUEUE: &str = "sluice.dev/dead-letter-queue";
+/// Label of a replay pod: the replay's id.
+pub const LABEL_REPLAY: &str = "sluice.dev/replay";
+
+/// Annotation of a task pod: the hash of its config and pod spec; a different hash replaces the pod.
+pub const ANNOTATION_CONFIG_HASH: &str = "sluice.dev/config-hash";
+/// Set to a new value to rotate a source's offset partition name (any time) — the on-demand rotation.
+pub const ANNOTATION_ROTATE_OFFSETS: &str = "sluice.dev/rotate-offsets";
+/// Set to a new value while `spec.state` is `stopped` to delete the Connector's offsets (KIP-875).
+pub const ANNOTATION_RESET_OFFSETS: &str = "sluice.dev/reset-offsets";
+
+/// Port of a task's HTTP server (`/metrics`, `/v1/status`, `/healthz`).
+pub const TASK_HTTP_PORT: u16 = 8080;
+/// Where a pod mounts its config and Secret material.
+pub const CONFIG_DIR: &str = "/etc/sluice";
+/// The offsets topic of sources that name none.
+pub const DEFAULT_OFFSET_TOPIC: &str = "sluice-offsets";
+/// The prefix of the context headers of a dead-letter record (Kafka Connect's `__connect.errors.*`).
+pub const DEAD_LETTER_HEADER_PREFIX: &str = "__connect.errors.";
+/// The Kafka client id of everything the operator itself connects with.
+pub const OPERATOR_CLIENT_ID: &str = "sluice-operator";
+/// The consumer group the operator inspects dead-letter topics with (it never commits).
+pub const INSPECTION_GROUP: &str = "sluice-operator-dlq-inspection";
+/// The consumer group a source reads its stored offset with (it never commits).
+pub const OFFSET_READER_GROUP: &str = "sluice-offset-reader";
+
+/// The ConfigMap holding every task's config of a Connector.
+pub fn task_config_map(connector: &str) -> String {
+    format!("{connector}-tasks")
+}
+
+/// The key of task `task_id`'s config in that ConfigMap.
+pub fn task_config_key(task_id: u32) -> String {
+    format!("task-{task_id}.yaml")
+}
+
+/// The pod of task `task_id` of a Connector.
+pub fn task_pod(connector: &str, task_id: u32) -> String {
+    format!("{connector}-task-{task_id}")
+}
+
+/// The labels of every object the operator makes for a Connector's tasks.
+pub fn task_labels(connector: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sluice-task".into()),
+        ("app.kubernetes.io/instance".into(), connector.into()),
+        ("app.kubernetes.io/managed-by".into(), "sluice".into()),
+        (LABEL_CONNECTOR.into(), connector.into()),
+    ])
+}
+
+/// The pod of replay `id` of a DeadLetterQueue.
+pub fn replay_pod(dead_letter_queue: &str, id: &str) -> String {
+    format!("{dead_letter_queue}-replay-{id}")
+}
+
+/// The labels of a replay pod.
+pub fn replay_labels(dead_letter_queue: &str, id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sluice-replay".into()),
+        (
+            "app.kubernetes.io/instance".into(),
+            dead_letter_queue.into(),
+        ),
+        ("app.kubernetes.io/managed-by".into(), "sluice".into()),
+        (LABEL_DEAD_LETTER_QUEUE.into(), dead_letter_queue.into()),
+        (LABEL_REPLAY.into(), id.into()),
+    ])
+}
+
+/// The consumer group of the sink Connector `connector` in `namespace` (Kafka Connect: `connect-<name>`).
+pub fn sink_consumer_group(namespace: &str, connector: &str) -> String {
+    format!("sluice-{namespace}-{connector}")
+}
+
+/// The consumer group (and `transactional.id`) of replay `id` of a DeadLetterQueue: it holds the
+/// replay's progress.
+pub fn replay_group(namespace: &str, dead_letter_queue: &str, id: &str) -> String {
+    format!("sluice-replay.{namespace}.{dead_letter_queue}.{id}")
+}
+
+/// Kafka Connect's offset key for a connector and partition name. The connector is named
+/// `<namespace>/<name>`: one Kafka cluster (and offsets topic) serves Connectors of many namespaces.
+pub fn source_offset_key(namespace: &str, connector: &str, partition_name: &str) -> String {
+    serde_json::json!([format!("{namespace}/{connector}"), { "ns": partition_name }]).to_string()
+}
+
+/// The Kafka client id of task `task_id`'s main client (sink consumer, source producer).
+pub fn task_client_id(connector: &str, task_id: u32) -> String {
+    format!("sluice-{connector}-{task_id}")
+}
+
+/// The Kafka client id of task `task_id`'s dead-letter producer.
+pub fn dead_letter_client_id(connector: &str, task_id: u32) -> String {
+    format!("sluice-{connector}-{task_id}-dlq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_patterns() {
+        assert_eq!(task_pod("orders", 1), "orders-task-1");
+        assert_eq!(task_config_map("orders"), "orders-tasks");
+        assert_eq!(task_config_key(0), "task-0.yaml");
+        assert_eq!(replay_pod("orders-dlq", "fix-1"), "orders-dlq-replay-fix-1");
+        assert_eq!(sink_consumer_group("shop", "orders"), "sluice-shop-orders");
+        assert_eq!(
+            replay_group("shop", "orders-dlq", "fix-1"),
+            "sluice-replay.shop.orders-dlq.fix-1"
+        );
+        assert_eq!(
+            source_offset_key("shop", "orders", "orders.2"),
+            r#"["shop/orders",{"ns":"orders.2"}]"#
+        );
+    }
+}

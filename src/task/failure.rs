@@ -1,0 +1,215 @@
+//! What failed, where, and on which record: the stage (Kafka Connect's names), the classified failure (error
+//! class, code, whether a retry can help), and the record's coordinates and contents. Kafka and MongoDB
+//! errors are classified here, in one place for every stage. A leaf: it uses nothing else of the task.
+
+/// Kafka Connect's stages (`__connect.errors.stage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Stage {
+    KeyConverter,
+    ValueConverter,
+    HeaderConverter,
+    Transformation,
+    TaskPut,
+    TaskPoll,
+    KafkaProduce,
+    KafkaConsume,
+}
+
+impl Stage {
+    /// The name Kafka Connect writes.
+    pub fn connect_name(self) -> &'static str {
+        match self {
+            Stage::KeyConverter => "KEY_CONVERTER",
+            Stage::ValueConverter => "VALUE_CONVERTER",
+            Stage::HeaderConverter => "HEADER_CONVERTER",
+            Stage::Transformation => "TRANSFORMATION",
+            Stage::TaskPut => "TASK_PUT",
+            Stage::TaskPoll => "TASK_POLL",
+            Stage::KafkaProduce => "KAFKA_PRODUCE",
+            Stage::KafkaConsume => "KAFKA_CONSUME",
+        }
+    }
+}
+
+/// One failed attempt at one operation, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: Stage,
+    /// The error class (`__connect.errors.exception.class.name`), e.g. `DataException`, `MongoWriteException`.
+    pub class: String,
+    pub message: String,
+    /// A MongoDB or Kafka error code, when there is one.
+    pub code: Option<i32>,
+    /// Whether trying again can help (network errors, timeouts, retryable labels, broker-retriable errors).
+    pub retriable: bool,
+}
+
+impl Failure {
+    pub fn new(
+        stage: Stage,
+        class: impl Into<String>,
+        message: impl Into<String>,
+        retriable: bool,
+    ) -> Self {
+        Self {
+            stage,
+            class: class.into(),
+            message: message.into(),
+            code: None,
+            retriable,
+        }
+    }
+
+    pub fn with_code(mut self, code: i32) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// A conversion failure: never retried.
+    pub fn conversion(stage: Stage, message: impl Into<String>) -> Self {
+        Self::new(
+            stage,
+            "org.apache.kafka.connect.errors.DataException",
+            message,
+            false,
+        )
+    }
+
+    /// A librdkafka error: retriable when the broker error clears by itself.
+    pub fn kafka(stage: Stage, err: &rdkafka::error::KafkaError) -> Self {
+        let code = err.rdkafka_error_code();
+        let mut f = Self::new(
+            stage,
+            "org.apache.kafka.common.KafkaException",
+            err.to_string(),
+            code.is_some_and(crate::kafka::is_retriable),
+        );
+        if let Some(c) = code {
+            f.code = Some(c as i32);
+        }
+        f
+    }
+
+    /// A MongoDB driver error: network problems, timeouts and retryable codes or labels are retriable.
+    pub fn mongo(stage: Stage, err: &mongodb::error::Error) -> Self {
+        use mongodb::error::ErrorKind;
+        let labelled = err.contains_label("RetryableWriteError")
+            || err.contains_label("ResumableChangeStreamError");
+        let (class, code, retriable) = match err.kind.as_ref() {
+            ErrorKind::Command(c) => (
+                "com.mongodb.MongoCommandException",
+                Some(c.code),
+                RETRYABLE_CODES.contains(&c.code),
+            ),
+            ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+                ("com.mongodb.MongoSocketException", None, true)
+            }
+            ErrorKind::ServerSelection { .. } => ("com.mongodb.MongoTimeoutException", None, true),
+            ErrorKind::Authentication { .. } => ("com.mongodb.MongoSecurityException", None, false),
+            _ => ("com.mongodb.MongoException", None, false),
+        };
+        let mut f = Self::new(stage, class, err.to_string(), retriable || labelled);
+        f.code = code;
+        f
+    }
+}
+
+/// MongoDB server error codes that a retry can clear (the retryable-writes specification's list).
+pub const RETRYABLE_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} in {}: {}",
+            self.class,
+            self.stage.connect_name(),
+            self.message
+        )
+    }
+}
+
+/// Whether a failure is retried: its own classification unless the user listed its class or code in
+/// `notRetryable` (Spring Kafka's not-retryable exceptions).
+pub fn is_retriable(failure: &Failure, not_retryable: &[String]) -> bool {
+    failure.retriable
+        && !not_retryable.iter().any(|n| {
+            n == &failure.class
+                || failure.class.rsplit('.').next() == Some(n.as_str())
+                || failure.code.is_some_and(|c| n == &c.to_string())
+        })
+}
+
+/// Where a record came from and what it held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordContext {
+    /// The original topic (sink) or the topic it was going to (source).
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    /// For a source record: the change event's `_id` (its resume token).
+    pub event_id: Option<String>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RecordContext {
+    /// Where the record is, for logs and termination messages (never its contents).
+    pub fn coordinates(&self) -> String {
+        match (&self.partition, &self.offset, &self.event_id) {
+            (Some(p), Some(o), _) => format!("{}-{p}@{o}", self.topic),
+            (_, _, Some(id)) => format!("{} change event {id}", self.topic),
+            _ => self.topic.clone(),
+        }
+    }
+
+    /// Key and value as text, for `errors.logIncludeMessages`.
+    pub fn contents_for_log(&self) -> String {
+        let text = |b: &Option<Vec<u8>>| {
+            b.as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned()
+        };
+        format!("key={:?} value={:?}", text(&self.key), text(&self.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_and_not_retryable() {
+        let net = Failure::new(
+            Stage::TaskPut,
+            "com.mongodb.MongoSocketException",
+            "reset",
+            true,
+        );
+        assert!(is_retriable(&net, &[]));
+        assert!(
+            !is_retriable(&net, &["MongoSocketException".into()]),
+            "short class names match"
+        );
+        let dup = Failure::new(Stage::TaskPut, "MongoWriteException", "dup", true).with_code(11000);
+        assert!(!is_retriable(&dup, &["11000".into()]), "codes match");
+        assert!(
+            !is_retriable(&Failure::conversion(Stage::ValueConverter, "bad json"), &[]),
+            "conversion never retries"
+        );
+    }
+
+    #[test]
+    fn a_source_record_is_placed_by_its_change_event() {
+        let record = RecordContext {
+            topic: "cdc.shop.orders".into(),
+            event_id: Some("8263…".into()),
+            ..Default::default()
+        };
+        assert_eq!(record.coordinates(), "cdc.shop.orders change event 8263…");
+    }
+}

@@ -1,0 +1,145 @@
+//! The MongoDB sink: Kafka → MongoDB.
+//!
+//! - this module: the consume loop — batches of records, written, then marked handled.
+//! - [`write`]: a batch becomes bulk `insert`/`update` commands (unordered unless `bulkWriteOrdered`). A bulk
+//!   write that fails as a whole is retried; a write that fails at some indexes sends only those records to
+//!   error handling (retried when retriable, else reported and, with `tolerance: all`, dead-lettered) —
+//!   KIP-610's errant-record reporting.
+//! - [`commit`]: when offsets move (stored after a batch is handled, committed on an interval): at least
+//!   once.
+
+mod commit;
+mod write;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use tokio::sync::watch;
+
+use super::errors::{ErrorHandler, TaskFailed};
+use super::failure::{Failure, Stage};
+use super::metrics::TaskMetrics;
+use crate::crd::connector::SinkSpec;
+use crate::kafka::{Credentials, consumer_config};
+use crate::names;
+use crate::wire::{TaskConfig, TerminationReason};
+use commit::{CommitReporter, SinkConsumer};
+
+/// The sink task.
+pub struct Sink {
+    cfg: TaskConfig,
+    spec: SinkSpec,
+    db: mongodb::Database,
+    collection: String,
+    handler: Arc<ErrorHandler>,
+    metrics: Arc<TaskMetrics>,
+}
+
+impl Sink {
+    pub fn new(
+        cfg: TaskConfig,
+        mongo: mongodb::Client,
+        handler: Arc<ErrorHandler>,
+        metrics: Arc<TaskMetrics>,
+    ) -> Result<Self, Failure> {
+        let spec = cfg.sink.clone().ok_or_else(|| {
+            Failure::new(
+                Stage::TaskPut,
+                "ConfigException",
+                "a sink task needs sink settings",
+                false,
+            )
+        })?;
+        let (Some(db), Some(collection)) =
+            (cfg.mongodb.database.clone(), cfg.mongodb.collection.clone())
+        else {
+            return Err(Failure::new(
+                Stage::TaskPut,
+                "ConfigException",
+                "a sink task needs mongodb.database and mongodb.collection",
+                false,
+            ));
+        };
+        Ok(Self {
+            db: mongo.database(&db),
+            collection,
+            cfg,
+            spec,
+            handler,
+            metrics,
+        })
+    }
+
+    /// Consumes and writes until `shutdown` flips; the batch in flight is finished and committed first.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskFailed> {
+        let fatal = |failure: Failure| TaskFailed {
+            reason: TerminationReason::TaskStartFailed,
+            failure,
+            record: None,
+        };
+        let interval_ms = self.spec.offset_flush_interval_ms;
+        let mut config = consumer_config(&self.cfg.kafka, Credentials::Env);
+        config
+            .set(
+                "group.id",
+                names::sink_consumer_group(&self.cfg.namespace, &self.cfg.connector),
+            )
+            .set(
+                "client.id",
+                names::task_client_id(&self.cfg.connector, self.cfg.task_id),
+            )
+            .set("auto.offset.reset", "earliest");
+        commit::commit_settings(&mut config, interval_ms);
+        let consumer: SinkConsumer = config
+            .create_with_context(CommitReporter)
+            .map_err(|e| fatal(Failure::kafka(Stage::KafkaConsume, &e)))?;
+        let topics: Vec<String> = match (&self.spec.topics, &self.spec.topics_regex) {
+            (Some(t), _) => t.clone(),
+            (None, Some(r)) => vec![if r.starts_with('^') {
+                r.clone()
+            } else {
+                format!("^{r}")
+            }],
+            _ => vec![],
+        };
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|e| fatal(Failure::kafka(Stage::KafkaConsume, &e)))?;
+        self.metrics.set_running(true);
+        let max = if self.spec.max_batch_size > 0 {
+            self.spec.max_batch_size as usize
+        } else {
+            500
+        };
+        loop {
+            let first = tokio::select! {
+                m = consumer.recv() => m,
+                _ = shutdown.changed() => break,
+            };
+            let first = match first {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    // Consumer errors (rebalances, broker hiccups) are librdkafka's to recover from.
+                    tracing::warn!(error = %e, "consume");
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            let started = Instant::now();
+            self.write_batch(&batch).await?;
+            commit::batch_handled(&consumer, &batch, interval_ms)?;
+            self.metrics.batch(started.elapsed());
+        }
+        commit::commit_at_stop(&consumer, interval_ms)?;
+        self.metrics.set_running(false);
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! How a source tells where its resume token stands: the cluster time a token points at, and the oplog
+//! window it must stay within, read once a minute into the task's status (the operator's
+//! `ResumeTokenAtRisk` condition compares the two).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use tokio::sync::watch;
+
+use crate::task::metrics::TaskMetrics;
+
+/// How often a source reads the oplog window.
+const OPLOG_WINDOW_EVERY: Duration = Duration::from_secs(60);
+
+/// The cluster time (seconds) a replica set's resume token points at: its `_data` is a KeyString whose
+/// first value is the event's cluster time (type byte `0x82`, then 4 bytes of seconds, 4 of increment).
+pub fn token_cluster_time(token_json: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(token_json).ok()?;
+    let data = v["_data"].as_str()?;
+    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
+        return None;
+    }
+    u32::from_str_radix(data.get(2..10)?, 16).ok()
+}
+
+pub(super) fn rfc3339(secs: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Reads the oplog window (first and last entry times of `local.oplog.rs`), or why it can't be read.
+async fn oplog_window(mongo: &mongodb::Client) -> Result<(u32, u32), String> {
+    let oplog = mongo.database("local").collection::<Document>("oplog.rs");
+    let mut ends = Vec::new();
+    for order in [1, -1] {
+        let entry = oplog
+            .find_one(doc! {})
+            .sort(doc! { "$natural": order })
+            .projection(doc! { "ts": 1 })
+            .await
+            .map_err(|e| match e.kind.as_ref() {
+                mongodb::error::ErrorKind::Command(c) if c.code == 13 => {
+                    "not authorized to read local.oplog.rs (grant read on the local database to see the oplog window)".to_string()
+                }
+                _ => format!("reading local.oplog.rs failed: {e}"),
+            })?;
+        match entry.as_ref().and_then(|d| d.get_timestamp("ts").ok()) {
+            Some(ts) => ends.push(ts.time),
+            None => {
+                return Err(
+                    "local.oplog.rs is missing or empty (not a replica set member?)".to_string(),
+                );
+            }
+        }
+    }
+    Ok((ends[0], ends[1]))
+}
+
+/// Keeps the oplog window in the task's status fresh (it only moves slowly: once a minute).
+pub(super) async fn report_oplog_window(
+    mongo: mongodb::Client,
+    metrics: Arc<TaskMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let window = oplog_window(&mongo).await;
+        metrics.update_resume_token(|r| match window {
+            Ok((first, last)) => {
+                r.oplog_first_time = Some(rfc3339(first.into()));
+                r.oplog_last_time = Some(rfc3339(last.into()));
+                r.oplog_window_unknown = None;
+            }
+            Err(why) => {
+                r.oplog_first_time = None;
+                r.oplog_last_time = None;
+                r.oplog_window_unknown = Some(why);
+            }
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(OPLOG_WINDOW_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_set_token_tells_its_cluster_time() {
+        // A real token: KeyString 0x82, seconds 0x6553F100, increment 1, then the event's identity.
+        let token = r#"{"_data":"826553F100000000012B022C0100296E5A1004"}"#;
+        assert_eq!(token_cluster_time(token), Some(0x6553_F100));
+        assert_eq!(token_cluster_time(r#"{"_data":"0000000a00000001"}"#), None);
+        assert_eq!(token_cluster_time("not json"), None);
+    }
+}

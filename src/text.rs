@@ -1,0 +1,66 @@
+//! Cutting text to a size limit (Event notes, termination messages, status messages) without splitting a
+//! character.
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character boundary.
+pub fn cut(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let end = (0..=max_bytes)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
+/// `text` within `max_bytes`, with `marker` appended (and counted) when it had to be cut.
+pub fn cut_with_marker(text: &str, max_bytes: usize, marker: &str) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    format!(
+        "{}{marker}",
+        cut(text, max_bytes.saturating_sub(marker.len()))
+    )
+}
+
+/// An error message fit for status, metrics and Events: MongoDB quotes key values in duplicate-key errors
+/// (`dup key: { _id: "…" }`), which are record contents; they are cut, and the message kept short.
+pub fn without_record_contents(message: &str) -> String {
+    let text = match message.find("dup key:") {
+        Some(i) => format!("{}dup key: (omitted)", &message[..i]),
+        None => message.to_string(),
+    };
+    if text.len() > 300 {
+        format!("{}…", cut(&text, 300))
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_leave_out_duplicate_key_values_and_stay_short() {
+        let m = "E11000 duplicate key error collection: shop.orders index: _id_ dup key: { _id: \"4111-1111\" }";
+        assert_eq!(
+            without_record_contents(m),
+            "E11000 duplicate key error collection: shop.orders index: _id_ dup key: (omitted)"
+        );
+        let long = "é".repeat(400);
+        assert!(without_record_contents(&long).len() <= 304);
+    }
+
+    #[test]
+    fn cuts_on_a_character_boundary() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("ééé", 3), "é", "é is two bytes");
+        assert_eq!(cut_with_marker("abcdef", 5, "..."), "ab...");
+        assert_eq!(cut_with_marker("abc", 5, "..."), "abc");
+        let long = "é".repeat(600);
+        let cut = cut_with_marker(&long, 1024, "...");
+        assert!(cut.len() <= 1024 && cut.ends_with("..."), "{}", cut.len());
+    }
+}

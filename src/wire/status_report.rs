@@ -1,0 +1,23 @@
+//! What a task pod serves on `/v1/status` and the operator reads into the Connector's status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::connector::{ErrorCounters, LastError, ResumeTokenStatus};
+
+/// A task's counters and state, as `/v1/status` returns them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub connector: String,
+    pub task: String,
+    pub running: bool,
+    pub errors: ErrorCounters,
+    pub records_in: u64,
+    pub records_out: u64,
+    /// The last record error, without record contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+    /// A source's resume token time and the oplog window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<ResumeTokenStatus>,
+}
