@@ -15,7 +15,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use sluice::crd::dead_letter_queue::replay_phase;
 use sluice::crd::{Connector, DeadLetterQueue};
-use support::{Env, create_secret, delete_namespace, install_crds, namespace, wait_for};
+use support::{Env, create_secret, install_crds, namespace, wait_for};
 
 const WAIT: Duration = Duration::from_secs(120);
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/sluice");
@@ -125,7 +125,7 @@ async fn rendered_manifests_pass_the_apiservers_dry_run_in_both_modes() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
-    let ns = namespace(&client, "chart-dry").await;
+    let ns = namespace(&client, &env, "chart-dry").await;
     for mode in [
         vec![],
         vec!["--set".to_string(), format!("watchNamespace={ns}")],
@@ -144,7 +144,6 @@ async fn rendered_manifests_pass_the_apiservers_dry_run_in_both_modes() {
             "{applied}"
         );
     }
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -152,7 +151,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
-    let ns = namespace(&client, "chart-install").await;
+    let ns = namespace(&client, &env, "chart-install").await;
     ok(
         &env,
         "helm",
@@ -309,5 +308,4 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
         }
     })
     .await;
-    delete_namespace(&client, &ns).await;
 }

@@ -16,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, delete_namespace, events_for, install_crds,
+    Env, Operator, condition, create_secret, create_topic, events_for, holds_for, install_crds,
     merge, namespace, setup, unique, wait_for,
 };
 
@@ -49,41 +49,6 @@ async fn task_pods(client: &Client, ns: &str, connector: &str) -> Vec<Pod> {
         .items;
     list.sort_by_key(|p| p.name_any());
     list
-}
-
-/// The condition's (status, reason, message).
-fn condition(conn: &Connector, type_: &str) -> Option<(String, String, String)> {
-    conn.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_condition(
-    s: &Setup,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> Connector {
-    let api: Api<Connector> = Api::namespaced(s.client.clone(), &s.ns);
-    wait_for(
-        &format!("{name} {type_}={status} ({reason})"),
-        WAIT,
-        || async {
-            let conn = api.get(name).await.map_err(|e| e.to_string())?;
-            match condition(&conn, type_) {
-                Some((st, r, _)) if st == status && r == reason => Ok(conn),
-                other => Err(format!(
-                    "{other:?}; operator log:\n{}",
-                    s.operator.log_tail()
-                )),
-            }
-        },
-    )
-    .await
 }
 
 #[tokio::test]
@@ -143,7 +108,9 @@ async fn a_connector_runs_task_pods_that_follow_its_spec_and_state() {
             .all(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("sluice-local"))
     );
     // The sink tasks run: their readiness probes pass and the Connector is Ready.
-    let ready = wait_condition(&s, "orders", "Ready", "True", "TasksReady").await;
+    let ready = s
+        .wait_condition("orders", "Ready", "True", "TasksReady")
+        .await;
     let status = ready.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.task_summary.as_deref(), Some("2/2"));
@@ -198,7 +165,7 @@ async fn a_connector_runs_task_pods_that_follow_its_spec_and_state() {
         }
     })
     .await;
-    let paused = wait_condition(&s, "orders", "Ready", "True", "Paused").await;
+    let paused = s.wait_condition("orders", "Ready", "True", "Paused").await;
     assert_eq!(paused.status.unwrap().task_summary.as_deref(), Some("0/0"));
     connectors
         .patch(
@@ -239,7 +206,7 @@ async fn a_connector_runs_task_pods_that_follow_its_spec_and_state() {
     let reasons: Vec<String> = events_for(&s.client, &s.ns, "orders")
         .await
         .into_iter()
-        .map(|e| e.0)
+        .map(|e| e.1)
         .collect();
     for expected in ["TasksCreated", "TaskReplaced", "TaskRemoved"] {
         assert!(
@@ -247,7 +214,6 @@ async fn a_connector_runs_task_pods_that_follow_its_spec_and_state() {
             "event {expected} missing from {reasons:?}"
         );
     }
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -266,22 +232,22 @@ async fn a_failed_task_is_restarted_after_its_backoff_until_max_restarts() {
         .await
         .unwrap();
 
-    let degraded = wait_condition(&s, "flaky", "Degraded", "True", "MaxRestartsReached").await;
+    let degraded = s
+        .wait_condition("flaky", "Degraded", "True", "MaxRestartsReached")
+        .await;
     let status = degraded.status.unwrap();
     assert_eq!(status.tasks[0].restarts, 2, "{:?}", status.tasks);
     assert_eq!(status.tasks[0].phase.as_deref(), Some("Failed"));
-    let message = condition(&connectors.get("flaky").await.unwrap(), "Degraded")
-        .unwrap()
-        .2;
+    let message = condition(&connectors.get("flaky").await.unwrap(), "Degraded").2;
     assert!(message.contains("maxRestarts=2"), "{message}");
     let events = events_for(&s.client, &s.ns, "flaky").await;
     assert!(
         events
             .iter()
-            .any(|e| e.0 == "TaskRestarted" && e.1.contains("restart 1 after 1s")),
+            .any(|e| e.1 == "TaskRestarted" && e.2.contains("restart 1 after 1s")),
         "{events:?}"
     );
-    assert!(events.iter().any(|e| e.0 == "TaskFailed"), "{events:?}");
+    assert!(events.iter().any(|e| e.1 == "TaskFailed"), "{events:?}");
     // Repeats of an Event are one Event with a series count (as client-go's recorder does).
     let all: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
     let restarted = all
@@ -294,7 +260,6 @@ async fn a_failed_task_is_restarted_after_its_backoff_until_max_restarts() {
         .map(|e| e.series.as_ref().and_then(|s| s.count).unwrap_or(1))
         .sum();
     assert_eq!(count, 2, "two restarts recorded: {restarted:?}");
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -312,8 +277,10 @@ async fn a_missing_secret_is_reported_until_it_appears() {
         )
         .await
         .unwrap();
-    let blocked = wait_condition(&s, "orders", "Ready", "False", "SecretNotFound").await;
-    let (_, _, message) = condition(&blocked, "Ready").unwrap();
+    let blocked = s
+        .wait_condition("orders", "Ready", "False", "SecretNotFound")
+        .await;
+    let (_, _, message) = condition(&blocked, "Ready");
     assert!(
         message.contains("spec.mongodb.connectionUriSecretRef"),
         "{message}"
@@ -326,13 +293,12 @@ async fn a_missing_secret_is_reported_until_it_appears() {
     assert!(
         events
             .iter()
-            .any(|e| e.0 == "SecretNotFound" && e.1.contains("mongo")),
+            .any(|e| e.1 == "SecretNotFound" && e.2.contains("mongo")),
         "{events:?}"
     );
 
     create_secret(&s.client, &s.ns, "mongo", &[("uri", &s.env.mongodb_uri)]).await;
-    wait_condition(&s, "orders", "Ready", "True", "Paused").await;
-    delete_namespace(&s.client, &s.ns).await;
+    s.wait_condition("orders", "Ready", "True", "Paused").await;
 }
 
 #[tokio::test]
@@ -350,15 +316,12 @@ async fn unknown_topics_and_dead_letter_queues_block_the_connector() {
         )
         .await
         .unwrap();
-    let blocked = wait_condition(&s, "late", "Ready", "False", "TopicNotFound").await;
-    assert!(
-        condition(&blocked, "Ready")
-            .unwrap()
-            .2
-            .contains("spec.sink.topics")
-    );
+    let blocked = s
+        .wait_condition("late", "Ready", "False", "TopicNotFound")
+        .await;
+    assert!(condition(&blocked, "Ready").2.contains("spec.sink.topics"));
     create_topic(&s.env, &topic, 1).await;
-    wait_condition(&s, "late", "Ready", "True", "Paused").await;
+    s.wait_condition("late", "Ready", "True", "Paused").await;
 
     connectors
         .patch(
@@ -369,14 +332,10 @@ async fn unknown_topics_and_dead_letter_queues_block_the_connector() {
         )
         .await
         .unwrap();
-    let blocked = wait_condition(&s, "late", "Ready", "False", "DeadLetterQueueNotFound").await;
-    assert!(
-        condition(&blocked, "Ready")
-            .unwrap()
-            .2
-            .contains("missing-dlq")
-    );
-    delete_namespace(&s.client, &s.ns).await;
+    let blocked = s
+        .wait_condition("late", "Ready", "False", "DeadLetterQueueNotFound")
+        .await;
+    assert!(condition(&blocked, "Ready").2.contains("missing-dlq"));
 }
 
 async fn kafka_topic(env: &Env, topic: &str) -> Option<(usize, BTreeMap<String, String>)> {
@@ -496,10 +455,9 @@ async fn a_dead_letter_queue_creates_and_grows_its_topic() {
     assert_eq!(kafka_topic(&s.env, &topic).await.unwrap().0, 5);
     // The connector's rendered task config points at the queue's topic with context headers on.
     let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
-    wait_condition(&s, "orders", "Ready", "True", "Paused").await;
+    s.wait_condition("orders", "Ready", "True", "Paused").await;
     let cm = cms.get_opt("orders-tasks").await.unwrap();
     assert!(cm.is_some(), "the ConfigMap exists even while paused");
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -507,7 +465,7 @@ async fn two_operator_replicas_elect_one_leader() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
-    let ns = namespace(&client, "ctl-leader").await;
+    let ns = namespace(&client, &env, "ctl-leader").await;
     let mut a = Operator::start(&env, &ns, true, "replica-a");
     wait_for("replica-a to lead", WAIT, || async {
         if a.readyz().await == 200 {
@@ -518,13 +476,18 @@ async fn two_operator_replicas_elect_one_leader() {
     })
     .await;
     let b = Operator::start(&env, &ns, true, "replica-b");
-    tokio::time::sleep(Duration::from_secs(3)).await; // give b the chance to (wrongly) take the lease
-    assert_eq!(
-        b.readyz().await,
-        503,
-        "the second replica waits: {}",
-        b.log_tail()
-    );
+    holds_for(
+        "the second replica waits",
+        Duration::from_secs(3),
+        || async {
+            match b.readyz().await {
+                503 | 0 => Ok(()),
+                code => Err(format!("readyz {code}: {}", b.log_tail())),
+            }
+        },
+    )
+    .await;
+    assert_eq!(b.readyz().await, 503, "it serves readyz: {}", b.log_tail());
     // When the leader dies, the other replica takes over once the lease expires.
     a.kill();
     wait_for(
@@ -549,5 +512,4 @@ async fn two_operator_replicas_elect_one_leader() {
         .unwrap()
         .holder_identity;
     assert_eq!(holder.as_deref(), Some("replica-b"));
-    delete_namespace(&client, &ns).await;
 }

@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sluice::crd::{Connector, DeadLetterQueue};
-use support::{Env, delete_namespace, install_crds, kubectl, namespace};
+use support::{Env, install_crds, kubectl, namespace};
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -88,7 +88,7 @@ async fn every_invalid_manifest_is_rejected_with_a_message_naming_the_field() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
-    let ns = namespace(&client, "crd-invalid").await;
+    let ns = namespace(&client, &env, "crd-invalid").await;
     let manifests = invalid_manifests();
     assert!(
         manifests.len() >= 15,
@@ -126,7 +126,6 @@ async fn every_invalid_manifest_is_rejected_with_a_message_naming_the_field() {
         "manifests not rejected as expected:\n{}",
         wrong.join("\n")
     );
-    delete_namespace(&client, &ns).await;
 }
 
 fn valid_source() -> serde_json::Value {
@@ -147,7 +146,7 @@ async fn transition_rules_guard_immutable_and_grow_only_fields() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
-    let ns = namespace(&client, "crd-transition").await;
+    let ns = namespace(&client, &env, "crd-transition").await;
     let connectors: Api<Connector> = Api::namespaced(client.clone(), &ns);
     let created: Connector = serde_json::from_value(valid_source()).unwrap();
     connectors
@@ -222,7 +221,6 @@ async fn transition_rules_guard_immutable_and_grow_only_fields() {
     )
     .await
     .expect("a second replay with a new id is fine");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -230,7 +228,7 @@ async fn kubectl_get_shows_the_printer_columns_and_short_names() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
-    let ns = namespace(&client, "crd-columns").await;
+    let ns = namespace(&client, &env, "crd-columns").await;
     let created: Connector = serde_json::from_value(valid_source()).unwrap();
     Api::<Connector>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &created)
@@ -293,5 +291,4 @@ async fn kubectl_get_shows_the_printer_columns_and_short_names() {
         table.lines().nth(1).unwrap().starts_with("orders-dlq"),
         "{table}"
     );
-    delete_namespace(&client, &ns).await;
 }

@@ -21,7 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::json;
-use support::{Env, delete_namespace, merge, namespace, unique, wait_for};
+use support::{Env, merge, namespace, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -29,7 +29,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn kube_client_creates_and_watches_a_configmap() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
-    let ns = namespace(&client, "smoke-watch").await;
+    let ns = namespace(&client, &env, "smoke-watch").await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
     let mut seen = watcher(api.clone(), watcher::Config::default())
@@ -52,7 +52,6 @@ async fn kube_client_creates_and_watches_a_configmap() {
     .await
     .expect("the watch delivers the ConfigMap");
     assert_eq!(got.data.unwrap()["greeting"], "hi");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -92,7 +91,7 @@ async fn a_crd_with_a_cel_rule_rejects_a_bad_object() {
     .expect("CRD established in time")
     .unwrap();
 
-    let ns = namespace(&client, "smoke-cel").await;
+    let ns = namespace(&client, &env, "smoke-cel").await;
     let resource =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Range"), "ranges");
     let ranges: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
@@ -120,7 +119,6 @@ async fn a_crd_with_a_cel_rule_rejects_a_bad_object() {
         .await
         .expect("a valid object is accepted");
 
-    delete_namespace(&client, &ns).await;
     crds.delete(&crd_name, &DeleteParams::default())
         .await
         .unwrap();
@@ -130,7 +128,7 @@ async fn a_crd_with_a_cel_rule_rejects_a_bad_object() {
 async fn the_garbage_collector_deletes_owned_objects() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
-    let ns = namespace(&client, "smoke-gc").await;
+    let ns = namespace(&client, &env, "smoke-gc").await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let owner: ConfigMap =
         serde_json::from_value(json!({ "metadata": { "name": "owner" } })).unwrap();
@@ -159,7 +157,6 @@ async fn the_garbage_collector_deletes_owned_objects() {
         }
     })
     .await;
-    delete_namespace(&client, &ns).await;
 }
 
 /// A pod of the sluice image, as the scheduler and the local node see it.
@@ -200,7 +197,7 @@ async fn wait_for_phase(pods: &Api<Pod>, name: &str, phase: &str) -> Pod {
 async fn a_pod_is_scheduled_onto_the_local_node_and_succeeds() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
-    let ns = namespace(&client, "smoke-pod").await;
+    let ns = namespace(&client, &env, "smoke-pod").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(
         &PostParams::default(),
@@ -230,14 +227,13 @@ async fn a_pod_is_scheduled_onto_the_local_node_and_succeeds() {
         .expect("terminated state");
     assert_eq!(terminated.exit_code, 0);
     assert_eq!(terminated.reason.as_deref(), Some("Completed"));
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
 async fn a_failing_pod_reports_its_termination_message() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
-    let ns = namespace(&client, "smoke-fail").await;
+    let ns = namespace(&client, &env, "smoke-fail").await;
     let cm: ConfigMap = serde_json::from_value(json!({
         "metadata": { "name": "task" },
         "data": { "task.yaml": "connector: orders\ntaskId: 0\ntype: mongodb-sourc\n" }
@@ -280,7 +276,6 @@ async fn a_failing_pod_reports_its_termination_message() {
         text.contains("type: unknown variant `mongodb-sourc`"),
         "{text}"
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use mongodb::bson::{Document, doc};
 use rdkafka::ClientConfig;
 use rdkafka::message::Message;
@@ -17,71 +17,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sluice::crd::Connector;
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, delete_namespace, first_row, kubectl, merge,
-    setup, topic_reader, unique, wait_for,
+    Env, Operator, Setup, condition, create_secret, create_topic, events_for, first_row, has,
+    holds_for, kubectl, merge, setup, topic_reader, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
-
-impl Setup {
-    fn connectors(&self) -> Api<Connector> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    /// Waits until `check` accepts the Connector; on timeout shows the status and the operator's log.
-    async fn wait_connector<F>(&self, name: &str, what: &str, check: F) -> Connector
-    where
-        F: Fn(&Connector) -> bool,
-    {
-        let api = self.connectors();
-        let check = &check;
-        wait_for(&format!("{name}: {what}"), WAIT, || async {
-            let conn = api.get(name).await.map_err(|e| e.to_string())?;
-            if check(&conn) {
-                Ok(conn)
-            } else {
-                Err(format!(
-                    "status {}\noperator log:\n{}",
-                    serde_json::to_string_pretty(&conn.status).unwrap_or_default(),
-                    self.operator.log_tail()
-                ))
-            }
-        })
-        .await
-    }
-}
-
-/// The condition's (status, reason, message).
-fn condition(conn: &Connector, type_: &str) -> (String, String, String) {
-    conn.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
-}
-
-fn has(conn: &Connector, type_: &str, status: &str, reason: &str) -> bool {
-    let (s, r, _) = condition(conn, type_);
-    s == status && r == reason
-}
-
-async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
 
 /// A source Connector on the fault peer, streaming `<db>.orders` to `cdc.<db>.orders`.
 async fn create_source(s: &Setup, name: &str, db: &str, extra: serde_json::Value) {
@@ -339,7 +279,6 @@ async fn a_lost_resume_token_rotates_the_partition_and_a_new_task_streams_withou
         task_cfg.contains(&format!("offsetPartitionName: {name}.1")),
         "{task_cfg}"
     );
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -369,12 +308,17 @@ async fn an_operator_killed_during_a_recovery_still_rotates_exactly_once() {
             running(c) && partition(c) == format!("{name}.1")
         })
         .await;
-    // Give the third operator a few reconciles to prove it does not rotate again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = s.connectors().get(&name).await.unwrap();
-    assert_eq!(rotations(&after), 1, "{:?}", after.status);
-    assert_eq!(partition(&after), partition(&recovered));
-    delete_namespace(&s.client, &s.ns).await;
+    // Over the third operator's next reconciles, it does not rotate again.
+    let api = s.connectors();
+    holds_for("one rotation", Duration::from_secs(3), || async {
+        let after = api.get(&name).await.map_err(|e| e.to_string())?;
+        if rotations(&after) == 1 && partition(&after) == partition(&recovered) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", after.status))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -405,13 +349,19 @@ async fn policy_fail_explains_what_to_do_and_the_rotate_annotation_recovers() {
     assert_eq!(rotations(&degraded), 0);
     assert_eq!(partition(&degraded), name);
     assert!(has(&degraded, "Ready", "False", "TasksNotReady"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let still = s.connectors().get(&name).await.unwrap();
-    assert_eq!(
-        still.status.as_ref().unwrap().tasks[0].restarts,
-        0,
-        "no restart that fails the same way"
-    );
+    let api = s.connectors();
+    holds_for(
+        "no restart that fails the same way",
+        Duration::from_secs(3),
+        || async {
+            let still = api.get(&name).await.map_err(|e| e.to_string())?;
+            match still.status.as_ref().map(|st| st.tasks[0].restarts) {
+                Some(0) => Ok(()),
+                other => Err(format!("restarts {other:?}")),
+            }
+        },
+    )
+    .await;
 
     let patch = json!({ "metadata": { "annotations": { "sluice.dev/rotate-offsets": "first" } } });
     s.connectors()
@@ -436,7 +386,6 @@ async fn policy_fail_explains_what_to_do_and_the_rotate_annotation_recovers() {
             .any(|(_, r, m)| r == "OffsetPartitionRotated" && m.contains("on request")),
         "{events:?}"
     );
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -516,7 +465,6 @@ async fn a_source_resets_its_offsets_only_while_stopped() {
         2,
         "no stored token after the reset: copyExisting copied the document again: {copied:?}"
     );
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -664,7 +612,6 @@ async fn sink_error_counters_show_per_task_and_in_totals_and_degraded_comes_and_
     );
     assert_eq!(st.ended_task_totals.unwrap().total_record_errors, 3);
     drop(replaced);
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -717,5 +664,4 @@ async fn a_resume_token_older_than_half_the_oplog_window_is_at_risk() {
         .await;
     let (_, _, message) = condition(&risky, "ResumeTokenAtRisk");
     assert!(message.contains("oplog window of 30s"), "{message}");
-    delete_namespace(&s.client, &s.ns).await;
 }

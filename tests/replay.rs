@@ -19,8 +19,7 @@ use serde_json::json;
 use sluice::crd::dead_letter_queue::{ReplayStatus, replay_phase};
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, delete_namespace, events_for, setup, unique,
-    wait_for,
+    Env, Operator, Setup, create_secret, create_topic, events_for, setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -386,12 +385,11 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
             assert!(
                 events
                     .iter()
-                    .any(|(r, m)| r == reason && m.starts_with(&prefix)),
+                    .any(|(_, r, m)| r == reason && m.starts_with(&prefix)),
                 "{reason} {prefix:?} in {events:?}"
             );
         }
     }
-    delete_namespace(&s.client, &s.ns).await;
 }
 
 #[tokio::test]
@@ -516,8 +514,7 @@ async fn a_replay_killed_midway_continues_and_replays_each_record_exactly_once()
     assert!(
         events
             .iter()
-            .any(|(r, m)| r == "ReplayRestarted" && m.contains("restart 1 of")),
+            .any(|(_, r, m)| r == "ReplayRestarted" && m.contains("restart 1 of")),
         "{events:?}"
     );
-    delete_namespace(&s.client, &s.ns).await;
 }

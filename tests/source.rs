@@ -244,7 +244,8 @@ async fn heartbeats_advance_the_stored_token_on_an_idle_collection() {
 
     // The heartbeat's token is where a restarted task resumes: a change made while it was down arrives,
     // although the startup mode (latest) alone would skip it.
-    tokio::time::sleep(Duration::from_millis(1100)).await; // past the heartbeat token's second
+    // Wall-clock time must pass (nothing to poll for): past the heartbeat token's second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     coll.insert_one(doc! { "_id": 1, "item": "while down" })
         .await
         .unwrap();

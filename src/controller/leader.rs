@@ -1,6 +1,12 @@
 //! Leader election through a coordination.k8s.io Lease, so two operator replicas never reconcile at once.
 //! A replica that loses its lease stops (and is restarted by its Deployment) rather than risk acting as a
 //! second leader.
+//!
+//! Hand-written (about 100 lines, client-go's algorithm: take a free or expired lease, renew it by a
+//! compare-and-swap on its resourceVersion), not taken from a crate: kube-leader-election 0.44 needs kube 4
+//! (a second kube in the build); kube-lease-manager 0.13 fits kube 5, but its holder keeps reporting that it
+//! leads while it can't reach the API server (it logs and retries), so after the lease expires a second
+//! replica could lead beside it. Here a replica that could not renew for a lease duration stops.
 
 use std::time::Duration;
 

@@ -75,6 +75,11 @@ impl Failure {
         )
     }
 
+    /// A task config that can't work: never retried.
+    pub fn config(stage: Stage, message: impl Into<String>) -> Self {
+        Self::new(stage, "ConfigException", message, false)
+    }
+
     /// A librdkafka error: retriable when the broker error clears by itself.
     pub fn kafka(stage: Stage, err: &rdkafka::error::KafkaError) -> Self {
         let code = err.rdkafka_error_code();

@@ -404,7 +404,9 @@ logger.state.level = WARN
            f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}", "-cp", java_cp]
     if not (kdir / "data" / "meta.properties").exists():
         cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(kdir / "server.properties")],
+        # `--cluster-id=<id>`, not `-t <id>`: an id may start with '-', which the tool would read as an option.
+        run([*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c",
+             str(kdir / "server.properties")],
             stdout=subprocess.DEVNULL)
     kafka_c = Component("kafka", [*jvm, "kafka.Kafka", str(kdir / "server.properties")], ready=lambda: False,
                         endpoint=f"127.0.0.1:{kafka}", version=jar_version(kafka_lib, "kafka_2.13"))

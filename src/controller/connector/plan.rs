@@ -150,6 +150,70 @@ pub fn restart_delay(restarts: i32, spec: &RestartSpec) -> Duration {
     Duration::from_secs(initial.saturating_mul(factor).min(max))
 }
 
+/// A failed task: restarted after its backoff (then `Restarting`), replaced at once when its config
+/// changed, or left failed — at `maxRestarts`, or after a lost resume token under policy `fail` (another
+/// start would fail the same way: it waits for a person).
+fn plan_failed(
+    conn: &Connector,
+    p: &ObservedPod,
+    hash: &str,
+    task: &mut TaskStatus,
+    now: Timestamp,
+    out: &mut Plan,
+) {
+    let (id, restarts, restart) = (task.id as u32, task.restarts, &conn.spec.restart);
+    let (reason, message) = p.termination.clone().unwrap_or_else(|| {
+        (
+            TerminationReason::Other("Error".into()),
+            format!("pod {}", p.phase.as_str()),
+        )
+    });
+    task.phase = Some(task_phase::FAILED.into());
+    task.reason = Some(reason.as_str().into());
+    task.message = Some(message);
+    let finished = p.finished_at.unwrap_or(now);
+    if restart.max_restarts.is_some_and(|max| restarts >= max) {
+        task.reason = Some(task_reason::MAX_RESTARTS_REACHED.into());
+        task.message = Some(format!(
+            "task {id} failed {} times; restarts stopped at spec.restart.maxRestarts={}: {}",
+            restarts + 1,
+            restarts,
+            task.message.clone().unwrap_or_default()
+        ));
+    } else if p.config_hash.as_deref() != Some(hash) {
+        // A new config (a rotated partition name, too) deserves a fresh start right away.
+        out.delete
+            .push((p.name.clone(), DeleteReason::ConfigChanged));
+    } else if p.lost_resume_token()
+        && conn
+            .spec
+            .source
+            .as_ref()
+            .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
+    {
+        // Another start would fail the same way: wait for a person (policy fail).
+    } else {
+        let delay = restart_delay(restarts, restart);
+        let due = finished + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);
+        if now >= due {
+            out.delete.push((
+                p.name.clone(),
+                DeleteReason::Restart {
+                    task_id: id,
+                    restart: restarts + 1,
+                    after: delay,
+                },
+            ));
+            task.restarts = restarts + 1;
+            task.phase = Some(task_phase::RESTARTING.into());
+        } else {
+            task.next_restart_time = Some(due.to_string());
+            let wait = due.duration_since(now).unsigned_abs();
+            out.requeue_after = Some(out.requeue_after.map_or(wait, |r| r.min(wait)));
+        }
+    }
+}
+
 /// Decides per task what happens to its pod.
 pub fn plan(
     conn: &Connector,
@@ -162,11 +226,7 @@ pub fn plan(
         .as_ref()
         .map(|s| s.tasks.clone())
         .unwrap_or_default();
-    let restart = &conn.spec.restart;
     let mut out = Plan::default();
-    let requeue = |d: Duration, out: &mut Plan| {
-        out.requeue_after = Some(out.requeue_after.map_or(d, |r| r.min(d)));
-    };
     for pod in pods {
         let wanted = pod
             .task_id
@@ -220,56 +280,7 @@ pub fn plan(
                 );
             }
             Some(p) if p.phase.is_terminal() => {
-                let (reason, message) = p.termination.clone().unwrap_or_else(|| {
-                    (
-                        TerminationReason::Other("Error".into()),
-                        format!("pod {}", p.phase.as_str()),
-                    )
-                });
-                set(&mut task, task_phase::FAILED, Some(reason.as_str()));
-                task.message = Some(message);
-                let finished = p.finished_at.unwrap_or(now);
-                if restart.max_restarts.is_some_and(|max| restarts >= max) {
-                    task.reason = Some(task_reason::MAX_RESTARTS_REACHED.into());
-                    task.message = Some(format!(
-                        "task {id} failed {} times; restarts stopped at spec.restart.maxRestarts={}: {}",
-                        restarts + 1,
-                        restarts,
-                        task.message.clone().unwrap_or_default()
-                    ));
-                } else if p.config_hash.as_deref() != Some(hash.as_str()) {
-                    // A new config (a rotated partition name, too) deserves a fresh start right away.
-                    out.delete
-                        .push((p.name.clone(), DeleteReason::ConfigChanged));
-                } else if p.lost_resume_token()
-                    && conn
-                        .spec
-                        .source
-                        .as_ref()
-                        .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
-                {
-                    // Another start would fail the same way: wait for a person (policy fail).
-                } else {
-                    let delay = restart_delay(restarts, restart);
-                    let due =
-                        finished + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);
-                    if now >= due {
-                        out.delete.push((
-                            p.name.clone(),
-                            DeleteReason::Restart {
-                                task_id: id,
-                                restart: restarts + 1,
-                                after: delay,
-                            },
-                        ));
-                        task.restarts = restarts + 1;
-                        task.phase = Some(task_phase::RESTARTING.into());
-                    } else {
-                        task.next_restart_time = Some(due.to_string());
-                        let wait = due.duration_since(now).unsigned_abs();
-                        requeue(wait, &mut out);
-                    }
-                }
+                plan_failed(conn, p, hash, &mut task, now, &mut out);
             }
             Some(p) => {
                 let running = p.phase == PodPhase::Running;
@@ -343,6 +354,35 @@ spec:
         }
     }
 
+    /// Task 0's pod, failed at `finished` with a config error.
+    pub fn failed_at(finished: Timestamp) -> ObservedPod {
+        let mut failed = observed(0, PodPhase::Failed, "h");
+        failed.finished_at = Some(finished);
+        failed.termination = Some((TerminationReason::ConfigInvalid, "bad".into()));
+        failed
+    }
+
+    /// A sink whose task 0 failed an hour ago after 3 restarts, its `maxRestarts`, and the plan for it.
+    pub fn restarts_exhausted() -> (Connector, Plan) {
+        let mut conn = connector(SINK);
+        let finished: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        conn.status = Some(ConnectorStatus {
+            tasks: vec![TaskStatus {
+                id: 0,
+                restarts: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let exhausted = plan(
+            &conn,
+            &[failed_at(finished)],
+            &["h".into()],
+            finished + SignedDuration::from_secs(3600),
+        );
+        (conn, exhausted)
+    }
+
     pub fn lost(uid: &str) -> ObservedPod {
         let mut p = observed(0, PodPhase::Failed, "h");
         p.uid = Some(uid.into());
@@ -397,15 +437,13 @@ spec:
 
     #[test]
     fn a_failed_task_restarts_after_its_backoff_until_max_restarts() {
-        let mut conn = connector(SINK);
+        let conn = connector(SINK);
         let finished: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let mut failed = observed(0, PodPhase::Failed, "h");
-        failed.finished_at = Some(finished);
-        failed.termination = Some((TerminationReason::ConfigInvalid, "bad".into()));
+        let failed = failed_at(finished);
 
         let early = plan(
             &conn,
-            &[failed.clone()],
+            std::slice::from_ref(&failed),
             &["h".into()],
             finished + SignedDuration::from_secs(5),
         );
@@ -419,7 +457,7 @@ spec:
 
         let due = plan(
             &conn,
-            &[failed.clone()],
+            std::slice::from_ref(&failed),
             &["h".into()],
             finished + SignedDuration::from_secs(10),
         );
@@ -437,20 +475,7 @@ spec:
         assert_eq!(due.tasks[0].restarts, 1);
         assert_eq!(due.pods_to_create(), [0], "restarted at once");
 
-        conn.status = Some(ConnectorStatus {
-            tasks: vec![TaskStatus {
-                id: 0,
-                restarts: 3,
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        let exhausted = plan(
-            &conn,
-            &[failed],
-            &["h".into()],
-            finished + SignedDuration::from_secs(3600),
-        );
+        let (_, exhausted) = restarts_exhausted();
         assert!(exhausted.delete.is_empty());
         assert_eq!(
             exhausted.tasks[0].reason.as_deref(),

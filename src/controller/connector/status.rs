@@ -254,7 +254,6 @@ fn decide_main_conditions(
     problem: Option<&Problem>,
     signals: &Signals,
 ) -> Vec<Desired> {
-    let desired = desired_tasks(conn);
     let Some(plan) = plan else {
         let p = problem
             .cloned()
@@ -270,17 +269,22 @@ fn decide_main_conditions(
             Desired::new(DEGRADED, false, reason::AS_EXPECTED, ""),
         ];
     };
+    vec![
+        ready(conn, plan),
+        progressing(plan),
+        degraded(conn, plan, signals),
+    ]
+}
+
+/// `Ready`: every wanted task runs (or the state wants none).
+fn ready(conn: &Connector, plan: &Plan) -> Desired {
+    let desired = desired_tasks(conn);
     let running = plan
         .tasks
         .iter()
         .filter(|t| t.phase.as_deref() == Some(task_phase::RUNNING))
         .count() as u32;
-    let failed: Vec<&TaskStatus> = plan
-        .tasks
-        .iter()
-        .filter(|t| t.phase.as_deref() == Some(task_phase::FAILED))
-        .collect();
-    let ready = match conn.spec.state {
+    match conn.spec.state {
         ConnectorState::Running if running == desired => Desired::new(
             READY,
             true,
@@ -305,7 +309,11 @@ fn decide_main_conditions(
             reason::STOPPED,
             "spec.state is stopped: no tasks run",
         ),
-    };
+    }
+}
+
+/// `Progressing`: pods are being created, replaced or removed.
+fn progressing(plan: &Plan) -> Desired {
     let busy = !plan.create.is_empty()
         || !plan.delete.is_empty()
         || plan.tasks.iter().any(|t| {
@@ -314,7 +322,7 @@ fn decide_main_conditions(
                 Some(task_phase::PENDING | task_phase::STOPPING | task_phase::RESTARTING)
             )
         });
-    let progressing = if busy {
+    if busy {
         Desired::new(
             PROGRESSING,
             true,
@@ -328,7 +336,16 @@ fn decide_main_conditions(
             reason::STABLE,
             "every task is as the spec asks",
         )
-    };
+    }
+}
+
+/// `Degraded`: a task lost its resume point for good (policy fail), a task failed, or record errors rose.
+fn degraded(conn: &Connector, plan: &Plan, signals: &Signals) -> Desired {
+    let failed: Vec<&TaskStatus> = plan
+        .tasks
+        .iter()
+        .filter(|t| t.phase.as_deref() == Some(task_phase::FAILED))
+        .collect();
     let lost_for_good = failed.iter().find(|t| {
         t.reason.as_deref() == Some(TerminationReason::ResumeTokenLost.as_str())
             && conn
@@ -337,7 +354,7 @@ fn decide_main_conditions(
                 .as_ref()
                 .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
     });
-    let degraded = match (lost_for_good, failed.first()) {
+    match (lost_for_good, failed.first()) {
         (Some(t), _) => {
             let mode = conn
                 .spec
@@ -390,8 +407,7 @@ fn decide_main_conditions(
             Some(message) => Desired::new(DEGRADED, true, reason::RECORD_ERRORS, message.clone()),
             None => Desired::new(DEGRADED, false, reason::AS_EXPECTED, "no task failed"),
         },
-    };
-    vec![ready, progressing, degraded]
+    }
 }
 
 /// The status to write.
@@ -436,7 +452,7 @@ pub fn build_status(
 mod tests {
     use super::super::counters::tests::sample;
     use super::super::offsets;
-    use super::super::plan::tests::{SINK, SOURCE, connector, lost, observed};
+    use super::super::plan::tests::{SINK, SOURCE, connector, lost, observed, restarts_exhausted};
     use super::super::plan::{self, DeleteReason};
     use super::*;
     use crate::controller::pod_status::PodPhase;
@@ -445,25 +461,7 @@ mod tests {
 
     #[test]
     fn restarts_that_stop_at_max_restarts_degrade_the_connector() {
-        let mut conn = connector(SINK);
-        let finished: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let mut failed = observed(0, PodPhase::Failed, "h");
-        failed.finished_at = Some(finished);
-        failed.termination = Some((TerminationReason::ConfigInvalid, "bad".into()));
-        conn.status = Some(ConnectorStatus {
-            tasks: vec![TaskStatus {
-                id: 0,
-                restarts: 3,
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        let exhausted = plan::plan(
-            &conn,
-            &[failed],
-            &["h".into()],
-            finished + SignedDuration::from_secs(3600),
-        );
+        let (conn, exhausted) = restarts_exhausted();
         let conds = decide_conditions(&conn, Some(&exhausted), None, &Signals::default());
         assert_eq!(
             (conds[2].type_, conds[2].status, conds[2].reason.as_str()),

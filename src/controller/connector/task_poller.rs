@@ -23,6 +23,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::controller::Context;
+use crate::controller::pod_status::PodPhase;
 use crate::crd::Connector;
 use crate::names::{LABEL_CONNECTOR, LABEL_TASK, TASK_HTTP_PORT};
 use crate::wire::StatusReport;
@@ -157,7 +158,7 @@ struct Target {
 
 fn target(pod: &Pod) -> Option<Target> {
     let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
+    if PodPhase::of(pod) != PodPhase::Running {
         return None;
     }
     let ip = status.pod_ip.as_deref()?;

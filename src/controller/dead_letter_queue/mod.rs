@@ -72,12 +72,13 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
         .namespace()
         .ok_or_else(|| Error::NotNamespaced(dlq.name_any()))?;
     let old = dlq.status.clone().unwrap_or_default();
+    // Dereference.
     let secrets = Secrets::read(&ctx.client, &ns, kafka_secret_names(&dlq.spec.kafka)).await?;
     let connectors = Api::<Connector>::namespaced(ctx.client.clone(), &ns)
         .list(&Default::default())
         .await?
         .items;
-
+    // Validate.
     let kafka = secrets
         .kafka_credentials(&dlq.spec.kafka, "spec.kafka")
         .map(|creds| {
@@ -86,17 +87,57 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
                 Credentials::Secrets(&creds),
             )
         });
+    // The topic, then what is in it and the replays.
     let topic = match &kafka {
-        Ok(config) => topic::ensure(dlq, config).await?,
+        Ok(config) => topic::ensure(dlq, config).await,
         Err(problem) => Err(problem.clone()),
     };
     let ready = topic::ready_condition(dlq, topic.as_ref());
-    if old
-        .conditions
-        .iter()
-        .find(|c| c.type_ == READY)
-        .is_none_or(|c| c.reason != ready.reason)
-    {
+    announce_ready(ctx, dlq, &old, &ready).await;
+    let mut next = Progress {
+        inspection: old.inspection.clone(),
+        replays: old.replays.clone(),
+        ..Default::default()
+    };
+    if let (Ok(t), Ok(config)) = (&topic, &kafka) {
+        let refresh = inspect_topic(dlq, t, config, old.inspection.clone()).await;
+        next.backlog = refresh.backlog;
+        next.inspection = refresh.inspection.or(next.inspection);
+        (next.replays, next.replay_running) =
+            replays::reconcile_replays(ctx, dlq, &t.name, config, refresh.watermarks.as_deref())
+                .await?;
+    }
+    // Status.
+    let requeue = next.requeue(&ready, ctx.config.dead_letter_refresh);
+    let status = DeadLetterQueueStatus {
+        replays: next.replays,
+        inspection: next.inspection,
+        observed_generation: dlq.metadata.generation,
+        conditions: conditions::merge(
+            &old.conditions,
+            std::slice::from_ref(&ready),
+            dlq.metadata.generation,
+            Timestamp::now(),
+        ),
+        topic: topic.ok().or(old.topic),
+        connectors: referencing_connectors(dlq, &connectors),
+    };
+    if dlq.status.as_ref() != Some(&status) {
+        let api: Api<DeadLetterQueue> = Api::namespaced(ctx.client.clone(), &ns);
+        apply::apply_status(&api, &dlq.name_any(), &status, None).await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// An Event when the Ready condition's reason changes.
+async fn announce_ready(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    old: &DeadLetterQueueStatus,
+    ready: &conditions::Desired,
+) {
+    let before = old.conditions.iter().find(|c| c.type_ == READY);
+    if before.is_none_or(|c| c.reason != ready.reason) {
         let type_ = if ready.status {
             EventType::Normal
         } else {
@@ -106,46 +147,31 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
             .about(dlq, type_, &ready.reason, &ready.message)
             .await;
     }
+}
 
-    let mut inspection = old.inspection.clone();
-    let mut backlog = false;
-    let mut replay_running = false;
-    let mut replays = old.replays.clone();
-    if let (Ok(t), Ok(config)) = (&topic, &kafka) {
-        let refresh = inspect_topic(dlq, t, config, old.inspection.clone()).await;
-        backlog = refresh.backlog;
-        inspection = refresh.inspection.or(inspection);
-        (replays, replay_running) =
-            replays::reconcile_replays(ctx, dlq, &t.name, config, refresh.watermarks.as_deref())
-                .await?;
-    }
+/// What inspection and replays made of this reconcile.
+#[derive(Default)]
+struct Progress {
+    inspection: Option<Inspection>,
+    replays: Vec<crate::crd::dead_letter_queue::ReplayStatus>,
+    /// Records are left to inspect.
+    backlog: bool,
+    replay_running: bool,
+}
 
-    let status = DeadLetterQueueStatus {
-        replays,
-        inspection,
-        observed_generation: dlq.metadata.generation,
-        conditions: conditions::merge(
-            &old.conditions,
-            std::slice::from_ref(&ready),
-            dlq.metadata.generation,
-            Timestamp::now(),
-        ),
-        topic: topic.as_ref().ok().cloned().or(old.topic.clone()),
-        connectors: referencing_connectors(dlq, &connectors),
-    };
-    if dlq.status.as_ref() != Some(&status) {
-        let api: Api<DeadLetterQueue> = Api::namespaced(ctx.client.clone(), &ns);
-        apply::apply_status(&api, &dlq.name_any(), &status, None).await?;
+impl Progress {
+    /// How soon to look again: at once while records are left to inspect, soon while a replay runs.
+    fn requeue(&self, ready: &conditions::Desired, refresh: Duration) -> Duration {
+        if self.backlog {
+            BACKLOG_REFRESH
+        } else if self.replay_running {
+            refresh.min(REPLAY_PROGRESS_REFRESH)
+        } else if ready.status {
+            refresh
+        } else {
+            RETRY_PROBLEM
+        }
     }
-    Ok(Action::requeue(if backlog {
-        BACKLOG_REFRESH
-    } else if replay_running {
-        ctx.config.dead_letter_refresh.min(REPLAY_PROGRESS_REFRESH)
-    } else if ready.status {
-        ctx.config.dead_letter_refresh
-    } else {
-        RETRY_PROBLEM
-    }))
 }
 
 /// One inspection refresh: the new inspection (`None` when reading failed — logged; the last one stays),

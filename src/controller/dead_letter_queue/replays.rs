@@ -319,9 +319,9 @@ pub fn read_progress(
     Ok((counts, remaining))
 }
 
-/// Runs `spec.replays` (see [`replay`]): applies the plan — events, pod deletions, the start of the next
-/// replay (recorded in status before its pod exists), a missing pod — and reads the running replay's
-/// progress. Returns `status.replays` and whether a replay is running.
+/// Runs `spec.replays`: applies the plan — events, pod deletions, the start of the next replay (recorded in
+/// status before its pod exists), a missing pod — and reads the running replay's progress. Returns
+/// `status.replays` and whether a replay is running.
 pub async fn reconcile_replays(
     ctx: &Context,
     dlq: &DeadLetterQueue,
@@ -339,9 +339,8 @@ pub async fn reconcile_replays(
         .iter()
         .filter_map(ObservedReplayPod::from_pod)
         .collect();
-    let old = dlq.status.clone().unwrap_or_default().replays;
     let now = Timestamp::now();
-    let mut plan = plan_replays(&dlq.spec.replays, &old, &observed, now);
+    let mut plan = plan_replays(&dlq.spec.replays, &replays_of(dlq), &observed, now);
     for e in &plan.events {
         let type_ = if e.warning {
             EventType::Warning
@@ -354,75 +353,7 @@ pub async fn reconcile_replays(
         apply::delete(&pods, name).await?;
     }
     if let (Some(id), Some(watermarks)) = (plan.start.clone(), watermarks) {
-        let spec = dlq
-            .spec
-            .replays
-            .iter()
-            .find(|r| r.id == id)
-            .cloned()
-            .unwrap_or_default();
-        let missing_target = match &spec.target_topic {
-            Some(t) => {
-                let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
-                crate::kafka::topics::metadata(&admin, t)
-                    .await?
-                    .is_none()
-                    .then(|| t.clone())
-            }
-            None => None,
-        };
-        let st = plan
-            .statuses
-            .iter_mut()
-            .find(|s| s.id == id)
-            .expect("planned");
-        if let Some(target) = missing_target {
-            let message =
-                format!("target topic {target} does not exist; the replay starts once it does");
-            if old
-                .iter()
-                .find(|s| s.id == id)
-                .and_then(|s| s.message.as_ref())
-                != Some(&message)
-            {
-                let note = format!("replay {id}: {message}");
-                ctx.events
-                    .about(
-                        dlq,
-                        EventType::Warning,
-                        reason::REPLAY_TARGET_MISSING,
-                        &note,
-                    )
-                    .await;
-            }
-            st.message = Some(message);
-        } else {
-            st.phase = replay_phase::RUNNING.into();
-            st.start_time = Some(now.to_string());
-            st.end_offsets = watermarks
-                .iter()
-                .map(|&(p, _, high)| (p.to_string(), high))
-                .collect();
-            st.remaining = watermarks.iter().map(|&(_, low, high)| high - low).sum();
-            st.pod = Some(pod_name(dlq, &id));
-            st.message = Some("reading up to the end offsets taken at the start".into());
-            let note = format!(
-                "replay {id} started{}: {} records up to end offsets {:?}, to {}",
-                if spec.dry_run { " (dry run)" } else { "" },
-                st.remaining,
-                st.end_offsets,
-                spec.target_topic
-                    .as_deref()
-                    .unwrap_or("their original topics"),
-            );
-            // Status, not the pod, is the record that this replay began: written first, guarded by the
-            // resourceVersion this reconcile read, so a stale view can't start it twice.
-            write_replays_guarded(ctx, dlq, &plan.statuses).await?;
-            ctx.events
-                .about(dlq, EventType::Normal, reason::REPLAY_STARTED, &note)
-                .await;
-            plan.create_pod = Some(id);
-        }
+        start_replay(ctx, dlq, kafka, &mut plan, &id, watermarks, now).await?;
     }
     if let Some(id) = &plan.create_pod {
         let spec = dlq.spec.replays.iter().find(|r| &r.id == id);
@@ -434,14 +365,114 @@ pub async fn reconcile_replays(
             st.pod = Some(pod.name_any());
         }
     }
+    let running = refresh_progress(dlq, topic, kafka, &mut plan.statuses, watermarks).await;
+    Ok((plan.statuses, running))
+}
+
+fn replays_of(dlq: &DeadLetterQueue) -> Vec<ReplayStatus> {
+    dlq.status.clone().unwrap_or_default().replays
+}
+
+/// Starts replay `id`, unless its target topic is missing (then it waits, with a Warning Event once): its
+/// end offsets are the topic's end offsets now, and status is written before its pod is created.
+async fn start_replay(
+    ctx: &Context,
+    dlq: &DeadLetterQueue,
+    kafka: &ClientConfig,
+    plan: &mut ReplayPlan,
+    id: &str,
+    watermarks: &[(i32, i64, i64)],
+    now: Timestamp,
+) -> Result<()> {
+    let spec = dlq
+        .spec
+        .replays
+        .iter()
+        .find(|r| r.id == id)
+        .cloned()
+        .unwrap_or_default();
+    let missing_target = match &spec.target_topic {
+        Some(t) => {
+            let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
+            crate::kafka::topics::metadata(&admin, t)
+                .await?
+                .is_none()
+                .then(|| t.clone())
+        }
+        None => None,
+    };
+    let st = plan
+        .statuses
+        .iter_mut()
+        .find(|s| s.id == id)
+        .expect("planned");
+    if let Some(target) = missing_target {
+        let message =
+            format!("target topic {target} does not exist; the replay starts once it does");
+        let before = replays_of(dlq);
+        if before
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.message.as_ref())
+            != Some(&message)
+        {
+            let note = format!("replay {id}: {message}");
+            ctx.events
+                .about(
+                    dlq,
+                    EventType::Warning,
+                    reason::REPLAY_TARGET_MISSING,
+                    &note,
+                )
+                .await;
+        }
+        st.message = Some(message);
+        return Ok(());
+    }
+    st.phase = replay_phase::RUNNING.into();
+    st.start_time = Some(now.to_string());
+    st.end_offsets = watermarks
+        .iter()
+        .map(|&(p, _, high)| (p.to_string(), high))
+        .collect();
+    st.remaining = watermarks.iter().map(|&(_, low, high)| high - low).sum();
+    st.pod = Some(pod_name(dlq, id));
+    st.message = Some("reading up to the end offsets taken at the start".into());
+    let note = format!(
+        "replay {id} started{}: {} records up to end offsets {:?}, to {}",
+        if spec.dry_run { " (dry run)" } else { "" },
+        st.remaining,
+        st.end_offsets,
+        spec.target_topic
+            .as_deref()
+            .unwrap_or("their original topics"),
+    );
+    // Status, not the pod, is the record that this replay began: written first, guarded by the
+    // resourceVersion this reconcile read, so a stale view can't start it twice.
+    write_replays_guarded(ctx, dlq, &plan.statuses).await?;
+    ctx.events
+        .about(dlq, EventType::Normal, reason::REPLAY_STARTED, &note)
+        .await;
+    plan.create_pod = Some(id.to_string());
+    Ok(())
+}
+
+/// Reads the committed progress of every running replay into its status (a failure keeps the last one and
+/// is logged); returns whether one is running.
+async fn refresh_progress(
+    dlq: &DeadLetterQueue,
+    topic: &str,
+    kafka: &ClientConfig,
+    statuses: &mut [ReplayStatus],
+    watermarks: Option<&[(i32, i64, i64)]>,
+) -> bool {
     let starts: BTreeMap<i32, i64> = watermarks
         .unwrap_or_default()
         .iter()
         .map(|&(p, low, _)| (p, low))
         .collect();
     let mut running = false;
-    for st in plan
-        .statuses
+    for st in statuses
         .iter_mut()
         .filter(|s| s.phase == replay_phase::RUNNING)
     {
@@ -466,7 +497,7 @@ pub async fn reconcile_replays(
             Err(err) => warn!(replay = %st.id, error = %err, "replay progress task failed"),
         }
     }
-    Ok((plan.statuses, running))
+    running
 }
 
 /// Writes `status.replays` only if the DeadLetterQueue is still at the resourceVersion this reconcile read.

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use rdkafka::ClientConfig;
 
 use crate::controller::conditions::{Desired, READY};
-use crate::controller::{Problem, Result, reason};
+use crate::controller::{Problem, reason};
 use crate::crd::DeadLetterQueue;
 use crate::crd::dead_letter_queue::TopicStatus;
 use crate::kafka::topics::{self, Refused, WantedTopic, config_drift};
@@ -70,25 +70,26 @@ pub fn refusal_problem(wanted: &WantedTopic, refused: &Refused) -> Problem {
     }
 }
 
-/// Creates or updates the topic; `Ok(Err(problem))` when the broker refuses what the spec asks or can't be
-/// reached.
-pub async fn ensure(
-    dlq: &DeadLetterQueue,
-    kafka: &ClientConfig,
-) -> Result<Result<TopicStatus, Problem>> {
-    let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
-    let wanted = wanted_topic(dlq);
-    Ok(match topics::ensure(&admin, &wanted).await {
-        Ok(Ok(topic)) => Ok(topic),
-        Ok(Err(refused)) => Err(refusal_problem(&wanted, &refused)),
-        Err(crate::kafka::Error { operation, source }) => Err(Problem::new(
+/// Creates or updates the topic, and returns it as the broker has it; a [`Problem`] when the broker refuses
+/// what the spec asks or can't be reached.
+pub async fn ensure(dlq: &DeadLetterQueue, kafka: &ClientConfig) -> Result<TopicStatus, Problem> {
+    let unavailable = |crate::kafka::Error { operation, source }| {
+        Problem::new(
             reason::KAFKA_UNAVAILABLE,
             format!(
                 "Kafka {} ({operation}): {source}",
                 dlq.spec.kafka.bootstrap_servers
             ),
-        )),
-    })
+        )
+    };
+    let admin =
+        crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID).map_err(unavailable)?;
+    let wanted = wanted_topic(dlq);
+    match topics::ensure(&admin, &wanted).await {
+        Ok(Ok(topic)) => Ok(topic),
+        Ok(Err(refused)) => Err(refusal_problem(&wanted, &refused)),
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 /// The Ready condition for what the broker reports.

@@ -43,22 +43,16 @@ impl Sink {
         handler: Arc<ErrorHandler>,
         metrics: Arc<TaskMetrics>,
     ) -> Result<Self, Failure> {
-        let spec = cfg.sink.clone().ok_or_else(|| {
-            Failure::new(
-                Stage::TaskPut,
-                "ConfigException",
-                "a sink task needs sink settings",
-                false,
-            )
-        })?;
+        let spec = cfg
+            .sink
+            .clone()
+            .ok_or_else(|| Failure::config(Stage::TaskPut, "a sink task needs sink settings"))?;
         let (Some(db), Some(collection)) =
             (cfg.mongodb.database.clone(), cfg.mongodb.collection.clone())
         else {
-            return Err(Failure::new(
+            return Err(Failure::config(
                 Stage::TaskPut,
-                "ConfigException",
                 "a sink task needs mongodb.database and mongodb.collection",
-                false,
             ));
         };
         Ok(Self {

@@ -86,12 +86,7 @@ impl Source {
         metrics: Arc<TaskMetrics>,
     ) -> Result<Self, Failure> {
         let source = cfg.source.clone().ok_or_else(|| {
-            Failure::new(
-                Stage::TaskPoll,
-                "ConfigException",
-                "a source task needs source settings",
-                false,
-            )
+            Failure::config(Stage::TaskPoll, "a source task needs source settings")
         })?;
         let base = client_config(&cfg.kafka, Credentials::Env);
         let client_id = names::task_client_id(&cfg.connector, cfg.task_id);
