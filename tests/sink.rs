@@ -626,3 +626,221 @@ async fn committed_offset(env: &Env, connector: &str, topic: &str) -> rdkafka::O
         .unwrap();
     committed.find_partition(topic, 0).unwrap().offset()
 }
+
+/// A sink of a connector of its own (its own consumer group) on the fault peer: records `{"_id": n}` of
+/// `topic` are inserted with their own ids into `<db>.orders`, failed ones dead-lettered to `dlq`.
+struct OutageCase {
+    topic: String,
+    db: String,
+    dlq: String,
+    cfg: String,
+}
+
+impl OutageCase {
+    async fn new(env: &Env, records: usize, errors: &str) -> OutageCase {
+        let topic = unique("orders");
+        let dlq = unique("orders-dlq");
+        create_topic(env, &topic, 1).await;
+        create_topic(env, &dlq, 1).await;
+        let db = unique("sink");
+        let values: Vec<(String, String)> = (0..records)
+            .map(|n| (format!("k{n}"), format!(r#"{{"_id": {n}}}"#)))
+            .collect();
+        let refs: Vec<(&str, &str)> = values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        produce(env, &topic, &refs).await;
+        let cfg = config(
+            env,
+            &topic,
+            &db,
+            "writeModel: insert, documentIdStrategy: providedInValue, offsetFlushIntervalMs: 0",
+            errors,
+            Some(&dlq),
+        )
+        .replace(
+            "connector: orders-sink",
+            &format!("connector: {}", unique("outage")),
+        );
+        OutageCase {
+            topic,
+            db,
+            dlq,
+            cfg,
+        }
+    }
+
+    fn start(&self, env: &Env) -> TaskProcess {
+        TaskProcess::start(env, &self.db, &self.cfg, &env.fault_peer_uri)
+    }
+
+    /// Every record is a document, once (a second write of one would be a duplicate key, dead-lettered).
+    async fn all_landed(&self, env: &Env, records: usize) {
+        let docs = documents(env, &self.db, records).await;
+        let ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+        assert_eq!(ids, (0..records as i32).collect::<Vec<_>>());
+    }
+
+    /// Nothing reaches the dead-letter topic.
+    async fn nothing_dead_lettered(&self, env: &Env) {
+        let consumer = topic_reader(env, &self.dlq);
+        let any = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await;
+        assert!(
+            any.is_err(),
+            "a record was dead-lettered: {:?}",
+            any.map(|m| m.map(|m| m.detach()))
+        );
+    }
+}
+
+/// Waits until the task reports an outage of `dependency` on `/v1/status`; returns what it said.
+async fn outage_reported(task: &TaskProcess, dependency: &str) -> serde_json::Value {
+    wait_for(
+        &format!("{dependency} outage on /v1/status"),
+        WAIT,
+        || async {
+            let status = task.status().await.ok_or("no answer")?;
+            match &status["outage"] {
+                o if o["dependency"] == dependency => Ok(o.clone()),
+                _ => Err(format!("{status}\n{}", task.log_tail())),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_mongodb_outage_dead_letters_nothing_and_loses_nothing_under_tolerance_all() {
+    let Some(env) = Env::get() else { return };
+    // tolerance: all with the default retryTimeoutMs (0, no retry): a record error would be skipped at
+    // once; an outage must not be.
+    let case = OutageCase::new(&env, 20, "tolerance: all, retryDelayMaxMs: 1000").await;
+    env.fault_peer_rule(json!({ "command": "*", "database": case.db, "forMs": 6000,
+                                "closeConnection": true }))
+        .await;
+    let task = case.start(&env);
+    let outage = outage_reported(&task, "MongoDB").await;
+    assert!(outage["since"].is_string(), "{outage}");
+    let metrics = task.get("/metrics").await.unwrap_or_default();
+    assert!(
+        metrics.contains("sluice_task_dependency_unavailable{")
+            && metrics
+                .lines()
+                .any(|l| l.starts_with("sluice_task_dependency_unavailable")
+                    && l.contains("dependency=\"MongoDB\"")
+                    && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    case.all_landed(&env, 20).await;
+    let status = wait_for("the outage to clear", WAIT, || async {
+        let s = task.status().await.ok_or("no answer")?;
+        if s["outage"].is_null() {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let c = &status["errors"];
+    assert_eq!(
+        (
+            c["totalRecordErrors"].as_i64(),
+            c["totalRecordsSkipped"].as_i64()
+        ),
+        (Some(0), Some(0)),
+        "{c}"
+    );
+    assert!(c["totalRetries"].as_i64() > Some(0), "{c}");
+    case.nothing_dead_lettered(&env).await;
+}
+
+#[tokio::test]
+async fn a_write_concern_error_is_written_again_not_taken_as_written() {
+    let Some(env) = Env::get() else { return };
+    let case = OutageCase::new(&env, 3, "tolerance: all, retryDelayMaxMs: 500").await;
+    // The peer answers "ok, but not replicated as asked" without writing: a sink that took it as written
+    // would lose the records.
+    env.fault_peer_rule(json!({ "command": "insert", "database": case.db, "times": 2,
+        "reply": { "ok": 1, "n": 3, "writeConcernError": { "code": 64, "codeName": "WriteConcernFailed",
+                   "errmsg": "waiting for replication timed out" } } }))
+        .await;
+    let task = case.start(&env);
+    case.all_landed(&env, 3).await;
+    let c = counters(&task).await;
+    assert_eq!(c["totalRecordErrors"], 0, "{c}");
+    assert_eq!(c["totalRetries"], 2, "{c}");
+    case.nothing_dead_lettered(&env).await;
+}
+
+#[tokio::test]
+async fn a_refused_authorization_is_an_outage_not_a_record_error() {
+    let Some(env) = Env::get() else { return };
+    let case = OutageCase::new(&env, 3, "tolerance: all, retryDelayMaxMs: 500").await;
+    env.fault_peer_rule(
+        json!({ "command": "insert", "database": case.db, "times": 4,
+        "reply": { "ok": 0, "code": 13, "codeName": "Unauthorized",
+                   "errmsg": "not authorized on this database to execute command insert" } }),
+    )
+    .await;
+    let task = case.start(&env);
+    outage_reported(&task, "MongoDB").await;
+    case.all_landed(&env, 3).await;
+    assert_eq!(counters(&task).await["totalRecordErrors"], 0);
+    case.nothing_dead_lettered(&env).await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_an_outage_wait_without_committing_the_unwritten_batch() {
+    let Some(env) = Env::get() else { return };
+    let case = OutageCase::new(&env, 5, "tolerance: all").await;
+    env.fault_peer_rule(
+        json!({ "command": "*", "database": case.db, "forMs": 12_000,
+                                "closeConnection": true }),
+    )
+    .await;
+    let mut task = case.start(&env);
+    outage_reported(&task, "MongoDB").await;
+    let stopping = std::time::Instant::now();
+    assert_eq!(task.stop().await, 0, "{}", task.log_tail());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "the wait ends at SIGTERM, within the grace period: {:?}",
+        stopping.elapsed()
+    );
+    // Its replacement, once MongoDB is back, writes every record: none was committed unwritten.
+    let _next = case.start(&env);
+    case.all_landed(&env, 5).await;
+    case.nothing_dead_lettered(&env).await;
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_max_poll_interval_keeps_the_group_membership() {
+    let Some(env) = Env::get() else { return };
+    let mut case = OutageCase::new(&env, 5, "tolerance: all, retryDelayMaxMs: 1000").await;
+    // librdkafka drops a consumer from its group when it is not polled for max.poll.interval.ms.
+    case.cfg = case.cfg.replace(
+        &format!("kafka: {{bootstrapServers: '{}'}}", env.kafka_bootstrap),
+        &format!(
+            "kafka: {{bootstrapServers: '{}', properties: {{session.timeout.ms: '6000', max.poll.interval.ms: '7000'}}}}",
+            env.kafka_bootstrap
+        ),
+    );
+    assert!(case.cfg.contains("max.poll.interval.ms"), "{}", case.cfg);
+    env.fault_peer_rule(
+        json!({ "command": "*", "database": case.db, "forMs": 15_000,
+                                "closeConnection": true }),
+    )
+    .await;
+    let task = case.start(&env);
+    outage_reported(&task, "MongoDB").await;
+    case.all_landed(&env, 5).await;
+    let log = std::fs::read_to_string(&task.log).unwrap_or_default();
+    assert!(
+        !log.contains("maximum poll interval"),
+        "the consumer was polled all along: {}",
+        task.log_tail()
+    );
+    case.nothing_dead_lettered(&env).await;
+    let _ = &case.topic;
+}

@@ -17,6 +17,7 @@ pub mod reason {
     pub const DEAD_LETTER_QUEUE_NOT_FOUND: &str = "DeadLetterQueueNotFound";
     pub const CONFIG_INVALID: &str = "ConfigInvalid";
     pub const TOPIC_NOT_FOUND: &str = "TopicNotFound";
+    /// The operator can't reach Kafka (a Problem), or a task waits out Kafka being unavailable.
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
     pub const TOPIC_CREATE_FAILED: &str = "TopicCreateFailed";
     pub const TOPIC_PENDING: &str = "TopicPending";
@@ -38,6 +39,8 @@ pub mod reason {
     pub const MAX_RESTARTS_REACHED: &str = "MaxRestartsReached";
     pub const TASK_FAILED: &str = "TaskFailed";
     pub const RECORD_ERRORS: &str = "RecordErrors";
+    /// A task waits out MongoDB being unavailable (Ready and Degraded).
+    pub const MONGODB_UNAVAILABLE: &str = "MongoDBUnavailable";
 
     // Connector: ResumeTokenRecovered, ResumeTokenAtRisk.
     pub const NO_ROTATION: &str = "NoRotation";

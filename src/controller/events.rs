@@ -56,6 +56,8 @@ pub mod reason {
     pub const OFFSET_PARTITION_ROTATED: &str = "OffsetPartitionRotated";
     pub const OFFSET_RESET_PENDING: &str = "OffsetResetPending";
     pub const OFFSETS_RESET: &str = "OffsetsReset";
+    pub const MONGODB_AVAILABLE: &str = "MongoDBAvailable";
+    pub const KAFKA_AVAILABLE: &str = "KafkaAvailable";
     pub const REPLAY_TARGET_MISSING: &str = "ReplayTargetMissing";
     pub const REPLAY_STARTED: &str = "ReplayStarted";
     pub const REPLAY_COMPLETED: &str = "ReplayCompleted";

@@ -451,6 +451,14 @@ pub struct ErrorsSpec {
     #[serde(default = "default_retry_delay_max_ms")]
     #[schemars(range(min = 0))]
     pub retry_delay_max_ms: i64,
+    /// How long a task waits out MongoDB or Kafka being unavailable (unreachable, not primary, shutting
+    /// down, refusing authentication, a write concern not met) before it fails and the operator restarts
+    /// it, in ms; -1 = as long as it lasts. An outage is never a record error: nothing is dead-lettered or
+    /// skipped because of it, whatever `tolerance` and `retryTimeoutMs` say. No Kafka Connect twin
+    /// (Connect counts an outage against `errors.retry.timeout` and then fails or skips the records).
+    #[serde(default = "default_outage_timeout_ms")]
+    #[schemars(range(min = -1))]
+    pub outage_timeout_ms: i64,
     /// `none`: the first failed record fails the task; `all`: failed records are skipped and reported
     /// (Kafka Connect: `errors.tolerance`).
     #[serde(default)]
@@ -495,11 +503,16 @@ fn default_retry_delay_max_ms() -> i64 {
     60_000
 }
 
+fn default_outage_timeout_ms() -> i64 {
+    -1
+}
+
 impl Default for ErrorsSpec {
     fn default() -> Self {
         Self {
             retry_timeout_ms: 0,
             retry_delay_max_ms: default_retry_delay_max_ms(),
+            outage_timeout_ms: default_outage_timeout_ms(),
             tolerance: Tolerance::None,
             max_errors: None,
             window: None,
@@ -662,6 +675,21 @@ pub struct TaskStatus {
     /// A source task's resume token and the oplog window it must stay in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<ResumeTokenStatus>,
+    /// Set while the task waits out MongoDB or Kafka being unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<OutageStatus>,
+}
+
+/// A dependency a task waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutageStatus {
+    /// `MongoDB` or `Kafka`.
+    pub dependency: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// The last error, without record contents.
+    pub error: String,
 }
 
 /// The last record error of a task.

@@ -2,6 +2,12 @@
 //! exponential backoff, tolerance (with the optional window limit), reporting (log and dead-letter queue)
 //! and the eight per-task error metrics. Source and sink call the same [`ErrorHandler`]; what failed is a
 //! [`Failure`] (classified in [`super::failure`]).
+//!
+//! An outage is not a record error. A failure that says MongoDB or Kafka is unavailable is waited out with
+//! the same backoff — for as long as it lasts, or until `errors.outageTimeoutMs` fails the task — and is
+//! never dead-lettered, skipped or counted as a record error, whatever `tolerance`, `retryTimeoutMs` or
+//! `notRetryable` say. While it lasts the task reports it (status, metric); a wait ends at SIGTERM
+//! ([`Halt::Shutdown`]), and the caller commits nothing past what it handled.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -49,6 +55,12 @@ pub fn next_retry(
     }
 }
 
+/// How long an outage is waited out before the task fails: `outageTimeoutMs`, `None` (-1) = as long as it
+/// lasts.
+pub fn outage_limit(spec: &ErrorsSpec) -> Option<Duration> {
+    (spec.outage_timeout_ms >= 0).then(|| Duration::from_millis(spec.outage_timeout_ms as u64))
+}
+
 /// The optional "tolerate up to N errors in a window" limit of `tolerance: all`.
 #[derive(Debug, Default)]
 pub struct ToleranceWindow {
@@ -82,6 +94,88 @@ impl ToleranceWindow {
         }
         self.seen.push_back(now);
         self.seen.len() as u64 <= max
+    }
+}
+
+/// Why a task's work stops short: it failed, or it was asked to stop while it waited.
+#[derive(Debug)]
+pub enum Halt {
+    Failed(TaskFailed),
+    /// SIGTERM during a wait: the task stops cleanly, committing only what it handled before.
+    Shutdown,
+}
+
+impl From<TaskFailed> for Halt {
+    fn from(failed: TaskFailed) -> Self {
+        Halt::Failed(failed)
+    }
+}
+
+/// How a task waits between attempts.
+pub trait Wait {
+    /// Waits `d`; [`Halt::Shutdown`] when the task is asked to stop meanwhile.
+    fn wait(&self, d: Duration) -> impl std::future::Future<Output = Result<(), Halt>>;
+}
+
+/// A wait that ends early at shutdown.
+#[derive(Clone)]
+pub struct ShutdownWait {
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Wait for ShutdownWait {
+    async fn wait(&self, d: Duration) -> Result<(), Halt> {
+        sleep_unless_stopped(&self.shutdown, d).await
+    }
+}
+
+/// Sleeps `d`, or returns [`Halt::Shutdown`] as soon as `shutdown` says so.
+pub async fn sleep_unless_stopped(
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    d: Duration,
+) -> Result<(), Halt> {
+    let mut rx = shutdown.clone();
+    if *rx.borrow_and_update() {
+        return Err(Halt::Shutdown);
+    }
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return Ok(()),
+            changed = rx.changed() => match changed {
+                Ok(()) if *rx.borrow() => return Err(Halt::Shutdown),
+                Ok(()) => {}
+                // No sender any more: nobody can ask to stop; sleep the rest.
+                Err(_) => {
+                    (&mut sleep).await;
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+/// How a retried operation ended without success.
+#[derive(Debug)]
+pub enum RetryEnd {
+    /// A failure of the operation itself (its retries, if any, are used up): for the caller to handle as
+    /// a record error.
+    Failed(Failure),
+    /// The task stops: an outage outlasted `outageTimeoutMs`, or shutdown during a wait.
+    Halt(Halt),
+}
+
+/// How long an outage has lasted, and how many waits it took.
+#[derive(Debug, Default)]
+pub struct OutageClock {
+    started: Option<Instant>,
+    attempt: u32,
+}
+
+impl OutageClock {
+    pub fn in_outage(&self) -> bool {
+        self.started.is_some()
     }
 }
 
@@ -133,44 +227,116 @@ impl ErrorHandler {
         }
     }
 
-    /// Runs `op`, retrying retriable failures per the spec. Every failed attempt counts in
-    /// `total-record-failures`, every retry in `total-retries`.
-    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, Failure>
+    /// Runs `op`, retrying record failures per the spec (`retryTimeoutMs`, `notRetryable`) and waiting
+    /// out outages. Every failed attempt counts in `total-record-failures`, every retry in `total-retries`.
+    pub async fn retry<T, F, Fut, W>(&self, waiter: &W, mut op: F) -> Result<T, RetryEnd>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
+        W: Wait,
     {
         let started = Instant::now();
         let mut attempt = 0;
+        let mut outage = OutageClock::default();
         loop {
             match op().await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.outage_over(&outage);
+                    return Ok(v);
+                }
+                Err(failure) if failure.outage.is_some() => {
+                    self.metrics.record_failure();
+                    self.wait_out(&failure, &mut outage, waiter)
+                        .await
+                        .map_err(RetryEnd::Halt)?;
+                }
                 Err(failure) => {
+                    self.outage_over(&outage);
+                    outage = OutageClock::default();
                     self.metrics.record_failure();
                     if !is_retriable(&failure, &self.spec.not_retryable) {
-                        return Err(failure);
+                        return Err(RetryEnd::Failed(failure));
                     }
                     let Some(wait) =
                         next_retry(&self.spec, attempt, started.elapsed(), rand::random())
                     else {
-                        return Err(failure);
+                        return Err(RetryEnd::Failed(failure));
                     };
                     tracing::debug!(stage = failure.stage.connect_name(), class = %failure.class, attempt, ?wait, "retrying");
                     self.metrics.record_retry();
-                    tokio::time::sleep(wait).await;
+                    waiter.wait(wait).await.map_err(RetryEnd::Halt)?;
                     attempt += 1;
                 }
             }
         }
     }
 
+    /// One wait of an outage: reported while it lasts, with the retry backoff; the task fails once it
+    /// outlasts `outageTimeoutMs`.
+    pub async fn wait_out<W: Wait>(
+        &self,
+        failure: &Failure,
+        clock: &mut OutageClock,
+        waiter: &W,
+    ) -> Result<(), Halt> {
+        let dependency = failure
+            .outage
+            .unwrap_or(super::failure::Dependency::MongoDB);
+        let since = *clock.started.get_or_insert_with(Instant::now);
+        if clock.attempt == 0 {
+            tracing::warn!(
+                connector = %self.connector, task = self.task_id, dependency = dependency.as_str(),
+                stage = failure.stage.connect_name(), class = %failure.class, code = ?failure.code,
+                "{} unavailable; waiting it out (nothing is dead-lettered or skipped): {}",
+                dependency.as_str(), without_record_contents(&failure.message)
+            );
+        }
+        self.metrics
+            .set_outage(dependency, &without_record_contents(&failure.message));
+        if let Some(limit) = outage_limit(&self.spec)
+            && since.elapsed() >= limit
+        {
+            return Err(Halt::Failed(TaskFailed {
+                reason: match dependency {
+                    super::failure::Dependency::MongoDB => TerminationReason::MongoDBUnavailable,
+                    super::failure::Dependency::Kafka => TerminationReason::KafkaUnavailable,
+                },
+                failure: Failure {
+                    message: format!(
+                        "{} unavailable for {}s (spec.errors.outageTimeoutMs): {}",
+                        dependency.as_str(),
+                        since.elapsed().as_secs(),
+                        failure.message
+                    ),
+                    ..failure.clone()
+                },
+                record: None,
+            }));
+        }
+        let max = Duration::from_millis(self.spec.retry_delay_max_ms.max(0) as u64);
+        let delay = backoff_delay(clock.attempt, max, rand::random());
+        self.metrics.record_retry();
+        waiter.wait(delay).await?;
+        clock.attempt += 1;
+        Ok(())
+    }
+
+    /// The outage `clock` measured is over (the operation went through).
+    pub fn outage_over(&self, clock: &OutageClock) {
+        if clock.in_outage() {
+            tracing::info!(connector = %self.connector, task = self.task_id, "available again");
+            self.metrics.clear_outage();
+        }
+    }
+
     /// A record failed for good: count it, log it, send it to the dead-letter queue, and decide by
     /// tolerance. `Ok(())`: the record is skipped and its offset may be committed.
-    pub async fn record_failed(
+    pub async fn record_failed<W: Wait>(
         &self,
         failure: Failure,
         record: RecordContext,
-    ) -> Result<(), TaskFailed> {
+        waiter: &W,
+    ) -> Result<(), Halt> {
         self.metrics.record_error();
         self.metrics.set_last_error(
             &failure.class,
@@ -191,11 +357,11 @@ impl ErrorHandler {
             );
         }
         if self.spec.tolerance == Tolerance::None {
-            return Err(TaskFailed {
+            return Err(Halt::Failed(TaskFailed {
                 reason: TerminationReason::RecordFailed,
                 failure,
                 record: Some(Box::new(record)),
-            });
+            }));
         }
         if !self
             .window
@@ -203,11 +369,11 @@ impl ErrorHandler {
             .unwrap_or_else(|e| e.into_inner())
             .admit(Instant::now())
         {
-            return Err(TaskFailed {
+            return Err(Halt::Failed(TaskFailed {
                 reason: TerminationReason::ErrorLimitExceeded,
                 failure,
                 record: Some(Box::new(record)),
-            });
+            }));
         }
         if let Some(dlq) = &self.dlq {
             // Pipelined: acknowledgements are checked by `flush_dead_letters` before offsets move.
@@ -220,7 +386,8 @@ impl ErrorHandler {
                 }),
                 Err(_) => {
                     self.metrics.record_dlq_failure();
-                    self.send_dead_letter(dlq, &record, &failure).await?;
+                    self.send_dead_letter(dlq, &record, &failure, waiter)
+                        .await?;
                 }
             }
         }
@@ -231,7 +398,7 @@ impl ErrorHandler {
     /// Waits for every dead-letter record handed to the producer; one that failed is sent again with the
     /// retry settings. Call it before committing offsets: a record that is neither written nor
     /// dead-lettered stops the task before its offset moves.
-    pub async fn flush_dead_letters(&self) -> Result<(), TaskFailed> {
+    pub async fn flush_dead_letters<W: Wait>(&self, waiter: &W) -> Result<(), Halt> {
         let pending = std::mem::take(&mut *self.pending.lock().await);
         let Some(dlq) = &self.dlq else {
             return Ok(());
@@ -239,21 +406,23 @@ impl ErrorHandler {
         for p in pending {
             if !matches!(p.delivery.await, Ok(Ok(_))) {
                 self.metrics.record_dlq_failure();
-                self.send_dead_letter(dlq, &p.record, &p.failure).await?;
+                self.send_dead_letter(dlq, &p.record, &p.failure, waiter)
+                    .await?;
             }
         }
         Ok(())
     }
 
-    /// Sends one dead-letter record and waits, retrying per the spec.
-    async fn send_dead_letter(
+    /// Sends one dead-letter record and waits, retrying per the spec (and waiting out a Kafka outage).
+    async fn send_dead_letter<W: Wait>(
         &self,
         dlq: &DeadLetterQueue,
         record: &RecordContext,
         failure: &Failure,
-    ) -> Result<(), TaskFailed> {
+        waiter: &W,
+    ) -> Result<(), Halt> {
         let sent = self
-            .retry(|| async {
+            .retry(waiter, || async {
                 self.metrics.record_dlq_request();
                 dlq.send(record, failure, &self.connector, self.task_id)
                     .await
@@ -262,12 +431,16 @@ impl ErrorHandler {
                     })
             })
             .await;
-        sent.map_err(|dlq_failure| TaskFailed {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(RetryEnd::Halt(halt)) => Err(halt),
             // Never commit past a record that is neither handled nor dead-lettered.
-            reason: TerminationReason::DeadLetterQueueFailed,
-            failure: dlq_failure,
-            record: Some(Box::new(record.clone())),
-        })
+            Err(RetryEnd::Failed(dlq_failure)) => Err(Halt::Failed(TaskFailed {
+                reason: TerminationReason::DeadLetterQueueFailed,
+                failure: dlq_failure,
+                record: Some(Box::new(record.clone())),
+            })),
+        }
     }
 }
 

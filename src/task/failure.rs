@@ -31,6 +31,22 @@ impl Stage {
     }
 }
 
+/// What a task depends on that can be unavailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dependency {
+    MongoDB,
+    Kafka,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::MongoDB => "MongoDB",
+            Dependency::Kafka => "Kafka",
+        }
+    }
+}
+
 /// One failed attempt at one operation, classified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -42,6 +58,10 @@ pub struct Failure {
     pub code: Option<i32>,
     /// Whether trying again can help (network errors, timeouts, retryable labels, broker-retriable errors).
     pub retriable: bool,
+    /// Set when the failure says a dependency is unavailable (unreachable, not primary, shutting down,
+    /// refusing authentication or authorization, a write concern not met) rather than anything about the
+    /// record: an outage, waited out, never a record error.
+    pub outage: Option<Dependency>,
 }
 
 impl Failure {
@@ -57,7 +77,15 @@ impl Failure {
             message: message.into(),
             code: None,
             retriable,
+            outage: None,
         }
+    }
+
+    /// The same failure, marked as an outage of `dependency`.
+    pub fn outage_of(mut self, dependency: Dependency) -> Self {
+        self.outage = Some(dependency);
+        self.retriable = true;
+        self
     }
 
     pub fn with_code(mut self, code: i32) -> Self {
@@ -80,49 +108,74 @@ impl Failure {
         Self::new(stage, "ConfigException", message, false)
     }
 
-    /// A librdkafka error: retriable when the broker error clears by itself.
+    /// A librdkafka error: retriable when the broker error clears by itself, and then an outage of Kafka
+    /// (but for an unknown topic or partition, which sluice's own topic creation clears).
     pub fn kafka(stage: Stage, err: &rdkafka::error::KafkaError) -> Self {
         let code = err.rdkafka_error_code();
+        let retriable = code.is_some_and(crate::kafka::is_retriable);
         let mut f = Self::new(
             stage,
             "org.apache.kafka.common.KafkaException",
             err.to_string(),
-            code.is_some_and(crate::kafka::is_retriable),
+            retriable,
         );
         if let Some(c) = code {
             f.code = Some(c as i32);
         }
+        if retriable && code != Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
+            f.outage = Some(Dependency::Kafka);
+        }
         f
     }
 
-    /// A MongoDB driver error: network problems, timeouts and retryable codes or labels are retriable.
+    /// A MongoDB driver error: network problems, timeouts, server selection, authentication, and the
+    /// codes and labels of an unavailable server are outages; other command errors belong to the command.
     pub fn mongo(stage: Stage, err: &mongodb::error::Error) -> Self {
         use mongodb::error::ErrorKind;
         let labelled = err.contains_label("RetryableWriteError")
             || err.contains_label("ResumableChangeStreamError");
-        let (class, code, retriable) = match err.kind.as_ref() {
+        let (class, code, outage) = match err.kind.as_ref() {
             ErrorKind::Command(c) => (
                 "com.mongodb.MongoCommandException",
                 Some(c.code),
-                RETRYABLE_CODES.contains(&c.code),
+                is_outage_code(c.code),
+            ),
+            ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wce)) => (
+                "com.mongodb.MongoWriteConcernException",
+                Some(wce.code),
+                true,
             ),
             ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
                 ("com.mongodb.MongoSocketException", None, true)
             }
             ErrorKind::ServerSelection { .. } => ("com.mongodb.MongoTimeoutException", None, true),
-            ErrorKind::Authentication { .. } => ("com.mongodb.MongoSecurityException", None, false),
+            ErrorKind::Authentication { .. } => ("com.mongodb.MongoSecurityException", None, true),
             _ => ("com.mongodb.MongoException", None, false),
         };
-        let mut f = Self::new(stage, class, err.to_string(), retriable || labelled);
+        let mut f = Self::new(stage, class, err.to_string(), outage || labelled);
         f.code = code;
+        if outage || labelled {
+            f.outage = Some(Dependency::MongoDB);
+        }
         f
     }
 }
 
-/// MongoDB server error codes that a retry can clear (the retryable-writes specification's list).
+/// MongoDB server error codes that a retry can clear (the retryable-writes specification's list): the
+/// server is unreachable, not primary, stepping down or shutting down.
 pub const RETRYABLE_CODES: &[i32] = &[
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
+
+/// MongoDB server error codes of a server that refuses the client rather than the record: Unauthorized,
+/// AuthenticationFailed.
+pub const ACCESS_CODES: &[i32] = &[13, 18];
+
+/// Whether a MongoDB error code says the server is unavailable to this client (an outage), not that the
+/// command or record is wrong.
+pub fn is_outage_code(code: i32) -> bool {
+    RETRYABLE_CODES.contains(&code) || ACCESS_CODES.contains(&code)
+}
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,8 +189,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Whether a failure is retried: its own classification unless the user listed its class or code in
-/// `notRetryable` (Spring Kafka's not-retryable exceptions).
+/// Whether a record failure is retried: its own classification unless the user listed its class or code in
+/// `notRetryable` (Spring Kafka's not-retryable exceptions). Outages are always waited out, whatever
+/// `notRetryable` says: they are not about the record.
 pub fn is_retriable(failure: &Failure, not_retryable: &[String]) -> bool {
     failure.retriable
         && !not_retryable.iter().any(|n| {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::crd::connector::{ErrorCounters, LastError, ResumeTokenStatus};
+use crate::crd::connector::{ErrorCounters, LastError, OutageStatus, ResumeTokenStatus};
+use crate::task::failure::Dependency;
 use crate::wire::StatusReport;
 use axum::Json;
 use axum::Router;
@@ -25,6 +26,14 @@ use prometheus_client::registry::Registry;
 struct TaskLabels {
     connector: String,
     task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    connector: String,
+    task: String,
+    /// `MongoDB` or `Kafka`.
+    dependency: &'static str,
 }
 
 /// Counters of one task. The atomics are the truth; the Prometheus families mirror them.
@@ -46,6 +55,8 @@ pub struct TaskMetrics {
     running: AtomicBool,
     last_error_detail: Mutex<Option<LastError>>,
     resume_token: Mutex<Option<ResumeTokenStatus>>,
+    unavailable: Family<DependencyLabels, Gauge>,
+    outage: Mutex<Option<(Dependency, OutageStatus)>>,
 }
 
 fn now_ms() -> i64 {
@@ -106,6 +117,21 @@ impl TaskMetrics {
             "KIP-298 last-error-timestamp, ms since the epoch",
             last_error.clone(),
         );
+        let unavailable = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "sluice_task_dependency_unavailable",
+            "1 while the task waits out an outage of the dependency (MongoDB or Kafka), else 0",
+            unavailable.clone(),
+        );
+        for dependency in [Dependency::MongoDB, Dependency::Kafka] {
+            unavailable
+                .get_or_create(&DependencyLabels {
+                    connector: labels.connector.clone(),
+                    task: labels.task.clone(),
+                    dependency: dependency.as_str(),
+                })
+                .set(0);
+        }
         let batch_seconds = Family::<TaskLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
@@ -132,6 +158,8 @@ impl TaskMetrics {
             running: AtomicBool::new(false),
             last_error_detail: Mutex::new(None),
             resume_token: Mutex::new(None),
+            unavailable,
+            outage: Mutex::new(None),
         }
     }
 
@@ -195,6 +223,44 @@ impl TaskMetrics {
         let mut guard = self.resume_token.lock().unwrap_or_else(|e| e.into_inner());
         update(guard.get_or_insert_with(Default::default));
     }
+    /// The task waits out an outage of `dependency` (the message must not carry record contents).
+    pub fn set_outage(&self, dependency: Dependency, error: &str) {
+        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match outage.as_ref() {
+            Some((d, o)) if *d == dependency => o.since.clone(),
+            _ => k8s_openapi::jiff::Timestamp::now().to_string(),
+        };
+        self.unavailable
+            .get_or_create(&self.dependency_labels(dependency))
+            .set(1);
+        *outage = Some((
+            dependency,
+            OutageStatus {
+                dependency: dependency.as_str().into(),
+                since,
+                error: error.into(),
+            },
+        ));
+    }
+
+    /// The outage is over.
+    pub fn clear_outage(&self) {
+        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((dependency, _)) = outage.take() {
+            self.unavailable
+                .get_or_create(&self.dependency_labels(dependency))
+                .set(0);
+        }
+    }
+
+    fn dependency_labels(&self, dependency: Dependency) -> DependencyLabels {
+        DependencyLabels {
+            connector: self.labels.connector.clone(),
+            task: self.labels.task.clone(),
+            dependency: dependency.as_str(),
+        }
+    }
+
     pub fn set_running(&self, running: bool) {
         self.running.store(running, Ordering::SeqCst);
     }
@@ -227,6 +293,12 @@ impl TaskMetrics {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            outage: self
+                .outage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(_, o)| o.clone()),
         }
     }
 

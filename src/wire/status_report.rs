@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crd::connector::{ErrorCounters, LastError, ResumeTokenStatus};
+use crate::crd::connector::{ErrorCounters, LastError, OutageStatus, ResumeTokenStatus};
 
 /// A task's counters and state, as `/v1/status` returns them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -20,4 +20,7 @@ pub struct StatusReport {
     /// A source's resume token time and the oplog window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<ResumeTokenStatus>,
+    /// Set while the task waits out MongoDB or Kafka being unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<OutageStatus>,
 }

@@ -43,6 +43,10 @@ pub enum TerminationReason {
     HeartbeatFailed,
     /// A source's `copyExisting` start failed.
     CopyExistingFailed,
+    /// MongoDB stayed unavailable longer than `errors.outageTimeoutMs`.
+    MongoDBUnavailable,
+    /// Kafka stayed unavailable longer than `errors.outageTimeoutMs`.
+    KafkaUnavailable,
     /// A replay read everything up to its end offsets.
     ReplayCompleted,
     /// A replay could not read or write Kafka.
@@ -66,7 +70,7 @@ pub enum TerminationReason {
 }
 
 impl TerminationReason {
-    const KNOWN: [TerminationReason; 21] = [
+    const KNOWN: [TerminationReason; 23] = [
         Self::ConfigInvalid,
         Self::Unsupported,
         Self::ResumeTokenLost,
@@ -79,6 +83,8 @@ impl TerminationReason {
         Self::OffsetStoreFailed,
         Self::HeartbeatFailed,
         Self::CopyExistingFailed,
+        Self::MongoDBUnavailable,
+        Self::KafkaUnavailable,
         Self::ReplayCompleted,
         Self::ReplayKafkaError,
         Self::ReplayInterrupted,
@@ -104,6 +110,8 @@ impl TerminationReason {
             Self::OffsetStoreFailed => "OffsetStoreFailed",
             Self::HeartbeatFailed => "HeartbeatFailed",
             Self::CopyExistingFailed => "CopyExistingFailed",
+            Self::MongoDBUnavailable => "MongoDBUnavailable",
+            Self::KafkaUnavailable => "KafkaUnavailable",
             Self::ReplayCompleted => "ReplayCompleted",
             Self::ReplayKafkaError => "ReplayKafkaError",
             Self::ReplayInterrupted => "ReplayInterrupted",

@@ -19,9 +19,11 @@ wrong, so the official driver sees exactly what a replica set would send:
 Rules are scripted over a small HTTP control API (JSON):
 
 * ``POST /rules`` ``{"command": "aggregate", "changeStream": true, "collection": "orders", "skip": 0,
-  "times": 1, "reply": {...}}`` -> ``{"id": 1}``. ``times`` absent = every match; ``skip`` lets the first N
-  matches through; ``match`` (e.g. ``{"sort": {"$natural": -1}}``) also requires those command fields to be
-  equal. Rules are extended JSON, so a reply can carry BSON types (``{"$timestamp": {"t": 1, "i": 1}}``).
+  "times": 1, "reply": {...}}`` -> ``{"id": 1}``. ``command`` ``"*"`` matches every command; ``times`` absent =
+  every match; ``skip`` lets the first N matches through; ``forMs`` keeps the rule for that long after it was
+  added (an outage of a given length); ``match`` (e.g. ``{"sort": {"$natural": -1}}``) also requires those
+  command fields to be equal. Rules are extended JSON, so a reply can carry BSON types
+  (``{"$timestamp": {"t": 1, "i": 1}}``).
 * ``GET /rules`` -> the rules with how often each fired; ``DELETE /rules`` removes them all.
 * ``GET /commands`` -> how many times each command was seen (``{"aggregate": 3, ...}``), and
   ``changeStreamAggregates`` for aggregates opening a change stream.
@@ -74,6 +76,10 @@ class Rules:
             raise ValueError('"postBatchResumeToken": "clock" applies to getMore')
         if "failIndexes" in rule and rule["command"] not in WRITE_SEQUENCES:
             raise ValueError('"failIndexes" applies to insert, update and delete')
+        if "forMs" in rule:
+            if not isinstance(rule["forMs"], int) or rule["forMs"] <= 0:
+                raise ValueError('"forMs" is a positive number of milliseconds')
+            rule = dict(rule, until=time.monotonic() + rule["forMs"] / 1000)
         with self.lock:
             rule = dict(rule, id=next(self.ids), fired=0, seen=0)
             self.rules.append(rule)
@@ -86,7 +92,9 @@ class Rules:
             if is_change_stream(command, body):
                 self.commands["changeStreamAggregates"] += 1
             for rule in self.rules:
-                if rule["command"] != command:
+                if rule["command"] not in (command, "*"):
+                    continue
+                if "until" in rule and time.monotonic() > rule["until"]:
                     continue
                 if rule.get("changeStream") and not is_change_stream(command, body):
                     continue

@@ -3,6 +3,7 @@ leaves nothing running. `make test` runs these after the environment went down."
 
 import struct
 import sys
+import time
 from pathlib import Path
 
 import bson
@@ -61,11 +62,22 @@ def test_rules_match_command_collection_skip_and_times():
     assert rules.snapshot()["commands"] == {"aggregate": 5, "changeStreamAggregates": 4}
 
 
+def test_a_wildcard_rule_for_a_while_is_an_outage_of_one_database():
+    rules = faultpeer.Rules()
+    rules.add({"command": "*", "database": "shop", "forMs": 200, "closeConnection": True})
+    assert rules.match("insert", {"insert": "orders", "$db": "shop"})["closeConnection"]
+    assert rules.match("find", {"find": "orders", "$db": "shop"}) is not None
+    assert rules.match("insert", {"insert": "orders", "$db": "other"}) is None
+    time.sleep(0.25)
+    assert rules.match("insert", {"insert": "orders", "$db": "shop"}) is None  # over
+
+
 def test_rules_are_checked():
     rules = faultpeer.Rules()
     for bad in ({}, {"command": "insert"}, {"command": "find", "failIndexes": [0]},
                 {"command": "insert", "reply": {}, "closeConnection": True},
-                {"command": "aggregate", "postBatchResumeToken": "clock"}):
+                {"command": "aggregate", "postBatchResumeToken": "clock"},
+                {"command": "*", "closeConnection": True, "forMs": 0}):
         try:
             rules.add(bad)
         except ValueError:

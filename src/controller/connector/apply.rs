@@ -285,6 +285,45 @@ pub async fn announce_failures(ctx: &Context, conn: &Connector, plan: &Plan) {
     }
 }
 
+/// Events when a task starts or stops waiting for an unavailable dependency (the `Degraded` reason moves
+/// to or from `MongoDBUnavailable` / `KafkaUnavailable`).
+pub async fn announce_outages(ctx: &Context, conn: &Connector, next: &ConnectorStatus) {
+    let degraded = |status: Option<&ConnectorStatus>| {
+        status?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::DEGRADED)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let outage = |reason: &str| {
+        [
+            conditions::reason::MONGODB_UNAVAILABLE,
+            conditions::reason::KAFKA_UNAVAILABLE,
+        ]
+        .contains(&reason)
+    };
+    let before = degraded(conn.status.as_ref()).map(|(r, _)| r);
+    let after = degraded(Some(next));
+    match (before, after) {
+        (before, Some((now, message)))
+            if outage(&now) && before.as_deref() != Some(now.as_str()) =>
+        {
+            publish(ctx, conn, EventType::Warning, &now, message).await;
+        }
+        (Some(was), after) if outage(&was) && after.as_ref().is_none_or(|(r, _)| r != &was) => {
+            let (reason, dependency) = if was == conditions::reason::KAFKA_UNAVAILABLE {
+                (reason::KAFKA_AVAILABLE, "Kafka")
+            } else {
+                (reason::MONGODB_AVAILABLE, "MongoDB")
+            };
+            let note =
+                format!("{dependency} is available again; the tasks go on where they stopped");
+            publish(ctx, conn, EventType::Normal, reason, note).await;
+        }
+        _ => {}
+    }
+}
+
 /// Writes status with server-side apply, only when it differs from what is stored.
 pub async fn write_status(ctx: &Context, conn: &Connector, status: ConnectorStatus) -> Result<()> {
     if conn.status.as_ref() == Some(&status) {

@@ -38,6 +38,7 @@ pub fn merge_task_reports(
                 task.records_in = prev.records_in;
                 task.records_out = prev.records_out;
                 task.resume_token = prev.resume_token.clone();
+                task.outage = prev.outage.clone();
             } else {
                 task.metrics = None;
             }
@@ -49,6 +50,7 @@ pub fn merge_task_reports(
         let Some(pod) = pod else { continue };
         if let Some(final_counters) = &pod.counters {
             task.metrics = Some(final_counters.clone());
+            task.outage = None;
         } else if let Some(sample) = samples
             .get(&(task.id as u32))
             .filter(|s| Some(&s.pod_uid) == pod.uid.as_ref())
@@ -61,6 +63,10 @@ pub fn merge_task_reports(
                 task.last_error = r.last_error.clone();
             }
             task.resume_token = r.resume_token.clone();
+            task.outage = r.outage.clone();
+        }
+        if pod.phase.is_terminal() {
+            task.outage = None;
         }
     }
     ended

@@ -114,6 +114,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
     apply::apply_pods(ctx, conn, &plan, &desired).await?;
     apply::announce_failures(ctx, conn, &plan).await;
     let status = status::build_status(conn, Some(&plan), None, &signals, now);
+    apply::announce_outages(ctx, conn, &status).await;
     apply::write_status(ctx, conn, status).await?;
 
     let requeue = [plan.requeue_after, signals_requeue]

@@ -31,6 +31,38 @@ pub struct Signals {
     pub record_errors: Option<String>,
     /// `ResumeTokenAtRisk` of a source.
     pub at_risk: Option<Desired>,
+    /// A dependency some task waits for: the reason (`MongoDBUnavailable`, `KafkaUnavailable`) and a
+    /// message naming the tasks, since when and the last error.
+    pub outage: Option<(&'static str, String)>,
+}
+
+/// The outage the tasks report, if any: the first dependency reported, with every task waiting for it.
+pub fn outage_signal(tasks: &[TaskStatus]) -> Option<(&'static str, String)> {
+    let first = tasks.iter().find_map(|t| t.outage.as_ref())?;
+    let waiting: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| {
+            let o = t
+                .outage
+                .as_ref()
+                .filter(|o| o.dependency == first.dependency)?;
+            Some(format!("task {} since {}: {}", t.id, o.since, o.error))
+        })
+        .collect();
+    let reason = if first.dependency == "Kafka" {
+        reason::KAFKA_UNAVAILABLE
+    } else {
+        reason::MONGODB_UNAVAILABLE
+    };
+    Some((
+        reason,
+        format!(
+            "{} unavailable ({}); the tasks wait it out: nothing is dead-lettered or skipped, and offsets \
+             move only past records that were written",
+            first.dependency,
+            waiting.join("; ")
+        ),
+    ))
 }
 
 /// The signals of a reconcile, and how soon they ask for the next one: record errors clear by themselves
@@ -64,6 +96,7 @@ pub fn signals(
         Signals {
             record_errors,
             at_risk,
+            outage: outage_signal(&plan.tasks),
         },
         requeue,
     )
@@ -270,14 +303,14 @@ fn decide_main_conditions(
         ];
     };
     vec![
-        ready(conn, plan),
+        ready(conn, plan, signals),
         progressing(plan),
         degraded(conn, plan, signals),
     ]
 }
 
-/// `Ready`: every wanted task runs (or the state wants none).
-fn ready(conn: &Connector, plan: &Plan) -> Desired {
+/// `Ready`: every wanted task runs (or the state wants none), and none waits for an unavailable dependency.
+fn ready(conn: &Connector, plan: &Plan, signals: &Signals) -> Desired {
     let desired = desired_tasks(conn);
     let running = plan
         .tasks
@@ -285,6 +318,9 @@ fn ready(conn: &Connector, plan: &Plan) -> Desired {
         .filter(|t| t.phase.as_deref() == Some(task_phase::RUNNING))
         .count() as u32;
     match conn.spec.state {
+        ConnectorState::Running if let Some((why, message)) = &signals.outage => {
+            Desired::new(READY, false, *why, message.clone())
+        }
         ConnectorState::Running if running == desired => Desired::new(
             READY,
             true,
@@ -403,9 +439,12 @@ fn degraded(conn: &Connector, plan: &Plan, signals: &Signals) -> Desired {
                 ),
             )
         }
-        (None, None) => match &signals.record_errors {
-            Some(message) => Desired::new(DEGRADED, true, reason::RECORD_ERRORS, message.clone()),
-            None => Desired::new(DEGRADED, false, reason::AS_EXPECTED, "no task failed"),
+        (None, None) => match (&signals.outage, &signals.record_errors) {
+            (Some((why, message)), _) => Desired::new(DEGRADED, true, *why, message.clone()),
+            (None, Some(message)) => {
+                Desired::new(DEGRADED, true, reason::RECORD_ERRORS, message.clone())
+            }
+            (None, None) => Desired::new(DEGRADED, false, reason::AS_EXPECTED, "no task failed"),
         },
     }
 }
@@ -625,5 +664,52 @@ mod tests {
             "one space: {}",
             old.message
         );
+    }
+
+    #[test]
+    fn a_task_waiting_out_an_outage_makes_the_connector_not_ready_and_degraded() {
+        use crate::crd::connector::OutageStatus;
+        let conn = connector(SINK);
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut p = plan::plan(
+            &conn,
+            &[
+                observed(0, PodPhase::Running, "a"),
+                observed(1, PodPhase::Running, "b"),
+            ],
+            &["a".into(), "b".into()],
+            now,
+        );
+        p.tasks[1].outage = Some(OutageStatus {
+            dependency: "MongoDB".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+            error: "Server selection timeout".into(),
+        });
+        let signals = Signals {
+            outage: outage_signal(&p.tasks),
+            record_errors: Some("task 0: 1 record errors in the last 5m".into()),
+            ..Default::default()
+        };
+        let conds = decide_conditions(&conn, Some(&p), None, &signals);
+        assert_eq!(
+            (conds[0].status, conds[0].reason.as_str()),
+            (false, "MongoDBUnavailable"),
+            "tasks run, but no write goes through: not Ready"
+        );
+        assert_eq!(
+            (conds[2].status, conds[2].reason.as_str()),
+            (true, "MongoDBUnavailable"),
+            "the outage wins over record errors"
+        );
+        assert!(
+            conds[2]
+                .message
+                .contains("task 1 since 2026-01-01T00:00:00Z: Server selection timeout")
+                && conds[2].message.contains("nothing is dead-lettered"),
+            "{}",
+            conds[2].message
+        );
+        p.tasks[1].outage = None;
+        assert_eq!(outage_signal(&p.tasks), None);
     }
 }

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
 use tokio::sync::watch;
 
-use super::errors::{ErrorHandler, TaskFailed};
+use super::errors::{ErrorHandler, Halt, TaskFailed, Wait};
 use super::failure::{Failure, Stage};
 use super::metrics::TaskMetrics;
 use crate::crd::connector::SinkSpec;
@@ -107,33 +108,120 @@ impl Sink {
         } else {
             500
         };
+        let waiter = PausedWait {
+            consumer: &consumer,
+            shutdown: shutdown.clone(),
+            held: Default::default(),
+        };
         loop {
-            let first = tokio::select! {
-                m = consumer.recv() => m,
-                _ = shutdown.changed() => break,
-            };
-            let first = match first {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    // Consumer errors (rebalances, broker hiccups) are librdkafka's to recover from.
-                    tracing::warn!(error = %e, "consume");
-                    continue;
+            let mut batch = waiter.take_held(max);
+            if batch.is_empty() {
+                let first = tokio::select! {
+                    m = consumer.recv() => m,
+                    _ = shutdown.changed() => break,
+                };
+                match first {
+                    Ok(m) => batch.push(m.detach()),
+                    Err(e) => {
+                        // Consumer errors (rebalances, broker hiccups) are librdkafka's to recover from.
+                        tracing::warn!(error = %e, "consume");
+                        continue;
+                    }
                 }
-            };
-            let mut batch = vec![first];
-            while batch.len() < max {
+            }
+            while batch.len() < max && waiter.held_is_empty() {
                 match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
                     Ok(Ok(m)) => batch.push(m.detach()),
                     _ => break,
                 }
             }
             let started = Instant::now();
-            self.write_batch(&batch).await?;
+            match self.write_batch(&batch, &waiter).await {
+                Ok(()) => {}
+                // Stopped while waiting out an outage: this batch is not handled, nothing of it commits.
+                Err(Halt::Shutdown) => break,
+                Err(Halt::Failed(failed)) => return Err(failed),
+            }
             commit::batch_handled(&consumer, &batch, interval_ms)?;
             self.metrics.batch(started.elapsed());
+            if *shutdown.borrow() {
+                break;
+            }
         }
         commit::commit_at_stop(&consumer, interval_ms)?;
         self.metrics.set_running(false);
         Ok(())
+    }
+}
+
+/// The sink's wait between attempts: the assigned partitions are paused and the consumer is polled all the
+/// while, so the task keeps its group membership however long an outage lasts (a consumer that is not
+/// polled for `max.poll.interval.ms` leaves the group). Records that still arrive (from a partition
+/// assigned meanwhile) are held and come first in the next batch. SIGTERM ends the wait.
+struct PausedWait<'a> {
+    consumer: &'a SinkConsumer,
+    shutdown: watch::Receiver<bool>,
+    held: std::sync::Mutex<std::collections::VecDeque<OwnedMessage>>,
+}
+
+impl PausedWait<'_> {
+    fn take_held(&self, max: usize) -> Vec<OwnedMessage> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.len().min(max);
+        held.drain(..n).collect()
+    }
+
+    fn held_is_empty(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "pausing or resuming the assigned partitions failed");
+        }
+    }
+}
+
+impl Wait for PausedWait<'_> {
+    async fn wait(&self, d: Duration) -> Result<(), Halt> {
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return Err(Halt::Shutdown);
+        }
+        self.set_paused(true);
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        let mut watching = true;
+        let result = loop {
+            tokio::select! {
+                _ = &mut sleep => break Ok(()),
+                m = self.consumer.recv() => match m {
+                    Ok(m) => self
+                        .held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(m.detach()),
+                    Err(e) => tracing::debug!(error = %e, "consume while paused"),
+                },
+                changed = shutdown.changed(), if watching => match changed {
+                    Ok(()) if *shutdown.borrow() => break Err(Halt::Shutdown),
+                    Ok(()) => {}
+                    Err(_) => watching = false,
+                },
+            }
+        };
+        self.set_paused(false);
+        result
     }
 }

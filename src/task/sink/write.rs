@@ -1,10 +1,16 @@
 //! A batch of records becomes MongoDB writes: converted one by one (a conversion failure goes to error
-//! handling), then written with one bulk `insert` or `update` command per run of the same kind. A bulk
-//! that fails as a whole is retried; per-index write errors send only those records to error handling
-//! (retried first when retriable); an ordered bulk's unexecuted rest is sent again.
+//! handling), then written with one bulk `insert` or `update` command.
+//!
+//! What a failure belongs to decides what happens:
+//! - MongoDB unavailable (unreachable, not primary, shutting down, refusing authentication, a write concern
+//!   not met — for the whole command or at some indexes): an outage, waited out with the partitions paused;
+//!   the same records are written again once it ends. Never a record error.
+//! - The whole command failed for another reason: it is split in halves and each half written again, down
+//!   to the one record it belongs to, which goes to error handling (Spring Kafka's recovery by index).
+//! - A per-index write error (a duplicate key, a validation failure): only that record goes to error
+//!   handling (KIP-610's errant-record reporting); an ordered bulk's unexecuted rest is sent again.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
 
 use mongodb::bson::{Bson, Document, doc};
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -12,15 +18,13 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use super::Sink;
 use crate::crd::connector::{DocumentIdStrategy, SinkSpec};
 use crate::task::convert::{Coordinates, Write, build_write, key_value, value_document};
-use crate::task::errors::{TaskFailed, next_retry};
-use crate::task::failure::{Failure, RETRYABLE_CODES, RecordContext, Stage, is_retriable};
+use crate::task::errors::{Halt, OutageClock, RetryEnd, Wait};
+use crate::task::failure::{Dependency, Failure, RecordContext, Stage, is_outage_code};
 
 /// One record on its way to MongoDB.
 struct Item {
     record: RecordContext,
     write: Write,
-    attempts: u32,
-    first_failed: Option<Instant>,
 }
 
 fn record_context(msg: &OwnedMessage) -> RecordContext {
@@ -68,6 +72,26 @@ pub struct WriteError {
     pub message: String,
 }
 
+/// A reply's write concern error (`ok: 1`, but the writes are not known to be durable as asked): the
+/// whole command is an outage, written again.
+pub fn write_concern_error(reply: &Document) -> Option<Failure> {
+    let wce = reply.get_document("writeConcernError").ok()?;
+    let code = wce.get_i32("code").unwrap_or(64);
+    let message = wce
+        .get_str("errmsg")
+        .unwrap_or("write concern not satisfied");
+    Some(
+        Failure::new(
+            Stage::TaskPut,
+            "com.mongodb.MongoWriteConcernException",
+            message,
+            true,
+        )
+        .with_code(code)
+        .outage_of(Dependency::MongoDB),
+    )
+}
+
 /// The written count and per-index errors of an `insert`/`update` reply.
 pub fn parse_write_reply(reply: &Document) -> (u64, Vec<WriteError>) {
     let n = match reply.get("n") {
@@ -100,8 +124,13 @@ fn bson_usize(b: &Bson) -> Option<usize> {
 }
 
 impl Sink {
-    /// Writes one batch; every record ends written, or handled by the error machinery.
-    pub(super) async fn write_batch(&self, batch: &[OwnedMessage]) -> Result<(), TaskFailed> {
+    /// Writes one batch; every record ends written, or handled by the error machinery. An outage is
+    /// waited out (`waiter` keeps the consumer polled with its partitions paused).
+    pub(super) async fn write_batch<W: Wait>(
+        &self,
+        batch: &[OwnedMessage],
+        waiter: &W,
+    ) -> Result<(), Halt> {
         self.metrics.records_in(batch.len() as u64);
         let mut pending = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -109,32 +138,43 @@ impl Sink {
                 Ok(Some(write)) => pending.push(Item {
                     record: record_context(msg),
                     write,
-                    attempts: 0,
-                    first_failed: None,
                 }),
                 Ok(None) => {}
                 Err(failure) => {
                     self.metrics.record_failure();
                     self.handler
-                        .record_failed(failure, record_context(msg))
+                        .record_failed(failure, record_context(msg), waiter)
                         .await?;
                 }
             }
         }
         if self.cfg.discard_writes {
             self.metrics.records_out(pending.len() as u64);
-            return self.handler.flush_dead_letters().await;
+            return self.handler.flush_dead_letters(waiter).await;
         }
-        while !pending.is_empty() {
-            pending = self.bulk(pending).await?;
+        let mut groups = VecDeque::from([pending]);
+        let mut outage = OutageClock::default();
+        while let Some(group) = groups.pop_front() {
+            if group.is_empty() {
+                continue;
+            }
+            let again = self.bulk(group, &mut outage, waiter).await?;
+            for g in again.into_iter().rev() {
+                groups.push_front(g);
+            }
         }
-        self.handler.flush_dead_letters().await?;
+        self.handler.flush_dead_letters(waiter).await?;
         Ok(())
     }
 
-    /// One bulk command for `items`; returns the items to try again (retriable per-index errors, and the
-    /// unexecuted rest of an ordered bulk).
-    async fn bulk(&self, items: Vec<Item>) -> Result<Vec<Item>, TaskFailed> {
+    /// One bulk command for `items`; returns the groups to write next, in order (the records of an outage,
+    /// the halves of a command that failed as a whole, the unexecuted rest of an ordered bulk).
+    async fn bulk<W: Wait>(
+        &self,
+        items: Vec<Item>,
+        outage: &mut OutageClock,
+        waiter: &W,
+    ) -> Result<Vec<Vec<Item>>, Halt> {
         let ordered = self.spec.bulk_write_ordered;
         let command = match &items[0].write {
             Write::Insert(_) => {
@@ -160,66 +200,73 @@ impl Sink {
         };
         let reply = self
             .handler
-            .retry(|| async {
-                self.db
+            .retry(waiter, || async {
+                let reply = self
+                    .db
                     .run_command(command.clone())
                     .await
-                    .map_err(|e| Failure::mongo(Stage::TaskPut, &e))
+                    .map_err(|e| Failure::mongo(Stage::TaskPut, &e))?;
+                match write_concern_error(&reply) {
+                    Some(wce) => Err(wce),
+                    None => Ok(reply),
+                }
             })
             .await;
         let reply = match reply {
             Ok(r) => r,
-            Err(failure) => {
-                // The whole bulk failed for good: each of its records is a failed record.
-                for item in items {
-                    self.handler
-                        .record_failed(failure.clone(), item.record)
-                        .await?;
-                }
+            Err(RetryEnd::Halt(halt)) => return Err(halt),
+            Err(RetryEnd::Failed(failure)) if items.len() > 1 => {
+                // Not an outage, and not yet known whose: find the record it belongs to.
+                tracing::debug!(records = items.len(), error = %failure, "bulk failed as a whole; splitting it");
+                let mut first = items;
+                let second = first.split_off(first.len() / 2);
+                return Ok(vec![first, second]);
+            }
+            Err(RetryEnd::Failed(failure)) => {
+                let item = items.into_iter().next().expect("one item");
+                self.handler
+                    .record_failed(failure, item.record, waiter)
+                    .await?;
                 return Ok(Vec::new());
             }
         };
         let (written, errors) = parse_write_reply(&reply);
         self.metrics.records_out(written);
-        let mut again = Vec::new();
         let first_error = errors.iter().map(|e| e.index).min();
         let by_index: BTreeMap<usize, WriteError> =
             errors.into_iter().map(|e| (e.index, e)).collect();
-        for (index, mut item) in items.into_iter().enumerate() {
+        let mut again = Vec::new();
+        let mut unavailable = None;
+        for (index, item) in items.into_iter().enumerate() {
             if let Some(err) = by_index.get(&index) {
                 self.metrics.record_failure();
                 let failure = Failure::new(
                     Stage::TaskPut,
                     "com.mongodb.MongoBulkWriteException",
                     err.message.clone(),
-                    RETRYABLE_CODES.contains(&err.code),
+                    false,
                 )
                 .with_code(err.code);
-                let first = *item.first_failed.get_or_insert_with(Instant::now);
-                let retry = is_retriable(&failure, &self.cfg.errors.spec.not_retryable)
-                    .then(|| {
-                        next_retry(
-                            &self.cfg.errors.spec,
-                            item.attempts,
-                            first.elapsed(),
-                            rand::random(),
-                        )
-                    })
-                    .flatten();
-                match retry {
-                    Some(wait) => {
-                        self.metrics.record_retry();
-                        tokio::time::sleep(wait).await;
-                        item.attempts += 1;
-                        again.push(item);
-                    }
-                    None => self.handler.record_failed(failure, item.record).await?,
+                if is_outage_code(err.code) {
+                    unavailable = Some(failure.outage_of(Dependency::MongoDB));
+                    again.push(item);
+                } else {
+                    self.handler
+                        .record_failed(failure, item.record, waiter)
+                        .await?;
                 }
             } else if ordered && first_error.is_some_and(|f| index > f) {
                 again.push(item); // never attempted: an ordered bulk stops at its first error
             }
         }
-        Ok(again)
+        match unavailable {
+            Some(failure) => self.handler.wait_out(&failure, outage, waiter).await?,
+            None => {
+                self.handler.outage_over(outage);
+                *outage = OutageClock::default();
+            }
+        }
+        Ok(vec![again])
     }
 }
 
@@ -243,5 +290,13 @@ mod tests {
             parse_write_reply(&doc! { "ok": 1, "n": 5_i64 }),
             (5, vec![])
         );
+    }
+
+    #[test]
+    fn a_write_concern_error_is_an_outage_not_a_success() {
+        let reply = doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" } };
+        let f = write_concern_error(&reply).expect("not written as asked");
+        assert_eq!((f.code, f.outage), (Some(64), Some(Dependency::MongoDB)));
+        assert_eq!(write_concern_error(&doc! { "ok": 1, "n": 2 }), None);
     }
 }

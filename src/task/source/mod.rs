@@ -24,7 +24,7 @@ use mongodb::options::FullDocumentType;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::watch;
 
-use super::errors::{ErrorHandler, TaskFailed};
+use super::errors::{ErrorHandler, Halt, OutageClock, RetryEnd, ShutdownWait, TaskFailed};
 use super::failure::{Failure, RecordContext, Stage};
 use super::metrics::TaskMetrics;
 use crate::crd::connector::{FullDocument, StartupMode};
@@ -231,8 +231,24 @@ impl Source {
     }
 
     /// Streams until `shutdown` flips (the batch in flight is produced and its offset stored first).
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskFailed> {
-        let stored = self.stored_token().await.map_err(start_failed)?;
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), TaskFailed> {
+        let result = self.stream(shutdown).await;
+        self.metrics.set_running(false);
+        match result {
+            Ok(()) | Err(Halt::Shutdown) => Ok(()),
+            Err(Halt::Failed(failed)) => Err(failed),
+        }
+    }
+
+    async fn stream(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), Halt> {
+        let waiter = ShutdownWait {
+            shutdown: shutdown.clone(),
+        };
+        let stored = match self.handler.retry(&waiter, || self.stored_token()).await {
+            Ok(stored) => stored,
+            Err(RetryEnd::Failed(failure)) => return Err(start_failed(failure).into()),
+            Err(RetryEnd::Halt(halt)) => return Err(halt),
+        };
         let resumed = stored.is_some();
         if let Some(secs) = stored
             .as_ref()
@@ -241,16 +257,12 @@ impl Source {
             self.metrics
                 .update_resume_token(|r| r.time = Some(rfc3339(secs.into())));
         }
-        let mut stream = match self.open(stored).await {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(self
-                    .lost(&e)
-                    .unwrap_or_else(|| start_failed(Failure::mongo(Stage::TaskPoll, &e))));
-            }
-        };
+        // Where a reopened stream resumes: the stored token, then each one stored since — never "now"
+        // (the startup mode applies only when nothing was ever stored).
+        let mut resume_from = stored;
+        let mut stream = self.open_waiting(resume_from.clone(), &waiter).await?;
         if !resumed && self.source.startup_mode == StartupMode::CopyExisting {
-            self.copy_existing().await?;
+            self.copy_existing(&waiter).await?;
         }
         self.metrics.set_running(true);
         let window = tokio::spawn(report_oplog_window(
@@ -261,12 +273,13 @@ impl Source {
         let _stop_window = AbortOnDrop(window);
         let heartbeat = Duration::from_millis(self.source.spec.heartbeat.interval_ms.max(0) as u64);
         let mut last_store = Instant::now();
-        let mut stored_token: Option<String> = None;
+        let mut outage = OutageClock::default();
         loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
             let mut batch: Vec<Document> = Vec::new();
+            let mut broken = None;
             let deadline = Instant::now() + Duration::from_millis(200);
             while batch.len() < 500 && Instant::now() < deadline {
                 let next = tokio::select! {
@@ -287,42 +300,14 @@ impl Source {
                         break;
                     }
                     Err(e) => {
-                        if let Some(lost) = self.lost(&e) {
-                            return Err(lost);
-                        }
-                        let failure = Failure::mongo(Stage::TaskPoll, &e);
-                        self.metrics.record_failure();
-                        if !failure.retriable {
-                            return Err(TaskFailed {
-                                reason: TerminationReason::ChangeStreamFailed,
-                                failure,
-                                record: None,
-                            });
-                        }
-                        // Reopen from the last token we stored (the driver already resumed what it could).
-                        tracing::warn!(error = %e, "change stream failed; reopening");
-                        let token = stored_token
-                            .as_deref()
-                            .and_then(|t| serde_json::from_str(t).ok());
-                        self.metrics.record_retry();
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        stream = match self.open(token).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                return Err(self.lost(&e).unwrap_or_else(|| TaskFailed {
-                                    reason: TerminationReason::ChangeStreamFailed,
-                                    failure: Failure::mongo(Stage::TaskPoll, &e),
-                                    record: None,
-                                }));
-                            }
-                        };
+                        broken = Some(e);
                         break;
                     }
                 }
             }
             if !batch.is_empty() {
                 let started = Instant::now();
-                self.produce(&batch).await?;
+                self.produce(&batch, &waiter).await?;
                 let last = batch.last();
                 let at = last
                     .and_then(|e| e.get_timestamp("clusterTime").ok())
@@ -331,25 +316,23 @@ impl Source {
                     .and_then(|e| e.get("_id"))
                     .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok())
                 {
-                    self.store_token(&token, at).await.map_err(|f| TaskFailed {
-                        reason: TerminationReason::OffsetStoreFailed,
-                        failure: f,
-                        record: None,
-                    })?;
-                    stored_token = Some(token_json(&token));
+                    self.store(&token, at, &waiter, TerminationReason::OffsetStoreFailed)
+                        .await?;
+                    resume_from = Some(token);
                     last_store = Instant::now();
                 }
                 self.metrics.batch(started.elapsed());
-            } else if !heartbeat.is_zero() && last_store.elapsed() >= heartbeat {
+            } else if broken.is_none() && !heartbeat.is_zero() && last_store.elapsed() >= heartbeat
+            {
                 // A quiet stream: keep the stored token fresh with the cursor's post-batch resume token.
                 last_store = Instant::now();
                 match stream.resume_token() {
                     Some(token) => {
                         let json = token_json(&token);
-                        if stored_token.as_deref() != Some(json.as_str()) {
-                            self.heartbeat(&token).await?;
+                        if resume_from.as_ref().map(token_json).as_deref() != Some(json.as_str()) {
+                            self.heartbeat(&token, &waiter).await?;
                             tracing::debug!(token = %json, "heartbeat stored");
-                            stored_token = Some(json);
+                            resume_from = Some(token);
                         }
                     }
                     None => {
@@ -357,37 +340,133 @@ impl Source {
                     }
                 }
             }
+            if let Some(e) = broken {
+                // What was read before the error is produced and stored above; reopen after it.
+                if let Some(lost) = self.lost(&e) {
+                    return Err(lost.into());
+                }
+                let failure = Failure::mongo(Stage::TaskPoll, &e);
+                self.metrics.record_failure();
+                if !failure.retriable {
+                    return Err(TaskFailed {
+                        reason: TerminationReason::ChangeStreamFailed,
+                        failure,
+                        record: None,
+                    }
+                    .into());
+                }
+                tracing::warn!(error = %e, "change stream failed; reopening from the last stored token");
+                self.handler
+                    .wait_out(&failure, &mut outage, &waiter)
+                    .await?;
+                stream = self.open_waiting(resume_from.clone(), &waiter).await?;
+            } else if outage.in_outage() {
+                self.handler.outage_over(&outage);
+                outage = OutageClock::default();
+            }
             if *shutdown.borrow() {
                 break;
             }
         }
-        self.metrics.set_running(false);
         Ok(())
     }
 
-    async fn heartbeat(&self, token: &ResumeToken) -> Result<(), TaskFailed> {
+    /// Opens the change stream, waiting out MongoDB being unavailable; a lost resume point or another
+    /// error fails the task.
+    async fn open_waiting(
+        &self,
+        resume: Option<ResumeToken>,
+        waiter: &ShutdownWait,
+    ) -> Result<ChangeStream<Document>, Halt> {
+        let mut outage = OutageClock::default();
+        loop {
+            match self.open(resume.clone()).await {
+                Ok(stream) => {
+                    self.handler.outage_over(&outage);
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    if let Some(lost) = self.lost(&e) {
+                        return Err(lost.into());
+                    }
+                    let failure = Failure::mongo(Stage::TaskPoll, &e);
+                    if !failure.retriable {
+                        return Err(TaskFailed {
+                            reason: TerminationReason::ChangeStreamFailed,
+                            failure,
+                            record: None,
+                        }
+                        .into());
+                    }
+                    self.metrics.record_failure();
+                    self.handler.wait_out(&failure, &mut outage, waiter).await?;
+                }
+            }
+        }
+    }
+
+    /// Stores `token` (retried, outages waited out); a failure that is not an outage fails the task with
+    /// `reason`.
+    async fn store(
+        &self,
+        token: &ResumeToken,
+        at: Option<u32>,
+        waiter: &ShutdownWait,
+        reason: TerminationReason,
+    ) -> Result<(), Halt> {
+        match self
+            .handler
+            .retry(waiter, || self.store_token(token, at))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(RetryEnd::Halt(halt)) => Err(halt),
+            Err(RetryEnd::Failed(failure)) => Err(TaskFailed {
+                reason,
+                failure,
+                record: None,
+            }
+            .into()),
+        }
+    }
+
+    async fn heartbeat(&self, token: &ResumeToken, waiter: &ShutdownWait) -> Result<(), Halt> {
         let topic = self.source.spec.heartbeat.topic.clone();
-        let failed = |f| TaskFailed {
-            reason: TerminationReason::HeartbeatFailed,
-            failure: f,
-            record: None,
-        };
-        self.ensure_topic(&topic, false).await.map_err(failed)?;
         let key = serde_json::json!({ "partition": self.source.offset_partition_name }).to_string();
         let value = serde_json::json!({ "_id": token_json(token) }).to_string();
-        self.producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                Duration::from_secs(30),
-            )
+        let sent = self
+            .handler
+            .retry(waiter, || async {
+                self.ensure_topic(&topic, false).await?;
+                self.producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&value),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
+            })
+            .await;
+        match sent {
+            Ok(()) => {}
+            Err(RetryEnd::Halt(halt)) => return Err(halt),
+            Err(RetryEnd::Failed(failure)) => {
+                return Err(TaskFailed {
+                    reason: TerminationReason::HeartbeatFailed,
+                    failure,
+                    record: None,
+                }
+                .into());
+            }
+        }
+        self.store(token, None, waiter, TerminationReason::HeartbeatFailed)
             .await
-            .map_err(|(e, _)| failed(Failure::kafka(Stage::KafkaProduce, &e)))?;
-        self.store_token(token, None).await.map_err(failed)
     }
 
     /// Produces a batch of events and waits for every acknowledgement; a record that can't be converted or
     /// produced goes through error handling (and to the dead-letter topic, unlike Kafka Connect).
-    async fn produce(&self, batch: &[Document]) -> Result<(), TaskFailed> {
+    async fn produce(&self, batch: &[Document], waiter: &ShutdownWait) -> Result<(), Halt> {
         self.metrics.records_in(batch.len() as u64);
         // Convert every event first; conversion failures go to error handling right away.
         let mut records = Vec::with_capacity(batch.len());
@@ -425,14 +504,14 @@ impl Source {
                         value: Some(raw.into_bytes()),
                         ..context
                     };
-                    self.handler.record_failed(f, record).await?;
+                    self.handler.record_failed(f, record, waiter).await?;
                 }
             }
         }
         // Then produce them all at once (enqueued in order, so per-partition order holds) and wait for every
         // acknowledgement; a record that still fails after its retries goes to error handling.
         let sends = records.iter().map(|r| {
-            self.handler.retry(move || async move {
+            self.handler.retry(waiter, move || async move {
                 self.ensure_topic(&r.topic, false).await?;
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
                 if let Some(k) = &r.key {
@@ -453,16 +532,17 @@ impl Source {
         for (record, result) in records.into_iter().zip(results) {
             match result {
                 Ok(()) => sent += 1,
-                Err(f) => self.handler.record_failed(f, record).await?,
+                Err(RetryEnd::Failed(f)) => self.handler.record_failed(f, record, waiter).await?,
+                Err(RetryEnd::Halt(halt)) => return Err(halt),
             }
         }
-        self.handler.flush_dead_letters().await?;
+        self.handler.flush_dead_letters(waiter).await?;
         self.metrics.records_out(sent);
         Ok(())
     }
 
     /// `copyExisting`: every document of the watched collections as an insert event, before streaming.
-    async fn copy_existing(&self) -> Result<(), TaskFailed> {
+    async fn copy_existing(&self, waiter: &ShutdownWait) -> Result<(), Halt> {
         let failed = |e: mongodb::error::Error| TaskFailed {
             reason: TerminationReason::CopyExistingFailed,
             failure: Failure::mongo(Stage::TaskPoll, &e),
@@ -503,11 +583,11 @@ impl Source {
                         "fullDocument": d,
                     });
                     if batch.len() == 500 {
-                        self.produce(&std::mem::take(&mut batch)).await?;
+                        self.produce(&std::mem::take(&mut batch), waiter).await?;
                     }
                 }
                 if !batch.is_empty() {
-                    self.produce(&batch).await?;
+                    self.produce(&batch, waiter).await?;
                 }
             }
         }

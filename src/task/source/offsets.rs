@@ -32,7 +32,7 @@ impl Source {
         )
     }
 
-    /// The stored resume token of this partition name, read from the offsets topic.
+    /// The stored resume token of this partition name, read from the offsets topic (one attempt).
     pub(super) async fn stored_token(&self) -> Result<Option<ResumeToken>, Failure> {
         let topic = self.source.offset_storage_topic.clone();
         self.ensure_topic(&topic, true).await?;
@@ -51,7 +51,7 @@ impl Source {
         .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
     }
 
-    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic.
+    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic (one attempt).
     pub(super) async fn store_token(
         &self,
         token: &ResumeToken,
@@ -66,20 +66,16 @@ impl Source {
             .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().as_second());
         self.metrics
             .update_resume_token(|r| r.time = Some(rfc3339(time)));
-        self.handler
-            .retry(|| async {
-                self.producer
-                    .send(
-                        FutureRecord::to(&self.source.offset_storage_topic)
-                            .key(&key)
-                            .payload(&value),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
-            })
+        self.producer
+            .send(
+                FutureRecord::to(&self.source.offset_storage_topic)
+                    .key(&key)
+                    .payload(&value),
+                Duration::from_secs(30),
+            )
             .await
+            .map(|_| ())
+            .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
     }
 }
 
