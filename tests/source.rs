@@ -263,15 +263,13 @@ async fn a_lost_resume_point_ends_the_task_with_its_termination_message_and_no_r
     let Some(env) = Env::get() else { return };
     let db = unique("src");
     let partition = unique("lost-src");
-    env.fault_peer_rule(json!({
-        "command": "aggregate", "changeStream": true, "database": db,
-        "reply": { "ok": 0, "code": 286, "codeName": "ChangeStreamHistoryLost",
-                   "errmsg": "Resume of change stream was not possible, as the resume point may no longer be in the oplog." }
-    }))
-    .await;
-    let before = env.fault_peer_commands().await["changeStreamAggregates"]
-        .as_u64()
-        .unwrap_or(0);
+    let rule = env
+        .fault_peer_rule(json!({
+            "command": "aggregate", "changeStream": true, "database": db,
+            "reply": { "ok": 0, "code": 286, "codeName": "ChangeStreamHistoryLost",
+                       "errmsg": "Resume of change stream was not possible, as the resume point may no longer be in the oplog." }
+        }))
+        .await;
     let cfg = config(&env, &db, &partition, "heartbeat: {intervalMs: 0}");
     let mut task = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
     assert_eq!(
@@ -292,12 +290,99 @@ async fn a_lost_resume_point_ends_the_task_with_its_termination_message_and_no_r
             .contains("resume point may no longer be in the oplog"),
         "{m}"
     );
-    let after = env.fault_peer_commands().await["changeStreamAggregates"]
-        .as_u64()
-        .unwrap_or(0);
+    // This task's change-stream opens (other tests share the fault peer: count this rule's matches only).
+    let rules = env.fault_peer_rules().await;
+    let opens = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == rule)
+        .map(|r| r["seen"].clone());
     assert_eq!(
-        after - before,
-        1,
+        opens,
+        Some(json!(1)),
         "one attempt: the lost token is never retried"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_error_right_after_a_resume_reopens_from_the_stored_token_and_loses_nothing() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("src");
+    let partition = unique("reopen-src");
+    let topic = format!("cdc.{db}.orders");
+    let coll = collection(&env, &db).await;
+    let cfg = config(&env, &db, &partition, "heartbeat: {intervalMs: 0}");
+    let mut first = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
+    wait_running(&first).await;
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    read_topic(&env, &topic, 1, false).await;
+    assert_eq!(first.stop().await, 0, "{}", first.log_tail());
+
+    // A change while no task runs; then a restart whose reads fail for four seconds with an error the
+    // driver does not resume by itself (no ResumableChangeStreamError label), so the task reopens the
+    // stream, again and again. A change made meanwhile arrives when it reopens from the stored token; from
+    // "now" (nothing stored yet in this process) it would be lost.
+    coll.insert_one(doc! { "_id": 1, "item": "while down" })
+        .await
+        .unwrap();
+    let rule = env
+        .fault_peer_rule(json!({ "command": "getMore", "database": db, "forMs": 4000,
+            "reply": { "ok": 0, "code": 91, "codeName": "ShutdownInProgress",
+                       "errmsg": "The server is in quiesce mode and will shut down" } }))
+        .await;
+    let task = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
+    wait_for("a failed read", WAIT, || async {
+        let rules = env.fault_peer_rules().await;
+        let fired = rules
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["id"] == rule))
+            .map(|r| r["fired"].as_u64().unwrap_or(0));
+        match fired {
+            Some(n) if n >= 1 => Ok(()),
+            other => Err(format!("fired {other:?}")),
+        }
+    })
+    .await;
+    coll.insert_one(doc! { "_id": 2, "item": "while the reads fail" })
+        .await
+        .unwrap();
+    let got = records(&env, &topic, 3).await;
+    let ids: Vec<&Value> = got.iter().map(|(_, v)| &v["documentKey"]["_id"]).collect();
+    assert_eq!(
+        ids,
+        [&json!(0), &json!(1), &json!(2)],
+        "{}",
+        task.log_tail()
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_start_at_operation_time_fails_the_task_at_start() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("src");
+    let partition = unique("ts-src");
+    let cfg = config(
+        &env,
+        &db,
+        &partition,
+        "startup: {mode: timestamp, startAtOperationTime: yesterday}",
+    )
+    .replace("startupMode: latest", "startupMode: timestamp");
+    let mut task = TaskProcess::start(&env, &partition, &cfg, &env.mongodb_uri);
+    assert_eq!(
+        task.wait_exit(WAIT).await,
+        2,
+        "a config error; log:\n{}",
+        task.log_tail()
+    );
+    let m = task.termination_message();
+    assert_eq!(m["reason"], "ConfigInvalid");
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap()
+            .contains("startAtOperationTime"),
+        "{m}"
     );
 }

@@ -254,10 +254,12 @@ pub enum StartupMode {
 pub struct Startup {
     #[serde(default)]
     pub mode: StartupMode,
-    /// RFC 3339 time or seconds since the epoch (MongoDB connector:
+    /// RFC 3339 time (`2026-11-23T06:00:00Z`) or seconds since the epoch (MongoDB connector:
     /// `startup.mode.timestamp.start.at.operation.time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(regex(
+        pattern = r"^([0-9]{1,10}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))$"
+    ))]
     pub start_at_operation_time: Option<String>,
 }
 

@@ -57,12 +57,96 @@ pub enum Credentials<'a> {
     Env,
 }
 
-/// librdkafka settings for a connection: the user's extra properties, then what sluice sets. A client
-/// config holds credentials: it is never logged.
+/// librdkafka's consumer-only properties (`C` in its CONFIGURATION.md, 2.12): kept from producers and
+/// admin clients, which would warn about each (and the warning would read as a task's failure).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.commit.enable",
+    "auto.offset.reset",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "consume.callback.max.messages",
+];
+
+/// librdkafka's producer-only properties (`P` in its CONFIGURATION.md, 2.12): kept from consumers.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+    "compression.level",
+];
+
+/// The kind of client a config is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A producer, or an admin client (librdkafka's admin handle is a producer).
+    Producer,
+    Consumer,
+}
+
+/// librdkafka settings for a producer or admin client of a connection: the user's extra properties (but
+/// consumer-only ones), then what sluice sets. A client config holds credentials: it is never logged.
 pub fn client_config(kafka: &TaskKafka, credentials: Credentials<'_>) -> ClientConfig {
+    config_for(kafka, credentials, Role::Producer)
+}
+
+fn config_for(kafka: &TaskKafka, credentials: Credentials<'_>, role: Role) -> ClientConfig {
+    let other = match role {
+        Role::Producer => CONSUMER_ONLY,
+        Role::Consumer => PRODUCER_ONLY,
+    };
     let mut config = ClientConfig::new();
     for (k, v) in &kafka.properties {
-        config.set(k, v);
+        if !other.contains(&k.as_str()) {
+            config.set(k, v);
+        }
     }
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     config.set(
@@ -119,13 +203,31 @@ pub fn client_config(kafka: &TaskKafka, credentials: Credentials<'_>) -> ClientC
 /// same memory (the queue's bounds don't change).
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
-/// [`client_config`] for a consumer, with sluice's fetch backoff unless `kafka.properties` sets one.
+/// The settings for a consumer (the user's properties but producer-only ones), with sluice's fetch backoff
+/// unless `kafka.properties` sets one.
 pub fn consumer_config(kafka: &TaskKafka, credentials: Credentials<'_>) -> ClientConfig {
-    let mut config = client_config(kafka, credentials);
+    let mut config = config_for(kafka, credentials, Role::Consumer);
     if !kafka.properties.contains_key("fetch.queue.backoff.ms") {
         config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     }
     config
+}
+
+/// A connection's settings for each kind of client, with the operator's credentials (never logged).
+#[derive(Clone)]
+pub struct Clients {
+    /// For producers and admin clients.
+    pub producer: ClientConfig,
+    pub consumer: ClientConfig,
+}
+
+impl Clients {
+    pub fn new(kafka: &TaskKafka, credentials: &KafkaCredentials) -> Self {
+        Self {
+            producer: client_config(kafka, Credentials::Secrets(credentials)),
+            consumer: consumer_config(kafka, Credentials::Secrets(credentials)),
+        }
+    }
 }
 
 /// librdkafka's `security.protocol` for TLS and SASL on or off.
@@ -235,5 +337,24 @@ mod tests {
             None,
             "producers don't get consumer settings"
         );
+    }
+
+    #[test]
+    fn each_client_gets_only_the_properties_of_its_kind() {
+        let k = kafka(&[
+            ("max.poll.interval.ms", "7000"),
+            ("session.timeout.ms", "6000"),
+            ("linger.ms", "20"),
+            ("socket.keepalive.enable", "true"),
+        ]);
+        let producer = client_config(&k, Credentials::Env);
+        assert_eq!(producer.get("max.poll.interval.ms"), None);
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("socket.keepalive.enable"), Some("true"));
+        let consumer = consumer_config(&k, Credentials::Env);
+        assert_eq!(consumer.get("max.poll.interval.ms"), Some("7000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(consumer.get("socket.keepalive.enable"), Some("true"));
     }
 }

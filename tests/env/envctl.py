@@ -214,6 +214,8 @@ class Component:
     cwd: Path | None = None
     pid: int = 0
     launched: float = 0.0
+    # The line its log shows once it serves (for components that can be restarted alone).
+    ready_line: str = ""
 
     @property
     def log(self) -> Path:
@@ -229,6 +231,9 @@ class Component:
         self.launched = time.monotonic()
         (STATE / "pids").mkdir(parents=True, exist_ok=True)
         (STATE / "pids" / f"{self.name}.pid").write_text(str(proc.pid))
+        (STATE / "pids" / f"{self.name}.json").write_text(json.dumps(
+            {"cmd": self.cmd, "env": self.env, "cwd": str(self.cwd) if self.cwd else None,
+             "ready_line": self.ready_line, "endpoint": self.endpoint}))
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> float:
         deadline = self.launched + timeout
@@ -261,8 +266,16 @@ def alive(pid: int) -> bool:
         return False
 
 
-def log_says(comp: Component, text: str) -> Callable[[], bool]:
-    return lambda: comp.log.exists() and text in comp.log.read_text(errors="replace")
+def log_says(comp: Component, text: str, after: int = 0) -> Callable[[], bool]:
+    """Whether the component's log shows `text` past byte `after` (a restart appends to the same log)."""
+    def check() -> bool:
+        if not comp.log.exists():
+            return False
+        with open(comp.log, "rb") as f:
+            f.seek(after)
+            return text.encode() in f.read()
+    comp.ready_line = text
+    return check
 
 
 def https_ok(url: str, pki: Path | None) -> Callable[[], bool]:
@@ -413,7 +426,9 @@ logger.state.level = WARN
     kafka_c.ready = log_says(kafka_c, "Kafka Server started")
 
     mongo_dir = ENV_SRC / "mongo" / "target"
-    mongo_c = Component("mongo-peer", ["java", "-Xmx512m", "-cp", f"{mongo_dir / 'mongo-peer.jar'}:{mongo_dir / 'lib'}/*",
+    # The peer keeps every document and its whole oplog in memory: sized for the chaos runs (make chaos),
+    # and it exits on running out of memory instead of answering half-dead.
+    mongo_c = Component("mongo-peer", ["java", "-Xmx3g", "-XX:+ExitOnOutOfMemoryError", "-cp", f"{mongo_dir / 'mongo-peer.jar'}:{mongo_dir / 'lib'}/*",
                                        "dev.sluice.env.MongoPeer", "127.0.0.1", str(mongo)], ready=lambda: False,
                         endpoint=f"mongodb://127.0.0.1:{mongo}", version="mongo-java-server " + jar_version(mongo_dir / "lib", "mongo-java-server"))
     mongo_c.ready = log_says(mongo_c, "READY")
@@ -582,6 +597,37 @@ def down(quiet: bool = False) -> None:
         raise EnvError("processes survived SIGKILL: " + "; ".join(f"{p} {c}" for p, c in still))
 
 
+# Components a test may restart alone: their state survives (Kafka's data is on disk; the fault peer is a
+# proxy, so restarting it drops every client connection).
+RESTARTABLE = ("kafka", "fault-peer")
+
+
+def restart(name: str, down_seconds: float) -> float:
+    """Stops one component of the running environment, waits `down_seconds`, starts it again with the same
+    command line, ports and data, and waits until it serves again. Returns the seconds it took to serve."""
+    if name not in RESTARTABLE:
+        raise EnvError(f"{name} can't be restarted alone (only {', '.join(RESTARTABLE)})")
+    spec_file, pid_file = STATE / "pids" / f"{name}.json", STATE / "pids" / f"{name}.pid"
+    if not spec_file.exists() or not pid_file.exists():
+        raise EnvError(f"{name} is not running (envctl.py up first)")
+    spec = json.loads(spec_file.read_text())
+    stop(int(pid_file.read_text()), 20, group=True)
+    time.sleep(down_seconds)
+    comp = Component(name, spec["cmd"], ready=lambda: False, env=spec["env"],
+                     cwd=Path(spec["cwd"]) if spec["cwd"] else None, endpoint=spec["endpoint"])
+    after = comp.log.stat().st_size if comp.log.exists() else 0
+    comp.ready = log_says(comp, spec["ready_line"], after)
+    comp.start()
+    took = comp.wait_ready()
+    say(f"restarted {name} after {down_seconds:.0f}s down; serving again in {took:.1f}s")
+    return took
+
+
+def dead_components() -> list[str]:
+    """Components whose process ended while the environment was up (a crash, running out of memory)."""
+    return [p.stem for p in sorted((STATE / "pids").glob("*.pid")) if not alive(int(p.read_text()))]
+
+
 def status() -> int:
     running = dict(running_components())
     env_file = STATE / "env"
@@ -600,6 +646,9 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("build", "up", "down", "status", "leftovers"):
         sub.add_parser(name)
+    restart_p = sub.add_parser("restart", help="stop one component, wait, start it again with its data")
+    restart_p.add_argument("component", choices=RESTARTABLE)
+    restart_p.add_argument("--down-seconds", type=float, default=5.0)
     run_p = sub.add_parser("run")
     run_p.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -613,6 +662,8 @@ def main() -> int:
             say("down; no process of the environment remains")
         elif args.cmd == "status":
             return status()
+        elif args.cmd == "restart":
+            restart(args.component, args.down_seconds)
         elif args.cmd == "leftovers":
             left = marked_processes()
             for pid, cmd in left:
@@ -625,6 +676,13 @@ def main() -> int:
             env = up()
             try:
                 code = subprocess.call(command, env=dict(os.environ, **env))
+                dead = dead_components()
+                if dead:
+                    for name in dead:
+                        log = STATE / "logs" / f"{name}.log"
+                        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+                        say(f"error: {name} died during the run; last lines of {log}:\n  " + "\n  ".join(tail))
+                    code = code or 1
             finally:
                 down()
                 say("down; no process of the environment remains")

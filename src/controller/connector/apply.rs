@@ -174,7 +174,7 @@ pub async fn reset_offsets(
         }
         ResetDecision::Due { request, target } => (request, target),
     };
-    let mut config = valid.kafka.clone();
+    let mut config = valid.kafka.producer.clone();
     config.set("client.id", names::OPERATOR_CLIENT_ID);
     match &target {
         ResetTarget::SourceOffset { topic, key, .. } => {

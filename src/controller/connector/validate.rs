@@ -3,12 +3,11 @@
 //! [`Problem`]; otherwise what the spec resolves to.
 
 use kube::ResourceExt;
-use rdkafka::ClientConfig;
 
 use super::dereference::Dereferenced;
 use crate::controller::{Problem, reason};
 use crate::crd::Connector;
-use crate::kafka::{self, Credentials};
+use crate::kafka::Clients;
 use crate::wire::TaskKafka;
 
 /// What the spec points at, resolved.
@@ -22,7 +21,7 @@ pub struct Resolved {
 pub struct Validated {
     pub resolved: Resolved,
     /// The operator's Kafka client settings for this Connector's cluster (with credentials: never logged).
-    pub kafka: ClientConfig,
+    pub kafka: Clients,
 }
 
 pub fn validate(conn: &Connector, found: &Dereferenced) -> Result<Validated, Problem> {
@@ -97,10 +96,7 @@ pub fn validate(conn: &Connector, found: &Dereferenced) -> Result<Validated, Pro
     }
     Ok(Validated {
         resolved,
-        kafka: kafka::client_config(
-            &TaskKafka::from(&conn.spec.kafka),
-            Credentials::Secrets(&creds),
-        ),
+        kafka: Clients::new(&TaskKafka::from(&conn.spec.kafka), &creds),
     })
 }
 
@@ -158,7 +154,7 @@ mod tests {
                 context_headers_enable: true,
             }
         );
-        assert_eq!(v.kafka.get("sasl.username"), Some("x"));
+        assert_eq!(v.kafka.producer.get("sasl.username"), Some("x"));
     }
 
     #[test]

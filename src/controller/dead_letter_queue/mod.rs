@@ -21,7 +21,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
-use rdkafka::ClientConfig;
 use tracing::warn;
 
 use super::conditions::{self, READY};
@@ -30,7 +29,7 @@ use super::secrets::{Secrets, kafka_secret_names};
 use super::{Context, Error, RETRY_AFTER_ERROR, Result, apply};
 use crate::crd::dead_letter_queue::{Inspection, TopicStatus};
 use crate::crd::{Connector, DeadLetterQueue, DeadLetterQueueStatus};
-use crate::kafka::{self, Credentials};
+use crate::kafka::Clients;
 use crate::names;
 use crate::wire::TaskKafka;
 
@@ -81,15 +80,10 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
     // Validate.
     let kafka = secrets
         .kafka_credentials(&dlq.spec.kafka, "spec.kafka")
-        .map(|creds| {
-            kafka::client_config(
-                &TaskKafka::from(&dlq.spec.kafka),
-                Credentials::Secrets(&creds),
-            )
-        });
+        .map(|creds| Clients::new(&TaskKafka::from(&dlq.spec.kafka), &creds));
     // The topic, then what is in it and the replays.
     let topic = match &kafka {
-        Ok(config) => topic::ensure(dlq, config).await,
+        Ok(clients) => topic::ensure(dlq, &clients.producer).await,
         Err(problem) => Err(problem.clone()),
     };
     let ready = topic::ready_condition(dlq, topic.as_ref());
@@ -185,10 +179,10 @@ struct Refresh {
 async fn inspect_topic(
     dlq: &DeadLetterQueue,
     topic: &TopicStatus,
-    kafka: &ClientConfig,
+    kafka: &Clients,
     old: Option<Inspection>,
 ) -> Refresh {
-    let (config, name) = (kafka.clone(), topic.name.clone());
+    let (config, name) = (kafka.consumer.clone(), topic.name.clone());
     let cursor = old
         .as_ref()
         .map(|i| i.scanned_offsets.clone())

@@ -23,6 +23,7 @@ use crate::controller::pod_template::{self, PodDefaults, PodParts};
 use crate::controller::{Context, Error, Result, apply};
 use crate::crd::DeadLetterQueue;
 use crate::crd::dead_letter_queue::{Replay, ReplayCounts, ReplayStatus, replay_phase};
+use crate::kafka::Clients;
 use crate::names;
 use crate::wire::replay_config::decode_counts;
 use crate::wire::{ReplayConfig, TaskKafka, TerminationReason};
@@ -326,7 +327,7 @@ pub async fn reconcile_replays(
     ctx: &Context,
     dlq: &DeadLetterQueue,
     topic: &str,
-    kafka: &ClientConfig,
+    kafka: &Clients,
     watermarks: Option<&[(i32, i64, i64)]>,
 ) -> Result<(Vec<ReplayStatus>, bool)> {
     let ns = dlq.namespace().unwrap_or_default();
@@ -378,7 +379,7 @@ fn replays_of(dlq: &DeadLetterQueue) -> Vec<ReplayStatus> {
 async fn start_replay(
     ctx: &Context,
     dlq: &DeadLetterQueue,
-    kafka: &ClientConfig,
+    kafka: &Clients,
     plan: &mut ReplayPlan,
     id: &str,
     watermarks: &[(i32, i64, i64)],
@@ -393,7 +394,7 @@ async fn start_replay(
         .unwrap_or_default();
     let missing_target = match &spec.target_topic {
         Some(t) => {
-            let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
+            let admin = crate::kafka::admin::admin(&kafka.producer, names::OPERATOR_CLIENT_ID)?;
             crate::kafka::topics::metadata(&admin, t)
                 .await?
                 .is_none()
@@ -462,7 +463,7 @@ async fn start_replay(
 async fn refresh_progress(
     dlq: &DeadLetterQueue,
     topic: &str,
-    kafka: &ClientConfig,
+    kafka: &Clients,
     statuses: &mut [ReplayStatus],
     watermarks: Option<&[(i32, i64, i64)]>,
 ) -> bool {
@@ -485,7 +486,7 @@ async fn refresh_progress(
             starts.clone(),
         );
         let progress = tokio::task::spawn_blocking(move || {
-            read_progress(&kafka, &topic, &dlq, &status, &starts)
+            read_progress(&kafka.consumer, &topic, &dlq, &status, &starts)
         })
         .await;
         match progress {

@@ -88,6 +88,18 @@ impl Source {
         let source = cfg.source.clone().ok_or_else(|| {
             Failure::config(Stage::TaskPoll, "a source task needs source settings")
         })?;
+        if source.startup_mode == StartupMode::Timestamp {
+            let time = source.spec.startup.start_at_operation_time.as_deref();
+            if time.and_then(parse_operation_time).is_none() {
+                return Err(Failure::config(
+                    Stage::TaskPoll,
+                    format!(
+                        "spec.source.startup.startAtOperationTime {time:?} is not an RFC 3339 time or \
+                         seconds since the epoch (startup mode timestamp needs one)"
+                    ),
+                ));
+            }
+        }
         let base = client_config(&cfg.kafka, Credentials::Env);
         let client_id = names::task_client_id(&cfg.connector, cfg.task_id);
         let producer: FutureProducer = base

@@ -12,7 +12,7 @@ use rdkafka::producer::FutureRecord;
 use super::Source;
 use super::oplog::{rfc3339, token_cluster_time};
 use crate::kafka::read::{self, Next, Range};
-use crate::kafka::{Credentials, client_config};
+use crate::kafka::{Credentials, consumer_config};
 use crate::names;
 use crate::task::failure::{Failure, Stage};
 
@@ -37,7 +37,7 @@ impl Source {
         let topic = self.source.offset_storage_topic.clone();
         self.ensure_topic(&topic, true).await?;
         let key = self.offset_key();
-        let mut config = client_config(&self.cfg.kafka, Credentials::Env);
+        let mut config = consumer_config(&self.cfg.kafka, Credentials::Env);
         config
             .set("group.id", names::OFFSET_READER_GROUP)
             .set("enable.auto.commit", "false");
