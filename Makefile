@@ -7,7 +7,7 @@ HELM := .cache/bin/helm
 APT_PACKAGES := cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
 TOOLS := cargo go java mvn python3 openssl
 
-.PHONY: demo test deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
+.PHONY: demo test chaos deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
 
 ## demo: bring up the loopback cluster, run sluice on it, show it working (KEEP=1 leaves it running)
 demo: deps build env-build
@@ -18,6 +18,15 @@ test: deps build env-build
 	cd tests/env/kube && GOFLAGS=-mod=mod go test ./cmd/localnode
 	SLUICE_REQUIRE_ENV=1 $(ENVCTL) run -- cargo test --all-targets --locked
 	$(VENV_PY) -m pytest -q tests/env
+
+## chaos: the chaos suite at full size (release build): 100,000 sink records and 20,000 source inserts while
+## 20 SIGKILLs per side, a Kafka broker restart and a 20 s MongoDB outage happen; prints the table
+chaos: deps env-build
+	cargo test --release --locked --test chaos --no-run
+	SLUICE_BINARY=$(CURDIR)/target/release/sluice SLUICE_REQUIRE_ENV=1 \
+	  SLUICE_CHAOS_SINK_RECORDS=100000 SLUICE_CHAOS_SOURCE_INSERTS=20000 SLUICE_CHAOS_KILLS=20 \
+	  SLUICE_CHAOS_OUTAGE_SECONDS=20 \
+	  $(ENVCTL) run -- cargo test --release --locked --test chaos -- --nocapture
 
 ## deps: install the Debian packages rdkafka's build needs (only those missing) and check the toolchains
 deps:

@@ -1,0 +1,467 @@
+//! The chaos suite: a sink and a source Connector run under the operator while their task processes are
+//! SIGKILLed again and again, the Kafka broker restarts and MongoDB is unavailable for a while; every record
+//! is counted. Guarantees asserted: nothing is lost, nothing is dead-lettered or skipped because of an
+//! outage (a sink's only dead letters are duplicate keys of records delivered twice after a kill), and the
+//! outage shows as `Degraded` and clears. Duplicates are counted and printed, not failed on (at least once).
+//!
+//! `make test` runs it small (a few minutes); `make chaos` runs it at full size and prints the table.
+//! Sizes come from the environment: `SLUICE_CHAOS_SINK_RECORDS`, `SLUICE_CHAOS_SOURCE_INSERTS`,
+//! `SLUICE_CHAOS_KILLS`, `SLUICE_CHAOS_OUTAGE_SECONDS`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use mongodb::bson::{Document, doc};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use sluice::crd::Connector;
+use support::{
+    Env, Setup, condition, create_secret, create_topic, merge, setup, topic_reader, unique,
+};
+
+fn size(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Sizes {
+    sink_records: u64,
+    source_inserts: u64,
+    kills: u64,
+    outage: Duration,
+}
+
+impl Sizes {
+    fn from_env() -> Sizes {
+        Sizes {
+            sink_records: size("SLUICE_CHAOS_SINK_RECORDS", 6_000),
+            source_inserts: size("SLUICE_CHAOS_SOURCE_INSERTS", 1_500),
+            kills: size("SLUICE_CHAOS_KILLS", 4),
+            outage: Duration::from_secs(size("SLUICE_CHAOS_OUTAGE_SECONDS", 8)),
+        }
+    }
+}
+
+/// How long a whole run may take to settle.
+const SETTLE: Duration = Duration::from_secs(600);
+
+async fn create_connector(s: &Setup, name: &str, spec: serde_json::Value) {
+    let mut full = json!({
+        "kafka": { "bootstrapServers": s.env.kafka_bootstrap },
+        // A killed task comes back quickly.
+        "restart": { "backoffInitialSeconds": 1, "backoffMaxSeconds": 2 },
+    });
+    merge(&mut full, spec);
+    let conn: Connector = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": { "name": name }, "spec": full
+    }))
+    .unwrap();
+    s.connectors()
+        .create(&PostParams::default(), &conn)
+        .await
+        .unwrap();
+}
+
+/// The pids of a Connector's running task processes (the local node reports them as container ids).
+async fn task_pids(client: &Client, ns: &str, connector: &str) -> Vec<i32> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = pods
+        .list(&ListParams::default().labels(&format!("sluice.dev/connector={connector}")))
+        .await
+    else {
+        return vec![];
+    };
+    list.items
+        .iter()
+        .filter_map(|p| {
+            let st = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+            st.state.as_ref()?.running.as_ref()?;
+            st.container_id
+                .as_deref()?
+                .strip_prefix("local://")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// SIGKILLs one running task process of the Connector, waiting for one to run; returns its pid.
+async fn kill_a_task(client: &Client, ns: &str, connector: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pids = task_pids(client, ns, connector).await;
+        if let Some(pid) = pids.get(rand::random::<u32>() as usize % pids.len().max(1)) {
+            // SAFETY: kill(2) on a pid of a task process this test's environment started.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+            return *pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running task of {connector} to kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn restart_kafka(down_seconds: u64) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/envctl.py"))
+        .args([
+            "restart",
+            "kafka",
+            "--down-seconds",
+            &down_seconds.to_string(),
+        ])
+        .output()
+        .expect("run envctl.py restart");
+    assert!(
+        out.status.success(),
+        "restarting Kafka failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every reason a Connector's `Degraded` (when True) and `Ready` (when False) showed while `running` was set.
+fn watch_degraded(
+    s: &Setup,
+    name: &str,
+    running: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeSet<String>> {
+    let api = s.connectors();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        while running.load(Ordering::Relaxed) {
+            if let Ok(c) = api.get(&name).await {
+                let (status, reason, _) = condition(&c, "Degraded");
+                if status == "True" {
+                    seen.insert(reason);
+                }
+                let (status, reason, _) = condition(&c, "Ready");
+                if status == "False" {
+                    seen.insert(reason);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        seen
+    })
+}
+
+/// Produces `{"_id": i}` for every i in `ids`, keyed by i, at about `per_second`.
+async fn produce_paced(env: &Env, topic: &str, ids: std::ops::Range<u64>, per_second: u64) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "300000")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    for i in ids.clone() {
+        let key = i.to_string();
+        let value = format!(r#"{{"_id": {i}}}"#);
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        sends.push(tokio::spawn(async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&value),
+                    Duration::from_secs(300),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("the test's own record is produced")
+        }));
+        let due = started + Duration::from_secs_f64((i - ids.start) as f64 / per_second as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+}
+
+/// What a run saw.
+#[derive(Debug, Default)]
+struct Counted {
+    expected: u64,
+    delivered_distinct: u64,
+    duplicates: u64,
+    dead_lettered_other: u64,
+    degraded: BTreeSet<String>,
+    kills: u64,
+}
+
+impl Counted {
+    fn lost(&self) -> u64 {
+        self.expected - self.delivered_distinct
+    }
+
+    fn row(&self, scenario: &str) -> String {
+        format!(
+            "| {scenario} | {} | {} | {} | {} | {} | {} |",
+            self.expected,
+            self.lost(),
+            self.duplicates,
+            self.dead_lettered_other,
+            self.kills,
+            self.degraded.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+/// Waits until `<db>.orders` holds `n` documents (each id once: the ids are the documents' `_id`).
+async fn wait_documents(env: &Env, db: &str, n: u64) -> u64 {
+    let coll = mongodb::Client::with_uri_str(&env.mongodb_uri)
+        .await
+        .unwrap()
+        .database(db)
+        .collection::<Document>("orders");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let count = coll.count_documents(doc! {}).await.unwrap_or(0);
+        if count >= n || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The dead letters of a topic: (duplicate keys, anything else), read until no more come for 5 s.
+async fn dead_letters(env: &Env, topic: &str) -> (u64, u64, Vec<String>) {
+    let consumer = topic_reader(env, topic);
+    let (mut duplicates, mut other, mut samples) = (0, 0, Vec::new());
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+        let message = m
+            .headers()
+            .and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == "__connect.errors.exception.message")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+            })
+            .unwrap_or_default();
+        if message.contains("E11000") || message.contains("duplicate key") {
+            duplicates += 1;
+        } else {
+            other += 1;
+            if samples.len() < 5 {
+                samples.push(message);
+            }
+        }
+    }
+    (duplicates, other, samples)
+}
+
+/// Reads a topic until `n` distinct `documentKey._id`s arrived (or the settle time passed); returns
+/// (distinct, total).
+async fn read_change_events(env: &Env, topic: &str, n: u64) -> (u64, u64) {
+    let consumer = topic_reader(env, topic);
+    let mut ids = BTreeSet::new();
+    let mut total = 0u64;
+    let deadline = Instant::now() + SETTLE;
+    while (ids.len() as u64) < n && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                total += 1;
+                let v: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                if let Some(id) = v["documentKey"]["_id"].as_u64() {
+                    ids.insert(id);
+                }
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(300)).await,
+            Err(_) => {}
+        }
+    }
+    // What else arrives within a moment counts as a duplicate too.
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        total += 1;
+    }
+    (ids.len() as u64, total)
+}
+
+#[tokio::test]
+async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_letter_nothing() {
+    let Some(s) = setup("chaos").await else {
+        return;
+    };
+    let sizes = Sizes::from_env();
+    create_secret(
+        &s.client,
+        &s.ns,
+        "mongo",
+        &[("uri", s.env.fault_peer_uri.as_str())],
+    )
+    .await;
+
+    // The sink: 3 partitions, 2 tasks, records inserted by their own `_id` (a second delivery is a
+    // duplicate key, dead-lettered as a record error: that is how duplicates are counted).
+    let (sink, sink_db, topic, dlq) = (
+        unique("sink"),
+        unique("chaos-sink"),
+        unique("orders"),
+        unique("orders-dlq"),
+    );
+    create_topic(&s.env, &topic, 3).await;
+    create_topic(&s.env, &dlq, 1).await;
+    create_connector(
+        &s,
+        &sink,
+        json!({
+            "type": "mongodb-sink", "tasksMax": 2,
+            // A killed task's partitions go to the other task (or its replacement) within seconds.
+            "kafka": { "properties": { "session.timeout.ms": "6000", "heartbeat.interval.ms": "1000" } },
+            "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" },
+                         "database": sink_db, "collection": "orders" },
+            "sink": { "topics": [topic], "writeModel": "insert", "documentIdStrategy": "providedInValue",
+                      "offsetFlushIntervalMs": 1000 },
+            "errors": { "tolerance": "all", "deadLetterQueueTopic": dlq, "contextHeadersEnable": true,
+                        "retryDelayMaxMs": 1000 },
+        }),
+    )
+    .await;
+    // The source: inserts into its collection become change events on cdc.<db>.orders.
+    let (source, source_db) = (unique("source"), unique("chaos-src"));
+    let events = format!("cdc.{source_db}.orders");
+    create_connector(
+        &s,
+        &source,
+        json!({
+            "type": "mongodb-source",
+            "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" },
+                         "database": source_db, "collection": "orders" },
+            "source": { "topicPrefix": "cdc", "heartbeat": { "intervalMs": 0 } },
+            "errors": { "retryDelayMaxMs": 1000 },
+        }),
+    )
+    .await;
+    for name in [&sink, &source] {
+        s.wait_condition(name, "Ready", "True", "TasksReady").await;
+    }
+
+    let running = Arc::new(AtomicBool::new(true));
+    let sink_seen = watch_degraded(&s, &sink, running.clone());
+    let source_seen = watch_degraded(&s, &source, running.clone());
+    let env = &s.env;
+    let (sink_records, inserts) = (sizes.sink_records, sizes.source_inserts);
+    let run_for = Duration::from_secs(30 + 2 * sizes.outage.as_secs() + 3 * sizes.kills);
+
+    let produce = produce_paced(
+        env,
+        &topic,
+        0..sink_records,
+        (sink_records / run_for.as_secs()).max(1),
+    );
+    let insert = async {
+        let coll = mongodb::Client::with_uri_str(&env.mongodb_uri)
+            .await
+            .unwrap()
+            .database(&source_db)
+            .collection::<Document>("orders");
+        let started = Instant::now();
+        for i in 0..inserts {
+            coll.insert_one(doc! { "_id": i as i64 }).await.unwrap();
+            let due = started + run_for.mul_f64(i as f64 / inserts as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    };
+    let chaos = async {
+        let mut kills = 0;
+        let pause = run_for / (sizes.kills as u32 * 2 + 4);
+        for round in 0..sizes.kills {
+            tokio::time::sleep(pause).await;
+            kill_a_task(&s.client, &s.ns, &sink).await;
+            kill_a_task(&s.client, &s.ns, &source).await;
+            kills += 1;
+            if round == sizes.kills / 3 {
+                tokio::task::spawn_blocking(|| restart_kafka(3))
+                    .await
+                    .unwrap();
+            }
+            if round == (2 * sizes.kills) / 3 {
+                for db in [&sink_db, &source_db] {
+                    env.fault_peer_rule(json!({ "command": "*", "database": db,
+                        "forMs": sizes.outage.as_millis() as u64, "closeConnection": true }))
+                        .await;
+                }
+            }
+        }
+        kills
+    };
+    let ((), (), kills) = tokio::join!(produce, insert, chaos);
+
+    // Settle: every record delivered, then count.
+    let written = wait_documents(env, &sink_db, sink_records).await;
+    let (duplicates, other, samples) = dead_letters(env, &dlq).await;
+    let (distinct, total) = read_change_events(env, &events, inserts).await;
+    for name in [&sink, &source] {
+        s.wait_condition(name, "Ready", "True", "TasksReady").await;
+    }
+    running.store(false, Ordering::Relaxed);
+    let sink_counted = Counted {
+        expected: sink_records,
+        delivered_distinct: written,
+        duplicates,
+        dead_lettered_other: other,
+        degraded: sink_seen.await.unwrap(),
+        kills,
+    };
+    let source_counted = Counted {
+        expected: inserts,
+        delivered_distinct: distinct,
+        duplicates: total - distinct,
+        dead_lettered_other: 0,
+        degraded: source_seen.await.unwrap(),
+        kills,
+    };
+    println!(
+        "\n| scenario | expected | lost | duplicates | dead-lettered (not duplicates) | SIGKILLs | reasons seen (Degraded, not Ready) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("{}", sink_counted.row("sink, 3 partitions, 2 tasks"));
+    println!("{}", source_counted.row("source"));
+    println!(
+        "(Kafka restarted once, {} s down; MongoDB unavailable for {} s)",
+        3,
+        sizes.outage.as_secs()
+    );
+
+    assert_eq!(
+        sink_counted.lost(),
+        0,
+        "sink lost records: {sink_counted:?}"
+    );
+    assert_eq!(
+        other, 0,
+        "dead-lettered though nothing was wrong with them: {samples:?}"
+    );
+    assert_eq!(
+        source_counted.lost(),
+        0,
+        "source lost events: {source_counted:?}"
+    );
+    for (name, seen) in [
+        (&sink, &sink_counted.degraded),
+        (&source, &source_counted.degraded),
+    ] {
+        assert!(
+            seen.contains("MongoDBUnavailable"),
+            "{name} showed the outage: seen {seen:?}"
+        );
+    }
+}
