@@ -1,5 +1,5 @@
 //! Every name the operator and its pods agree on: labels, annotations, object names, consumer groups,
-//! offset keys, Kafka client ids and ports. Both ends import them from here, so a name changes in one place.
+//! offset keys, Kafka client ids and ports (and the one size both ends count on: the context headers'). Both ends import them from here, so a name changes in one place.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +27,9 @@ pub const CONFIG_DIR: &str = "/etc/sluice";
 pub const DEFAULT_OFFSET_TOPIC: &str = "sluice-offsets";
 /// The prefix of the context headers of a dead-letter record (Kafka Connect's `__connect.errors.*`).
 pub const DEAD_LETTER_HEADER_PREFIX: &str = "__connect.errors.";
+/// The most bytes the context headers of one dead-letter record take (tasks cut them to it; a
+/// DeadLetterQueue's topic makes room for it).
+pub const CONTEXT_HEADERS_MAX_BYTES: usize = 16 * 1024;
 /// The Kafka client id of everything the operator itself connects with.
 pub const OPERATOR_CLIENT_ID: &str = "sluice-operator";
 /// The consumer group the operator inspects dead-letter topics with (it never commits).

@@ -665,3 +665,52 @@ async fn a_resume_token_older_than_half_the_oplog_window_is_at_risk() {
     let (_, _, message) = condition(&risky, "ResumeTokenAtRisk");
     assert!(message.contains("oplog window of 30s"), "{message}");
 }
+
+#[tokio::test]
+async fn a_resume_point_lost_on_every_attempt_rotates_at_most_max_rotations_times() {
+    let Some(s) = setup("rec-loop").await else {
+        return;
+    };
+    let db = unique("loop");
+    let name = unique("events");
+    // Every change stream this source opens is refused: no rotation can help.
+    s.env
+        .fault_peer_rule(json!({
+            "command": "aggregate", "changeStream": true, "database": db,
+            "reply": { "ok": 0, "code": 286, "codeName": "ChangeStreamHistoryLost",
+                       "errmsg": "Resume of change stream was not possible, as the resume point may no longer be in the oplog." }
+        }))
+        .await;
+    let bounded = json!({
+        "source": { "resumeTokenRecovery": { "maxRotations": 2, "rotationWindowSeconds": 3600 } },
+        "restart": { "backoffInitialSeconds": 1, "backoffMaxSeconds": 2 }
+    });
+    create_source(&s, &name, &db, bounded).await;
+    let looping = s
+        .wait_connector(&name, "Degraded RotationLoop", |c| {
+            has(c, "Degraded", "True", "RotationLoop")
+        })
+        .await;
+    assert_eq!(rotations(&looping), 2, "{:?}", looping.status);
+    assert_eq!(partition(&looping), format!("{name}.2"));
+    let (_, _, message) = condition(&looping, "Degraded");
+    assert!(
+        message.contains("after 2 automatic rotations within 3600s")
+            && message.contains(&format!("{name}.1 -> {name}.2"))
+            && message.contains("sluice.dev/rotate-offsets"),
+        "{message}"
+    );
+    // It stays so: no third rotation, no restart loop of the failed task.
+    let api = s.connectors();
+    holds_for("two rotations", Duration::from_secs(4), || async {
+        let c = api.get(&name).await.map_err(|e| e.to_string())?;
+        let restarts = c.status.as_ref().map(|st| st.tasks[0].restarts);
+        if rotations(&c) == 2 && restarts == looping.status.as_ref().map(|st| st.tasks[0].restarts)
+        {
+            Ok(())
+        } else {
+            Err(format!("{:?}", c.status))
+        }
+    })
+    .await;
+}

@@ -36,6 +36,8 @@ pub mod reason {
     pub const STABLE: &str = "Stable";
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const RESUME_TOKEN_LOST: &str = "ResumeTokenLost";
+    /// Automatic rotations stopped at `maxRotations` within the window.
+    pub const ROTATION_LOOP: &str = "RotationLoop";
     pub const MAX_RESTARTS_REACHED: &str = "MaxRestartsReached";
     pub const TASK_FAILED: &str = "TaskFailed";
     pub const RECORD_ERRORS: &str = "RecordErrors";

@@ -311,7 +311,7 @@ pub struct OffsetsSpec {
 }
 
 /// Automatic recovery from a lost resume point.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResumeTokenRecovery {
     /// `rotate`: the operator rotates the offset partition name and restarts the task; `fail`: the
@@ -322,6 +322,36 @@ pub struct ResumeTokenRecovery {
     /// Where the task starts after a rotation.
     #[serde(default)]
     pub startup_mode_after_rotation: StartupMode,
+    /// At most this many automatic rotations within `rotationWindowSeconds`; a source that loses its
+    /// resume point again after that is `Degraded` (reason `RotationLoop`, with the history) and rotates
+    /// again only on request. Rotations after the first within the window wait the `spec.restart`
+    /// backoff.
+    #[serde(default = "default_max_rotations")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_rotations: i32,
+    /// The window of `maxRotations`.
+    #[serde(default = "default_rotation_window_seconds")]
+    #[schemars(range(min = 60, max = 604_800))]
+    pub rotation_window_seconds: i64,
+}
+
+fn default_max_rotations() -> i32 {
+    3
+}
+
+fn default_rotation_window_seconds() -> i64 {
+    3600
+}
+
+impl Default for ResumeTokenRecovery {
+    fn default() -> Self {
+        Self {
+            policy: RecoveryPolicy::default(),
+            startup_mode_after_rotation: StartupMode::default(),
+            max_rotations: default_max_rotations(),
+            rotation_window_seconds: default_rotation_window_seconds(),
+        }
+    }
 }
 
 /// Resume-token recovery policies.
@@ -763,7 +793,7 @@ pub struct OffsetsStatus {
     /// The offset partition name the tasks use now (`<base>` or `<base>.<n>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_name: Option<String>,
-    /// Every rotation, oldest first.
+    /// The last rotations (at most 20), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotations: Vec<OffsetRotation>,
     /// The value of the `sluice.dev/rotate-offsets` annotation last acted on.

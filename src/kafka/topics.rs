@@ -59,6 +59,25 @@ pub async fn describe(admin: &Admin, topic: &str) -> Result<Option<TopicStatus>>
     }))
 }
 
+/// The largest record a topic takes (`max.message.bytes`, its own or the broker's default); `None` when the
+/// topic does not exist or does not say.
+pub async fn max_message_bytes(admin: &Admin, topic: &str) -> Result<Option<i64>> {
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
+        .await
+        .map_err(failed("describe configs"))?;
+    Ok(described
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .and_then(|r| {
+            r.entries
+                .into_iter()
+                .find(|e| e.name == "max.message.bytes")
+                .and_then(|e| e.value?.parse().ok())
+        }))
+}
+
 /// A topic as wanted: at least `partitions`, these configs, and (when it is created) this replication
 /// factor (`-1`: the broker's default).
 #[derive(Clone, Debug, PartialEq, Eq)]

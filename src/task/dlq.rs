@@ -25,7 +25,17 @@ pub fn operation_class(stage: Stage) -> &'static str {
     }
 }
 
-/// The `__connect.errors.*` headers for a failed record, in Connect's order and string encodings.
+/// The dead-letter producer's `message.max.bytes` (librdkafka's default, 1 MB, would refuse a large record
+/// plus its context headers before the broker sees it).
+pub const PRODUCER_MESSAGE_MAX_BYTES: &str = "67108864";
+
+/// The most bytes the context headers of one dead-letter record take: past it, the stack trace is cut
+/// first, then the exception message (each with a `...` marker), so a long server message never makes
+/// the record too large for its topic.
+pub use crate::names::CONTEXT_HEADERS_MAX_BYTES;
+
+/// The `__connect.errors.*` headers for a failed record, in Connect's order and string encodings, within
+/// [`CONTEXT_HEADERS_MAX_BYTES`].
 pub fn dead_letter_headers(
     record: &RecordContext,
     failure: &Failure,
@@ -58,9 +68,27 @@ pub fn dead_letter_headers(
             operation_class(failure.stage)
         ),
     ));
-    h.into_iter()
+    let mut headers: Vec<(String, String)> = h
+        .into_iter()
         .map(|(k, v)| (format!("{HEADER_PREFIX}{k}"), v))
-        .collect()
+        .collect();
+    within_budget(&mut headers, CONTEXT_HEADERS_MAX_BYTES);
+    headers
+}
+
+/// Cuts the stack trace, then the message, until the headers (keys and values) fit `budget` bytes.
+fn within_budget(headers: &mut [(String, String)], budget: usize) {
+    for name in ["exception.stacktrace", "exception.message"] {
+        let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total <= budget {
+            return;
+        }
+        let key = format!("{HEADER_PREFIX}{name}");
+        if let Some((_, value)) = headers.iter_mut().find(|(k, _)| *k == key) {
+            let keep = value.len().saturating_sub(total - budget);
+            *value = crate::text::cut_with_marker(value, keep.max(3), "...");
+        }
+    }
 }
 
 /// A dead-letter topic and the producer that writes to it.
@@ -196,6 +224,38 @@ mod tests {
             "org.apache.kafka.connect.errors.DataException"
         );
         assert_eq!(get("exception.message"), "Unexpected character ('x')");
+    }
+
+    #[test]
+    fn long_errors_are_cut_stack_trace_first_to_the_header_budget() {
+        let record = RecordContext {
+            topic: "orders".into(),
+            ..Default::default()
+        };
+        let size = |h: &[(String, String)]| h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let get = |h: &[(String, String)], n: &str| {
+            h.iter()
+                .find(|(k, _)| k == &format!("{HEADER_PREFIX}{n}"))
+                .unwrap()
+                .1
+                .clone()
+        };
+        // A message that fits once the stack trace (which repeats it) is cut.
+        let medium = Failure::new(Stage::TaskPut, "X", "m".repeat(10_000), false);
+        let h = dead_letter_headers(&record, &medium, "c", 0);
+        assert!(size(&h) <= CONTEXT_HEADERS_MAX_BYTES, "{}", size(&h));
+        assert_eq!(
+            get(&h, "exception.message").len(),
+            10_000,
+            "the message stays whole"
+        );
+        assert!(get(&h, "exception.stacktrace").ends_with("..."));
+        // A message larger than the budget is cut too.
+        let huge = Failure::new(Stage::TaskPut, "X", "é".repeat(40_000), false);
+        let h = dead_letter_headers(&record, &huge, "c", 0);
+        assert!(size(&h) <= CONTEXT_HEADERS_MAX_BYTES, "{}", size(&h));
+        assert!(get(&h, "exception.message").ends_with("..."));
+        assert_eq!(get(&h, "topic"), "orders", "the coordinates stay");
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub async fn run_with_metrics(
                     names::dead_letter_client_id(&cfg.connector, cfg.task_id),
                 )
                 .set("enable.idempotence", "true")
+                // Records as large as the topics they come from: the broker enforces the dead-letter
+                // topic's max.message.bytes (a DeadLetterQueue sets it from the topics that feed it).
+                .set("message.max.bytes", dlq::PRODUCER_MESSAGE_MAX_BYTES)
                 .create()
                 .map_err(|e| TaskError::Config(format!("dead-letter producer: {e}")))?,
         }),

@@ -2,17 +2,21 @@
 //! DeadLetterQueue the spec references, whether the topics it needs exist, its task pods, and its tasks'
 //! latest reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
+use super::offsets::{self, Rotation};
 use super::plan::ObservedPod;
 use super::task_poller::Sample;
 use crate::controller::secrets::{Secrets, kafka_secret_names};
 use crate::controller::{Context, Result};
 use crate::crd::{Connector, DeadLetterQueue};
+use crate::kafka::read::{self, Next, Range};
 use crate::kafka::{self, Credentials};
 use crate::names;
 use crate::wire::TaskKafka;
@@ -31,6 +35,9 @@ pub struct Dereferenced {
     pub pods: Vec<ObservedPod>,
     /// The latest report of each running task.
     pub samples: BTreeMap<u32, Sample>,
+    /// Offset partition names of this Connector that hold a stored token in the offsets topic, read only
+    /// when a rotation is due (a rotation never picks one of them).
+    pub partitions_in_use: BTreeSet<String>,
 }
 
 /// One topic the spec needs, and whether it exists.
@@ -95,7 +102,7 @@ pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<De
             }
         }
     }
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+    let pods: Vec<ObservedPod> = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!(
             "{}={}",
             names::LABEL_CONNECTOR,
@@ -111,11 +118,80 @@ pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<De
         })
         .map(ObservedPod::from_pod)
         .collect();
+    let rotating = matches!(
+        offsets::decide_rotation(conn, &pods, &BTreeSet::new(), Timestamp::now()),
+        Rotation::Now(_)
+    );
+    let mut partitions_in_use = BTreeSet::new();
+    if rotating && let Ok(creds) = secrets.kafka_credentials(&conn.spec.kafka, "spec.kafka") {
+        let config = kafka::consumer_config(
+            &TaskKafka::from(&conn.spec.kafka),
+            Credentials::Secrets(&creds),
+        );
+        let (topic, owner) = (
+            offsets::offset_storage_topic(conn),
+            format!("{ns}/{}", conn.name_any()),
+        );
+        partitions_in_use =
+            tokio::task::spawn_blocking(move || stored_partitions(&config, &topic, &owner))
+                .await
+                .expect("offsets reader panicked")
+                .map_err(crate::kafka::failed("read the offsets topic"))?;
+    }
     Ok(Dereferenced {
         secrets,
         dead_letter_queue,
         topics,
         pods,
         samples: ctx.reports.of(ns, &conn.name_any()),
+        partitions_in_use,
     })
+}
+
+/// The partition names of connector `owner` (`<namespace>/<name>`) whose last value in the offsets topic is
+/// a token, not a tombstone (blocking).
+fn stored_partitions(
+    config: &rdkafka::ClientConfig,
+    topic: &str,
+    owner: &str,
+) -> rdkafka::error::KafkaResult<BTreeSet<String>> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", names::OFFSET_READER_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("client.id", names::OPERATOR_CLIENT_ID)
+        .create()?;
+    let ranges: Vec<Range> = read::watermarks(&consumer, topic, Duration::from_secs(10))?
+        .into_iter()
+        .map(|w| Range {
+            partition: w.partition,
+            from: w.low,
+            end: w.high,
+        })
+        .collect();
+    let mut latest: BTreeMap<String, bool> = BTreeMap::new();
+    read::read_ranges(
+        &consumer,
+        topic,
+        &ranges,
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        |m| {
+            let key: Option<serde_json::Value> =
+                m.key().and_then(|k| serde_json::from_slice(k).ok());
+            if let Some(key) = key
+                && key[0] == owner
+                && let Some(name) = key[1]["ns"].as_str()
+            {
+                latest.insert(name.to_string(), m.payload().is_some());
+            }
+            Next::Continue
+        },
+    )?;
+    Ok(latest
+        .into_iter()
+        .filter_map(|(name, stored)| stored.then_some(name))
+        .collect())
 }

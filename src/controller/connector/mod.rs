@@ -82,8 +82,15 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
     apply::announce_resolved(ctx, conn).await;
 
     let mut conn = conn.clone();
-    if let Some(rotated) = offsets::decide_rotation(&conn, &found.pods, now) {
-        conn = apply::record_rotation(ctx, &conn, rotated, &found.pods).await?;
+    let mut rotation_due = None;
+    match offsets::decide_rotation(&conn, &found.pods, &found.partitions_in_use, now) {
+        offsets::Rotation::Now(rotated) => {
+            conn = apply::record_rotation(ctx, &conn, rotated, &found.pods).await?;
+        }
+        offsets::Rotation::After(due) => {
+            rotation_due = Some(due.duration_since(now).unsigned_abs())
+        }
+        offsets::Rotation::None | offsets::Rotation::Loop(_) => {}
     }
     if let Some(reset) = apply::reset_offsets(ctx, &conn, &valid, &found.pods, now).await? {
         conn = reset;
@@ -100,7 +107,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
         &found.samples,
         old.ended_task_totals.unwrap_or_default(),
     );
-    let (signals, signals_requeue) = status::signals(
+    let (mut signals, signals_requeue) = status::signals(
         conn,
         &plan,
         &found.samples,
@@ -109,6 +116,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
         ctx.config.record_errors_window,
         ctx.config.task_status_interval,
     );
+    signals.rotation_loop = offsets::rotation_loop(conn, &found.pods, now);
 
     apply::apply_config_map(ctx, conn, &desired).await?;
     apply::apply_pods(ctx, conn, &plan, &desired).await?;
@@ -117,7 +125,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
     apply::announce_outages(ctx, conn, &status).await;
     apply::write_status(ctx, conn, status).await?;
 
-    let requeue = [plan.requeue_after, signals_requeue]
+    let requeue = [plan.requeue_after, signals_requeue, rotation_due]
         .into_iter()
         .flatten()
         .min()

@@ -2,7 +2,9 @@
 //! (`<base>` → `<base>.1` → `<base>.2`), the startup mode that follows a rotation, and when an offset
 //! reset (KIP-875) is due. The writes these decisions lead to are in [`super::apply`].
 
-use k8s_openapi::jiff::Timestamp;
+use std::collections::BTreeSet;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use super::plan::ObservedPod;
@@ -68,16 +70,51 @@ fn offsets_status(conn: &Connector) -> OffsetsStatus {
         .unwrap_or_default()
 }
 
+/// How many rotations `status.offsets.rotations` keeps.
+pub const ROTATION_HISTORY: usize = 20;
+
+/// What happens to the offset partition name in this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// Nothing to do.
+    None,
+    /// Rotate now: `status.offsets` with the rotation recorded (and the history bounded).
+    Now(OffsetsStatus),
+    /// A lost resume point rotates after the backoff, at this time.
+    After(Timestamp),
+    /// `maxRotations` automatic rotations happened within the window: no more until a person asks.
+    Loop(String),
+}
+
+/// The automatic rotations (after a lost resume point) within the window before `now`.
+fn recent_automatic(conn: &Connector, now: Timestamp) -> Vec<OffsetRotation> {
+    let Some(source) = conn.spec.source.as_ref() else {
+        return vec![];
+    };
+    let window = SignedDuration::from_secs(source.resume_token_recovery.rotation_window_seconds);
+    offsets_status(conn)
+        .rotations
+        .into_iter()
+        .filter(|r| r.reason == rotation_reason::RESUME_TOKEN_LOST)
+        .filter(|r| r.time.parse::<Timestamp>().is_ok_and(|t| t + window > now))
+        .collect()
+}
+
 /// Why the offset partition name rotates now, if it does: a task pod that lost its resume token (policy
 /// `rotate`, and not yet rotated for that pod — decided from status, so a retried reconcile or a restarted
-/// operator never rotates twice for one loss), or a new value of the rotate-offsets annotation. Returns
-/// `status.offsets` with the rotation recorded.
+/// operator never rotates twice for one loss), or a new value of the rotate-offsets annotation. Automatic
+/// rotations are bounded: the second and later within `rotationWindowSeconds` wait the restart backoff
+/// after the pod ended, and past `maxRotations` there is none ([`Rotation::Loop`]). The new name skips
+/// names the offsets topic already holds a token for (`in_use`: a re-created Connector's old tokens).
 pub fn decide_rotation(
     conn: &Connector,
     pods: &[ObservedPod],
+    in_use: &BTreeSet<String>,
     now: Timestamp,
-) -> Option<OffsetsStatus> {
-    let source = conn.spec.source.as_ref()?;
+) -> Rotation {
+    let Some(source) = conn.spec.source.as_ref() else {
+        return Rotation::None;
+    };
     let mut offsets = offsets_status(conn);
     let rotated_for = |uid: &str| {
         offsets
@@ -95,11 +132,30 @@ pub fn decide_rotation(
         .get(names::ANNOTATION_ROTATE_OFFSETS)
         .filter(|v| !v.is_empty() && offsets.last_rotate_request.as_ref() != Some(*v))
         .cloned();
+    if let (Some(pod), None) = (lost, &request) {
+        let recent = recent_automatic(conn, now);
+        let max = source.resume_token_recovery.max_rotations.max(1) as usize;
+        if recent.len() >= max {
+            return Rotation::Loop(rotation_loop_message(conn, &recent));
+        }
+        if !recent.is_empty() {
+            let delay = super::plan::restart_delay(recent.len() as i32 - 1, &conn.spec.restart);
+            let due = pod.finished_at.unwrap_or(now)
+                + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);
+            if now < due {
+                return Rotation::After(due);
+            }
+        }
+    }
     if lost.is_none() && request.is_none() {
-        return None;
+        return Rotation::None;
     }
     let from = offset_partition_name(conn);
-    let to = next_partition_name(&partition_base(conn), &from);
+    let base = partition_base(conn);
+    let mut to = next_partition_name(&base, &from);
+    while in_use.contains(&to) {
+        to = next_partition_name(&base, &to);
+    }
     let mut rotation = OffsetRotation {
         from,
         to: to.clone(),
@@ -108,7 +164,10 @@ pub fn decide_rotation(
         ..Default::default()
     };
     if let Some(pod) = lost {
-        rotation.reason = rotation_reason::RESUME_TOKEN_LOST.into();
+        // A request that comes with a lost pod is the person's rotation; it takes the pod with it.
+        if request.is_none() {
+            rotation.reason = rotation_reason::RESUME_TOKEN_LOST.into();
+        }
         rotation.pod_uid = pod.uid.clone();
         rotation.code = pod.code;
         rotation.code_name = pod.code_name.clone();
@@ -119,7 +178,52 @@ pub fn decide_rotation(
     }
     offsets.partition_name = Some(to);
     offsets.rotations.push(rotation);
-    Some(offsets)
+    let extra = offsets.rotations.len().saturating_sub(ROTATION_HISTORY);
+    offsets.rotations.drain(..extra);
+    Rotation::Now(offsets)
+}
+
+/// Whether automatic rotations stopped at `maxRotations` within the window (the lost pod stays failed).
+pub fn rotation_loop(conn: &Connector, pods: &[ObservedPod], now: Timestamp) -> Option<String> {
+    match decide_rotation(conn, pods, &BTreeSet::new(), now) {
+        Rotation::Loop(message) => Some(message),
+        _ => None,
+    }
+}
+
+fn rotation_loop_message(conn: &Connector, recent: &[OffsetRotation]) -> String {
+    let history: Vec<String> = recent
+        .iter()
+        .map(|r| {
+            format!(
+                "{} -> {} at {}{}",
+                r.from,
+                r.to,
+                r.time,
+                r.code_name
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let recovery = conn
+        .spec
+        .source
+        .as_ref()
+        .map(|s| s.resume_token_recovery.clone())
+        .unwrap_or_default();
+    format!(
+        "the source lost its resume point again after {} automatic rotations within {}s \
+         (spec.source.resumeTokenRecovery.maxRotations): {}. It stays failed; fix the cause (e.g. a \
+         startupModeAfterRotation that can't be served), then rotate on request: kubectl annotate \
+         connector {} {}=\"$(date +%s)\" --overwrite",
+        recent.len(),
+        recovery.rotation_window_seconds,
+        history.join("; "),
+        conn.name_any(),
+        names::ANNOTATION_ROTATE_OFFSETS
+    )
 }
 
 /// The startup mode a source uses now: the spec's until the first rotation, then the after-rotation one.
@@ -257,7 +361,10 @@ mod tests {
     fn a_lost_resume_token_rotates_once_per_pod() {
         let mut conn = connector(SOURCE);
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let offsets = decide_rotation(&conn, &[lost("pod-1")], now).expect("rotates");
+        let none = BTreeSet::new();
+        let Rotation::Now(offsets) = decide_rotation(&conn, &[lost("pod-1")], &none, now) else {
+            panic!("rotates")
+        };
         assert_eq!(offsets.partition_name.as_deref(), Some("shop-events.1"));
         let r = &offsets.rotations[0];
         assert_eq!(
@@ -275,17 +382,95 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            decide_rotation(&conn, &[lost("pod-1")], now),
-            None,
+            decide_rotation(&conn, &[lost("pod-1")], &none, now),
+            Rotation::None,
             "the same pod seen again (a retried reconcile, a restarted operator) does not rotate again"
         );
-        let next = decide_rotation(&conn, &[lost("pod-2")], now).expect("a new loss rotates");
+        // A second loss within the window waits the restart backoff (10 s) after its pod ended.
+        let mut second = lost("pod-2");
+        second.finished_at = Some(now);
+        assert_eq!(
+            decide_rotation(&conn, &[second.clone()], &none, now),
+            Rotation::After(now + SignedDuration::from_secs(10))
+        );
+        let later = now + SignedDuration::from_secs(10);
+        let Rotation::Now(next) = decide_rotation(&conn, &[second], &none, later) else {
+            panic!("a new loss rotates after the backoff")
+        };
         assert_eq!(next.partition_name.as_deref(), Some("shop-events.2"));
         assert_eq!(next.rotations.len(), 2);
         assert_eq!(
-            decide_rotation(&conn, &[observed(0, PodPhase::Running, "h")], now),
-            None
+            decide_rotation(&conn, &[observed(0, PodPhase::Running, "h")], &none, now),
+            Rotation::None
         );
+    }
+
+    #[test]
+    fn rotations_stop_at_max_rotations_in_the_window_and_skip_names_in_use() {
+        let mut conn = connector(SOURCE);
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut at = t0;
+        let in_use = BTreeSet::from(["shop-events.2".to_string()]);
+        for (i, expected) in ["shop-events.1", "shop-events.3", "shop-events.4"]
+            .iter()
+            .enumerate()
+        {
+            let mut pod = lost(&format!("pod-{i}"));
+            pod.finished_at = Some(at);
+            at += SignedDuration::from_secs(3600 / 10);
+            let Rotation::Now(offsets) = decide_rotation(&conn, &[pod], &in_use, at) else {
+                panic!("rotation {i}")
+            };
+            assert_eq!(
+                offsets.partition_name.as_deref(),
+                Some(*expected),
+                "skips .2, in use"
+            );
+            conn.status = Some(ConnectorStatus {
+                offsets: Some(offsets),
+                ..Default::default()
+            });
+        }
+        let mut fourth = lost("pod-3");
+        fourth.finished_at = Some(at);
+        let Rotation::Loop(message) = decide_rotation(&conn, &[fourth.clone()], &in_use, at) else {
+            panic!("the fourth loss within the hour is a loop")
+        };
+        assert!(
+            message.contains("after 3 automatic rotations within 3600s")
+                && message.contains("shop-events.3 -> shop-events.4"),
+            "{message}"
+        );
+        assert!(rotation_loop(&conn, &[fourth.clone()], at).is_some());
+        // Out of the window, it rotates again by itself.
+        let much_later = at + SignedDuration::from_secs(7200);
+        assert!(matches!(
+            decide_rotation(&conn, &[fourth], &in_use, much_later),
+            Rotation::Now(_)
+        ));
+    }
+
+    #[test]
+    fn the_rotation_history_is_bounded() {
+        let mut conn = connector(SOURCE);
+        let mut at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for i in 0..(ROTATION_HISTORY + 5) {
+            conn.metadata.annotations = Some(BTreeMap::from([(
+                names::ANNOTATION_ROTATE_OFFSETS.into(),
+                i.to_string(),
+            )]));
+            at += SignedDuration::from_secs(1);
+            let Rotation::Now(offsets) = decide_rotation(&conn, &[], &BTreeSet::new(), at) else {
+                panic!("rotates on request")
+            };
+            conn.status = Some(ConnectorStatus {
+                offsets: Some(offsets),
+                ..Default::default()
+            });
+        }
+        let offsets = conn.status.unwrap().offsets.unwrap();
+        assert_eq!(offsets.rotations.len(), ROTATION_HISTORY);
+        assert_eq!(offsets.partition_name.as_deref(), Some("shop-events.25"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use crate::controller::pod_status::{self, PodPhase};
 use crate::crd::Connector;
 use crate::crd::connector::{
-    ConnectorState, ConnectorType, ErrorCounters, RecoveryPolicy, RestartSpec, TaskStatus,
+    ConnectorState, ConnectorType, ErrorCounters, RestartSpec, TaskStatus,
 };
 use crate::names;
 use crate::wire::TerminationReason;
@@ -151,8 +151,8 @@ pub fn restart_delay(restarts: i32, spec: &RestartSpec) -> Duration {
 }
 
 /// A failed task: restarted after its backoff (then `Restarting`), replaced at once when its config
-/// changed, or left failed — at `maxRestarts`, or after a lost resume token under policy `fail` (another
-/// start would fail the same way: it waits for a person).
+/// changed, or left failed — at `maxRestarts`, or after a lost resume token (a rotation gives it a new
+/// config; another start with this one would fail the same way).
 fn plan_failed(
     conn: &Connector,
     p: &ObservedPod,
@@ -184,14 +184,9 @@ fn plan_failed(
         // A new config (a rotated partition name, too) deserves a fresh start right away.
         out.delete
             .push((p.name.clone(), DeleteReason::ConfigChanged));
-    } else if p.lost_resume_token()
-        && conn
-            .spec
-            .source
-            .as_ref()
-            .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
-    {
-        // Another start would fail the same way: wait for a person (policy fail).
+    } else if p.lost_resume_token() {
+        // Another start with this config would fail the same way: a rotation replaces the pod (its config
+        // changes), or, under policy fail or past maxRotations, a person decides.
     } else {
         let delay = restart_delay(restarts, restart);
         let due = finished + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);

@@ -31,6 +31,8 @@ pub struct Signals {
     pub record_errors: Option<String>,
     /// `ResumeTokenAtRisk` of a source.
     pub at_risk: Option<Desired>,
+    /// Automatic rotations stopped at `maxRotations` (`RotationLoop`), with the history.
+    pub rotation_loop: Option<String>,
     /// A dependency some task waits for: the reason (`MongoDBUnavailable`, `KafkaUnavailable`) and a
     /// message naming the tasks, since when and the last error.
     pub outage: Option<(&'static str, String)>,
@@ -97,6 +99,7 @@ pub fn signals(
             record_errors,
             at_risk,
             outage: outage_signal(&plan.tasks),
+            rotation_loop: None,
         },
         requeue,
     )
@@ -390,6 +393,9 @@ fn degraded(conn: &Connector, plan: &Plan, signals: &Signals) -> Desired {
                 .as_ref()
                 .is_some_and(|s| s.resume_token_recovery.policy == RecoveryPolicy::Fail)
     });
+    if let (Some(message), Some(_)) = (&signals.rotation_loop, failed.first()) {
+        return Desired::new(DEGRADED, true, reason::ROTATION_LOOP, message.clone());
+    }
     match (lost_for_good, failed.first()) {
         (Some(t), _) => {
             let mode = conn
@@ -559,7 +565,11 @@ mod tests {
             .policy = RecoveryPolicy::Fail;
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let pods = [lost("pod-1")];
-        assert_eq!(offsets::decide_rotation(&conn, &pods, now), None);
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(
+            offsets::decide_rotation(&conn, &pods, &none, now),
+            offsets::Rotation::None
+        );
         let p = plan::plan(
             &conn,
             &pods,
@@ -588,7 +598,10 @@ mod tests {
             names::ANNOTATION_ROTATE_OFFSETS.into(),
             "1".into(),
         )]));
-        let offsets = offsets::decide_rotation(&conn, &pods, now).expect("rotates on request");
+        let offsets::Rotation::Now(offsets) = offsets::decide_rotation(&conn, &pods, &none, now)
+        else {
+            panic!("rotates on request")
+        };
         assert_eq!(offsets.rotations[0].reason, "Requested");
         assert_eq!(offsets.last_rotate_request.as_deref(), Some("1"));
         conn.status = Some(ConnectorStatus {
@@ -596,8 +609,8 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            offsets::decide_rotation(&conn, &pods, now),
-            None,
+            offsets::decide_rotation(&conn, &pods, &none, now),
+            offsets::Rotation::None,
             "one rotation per request value"
         );
         let p = plan::plan(&conn, &pods, &["new-config".into()], now);

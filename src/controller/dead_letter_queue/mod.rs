@@ -82,11 +82,20 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
         .kafka_credentials(&dlq.spec.kafka, "spec.kafka")
         .map(|creds| Clients::new(&TaskKafka::from(&dlq.spec.kafka), &creds));
     // The topic, then what is in it and the replays.
+    let feeding_max = match &kafka {
+        Ok(clients) => topic::feeding_max_message_bytes(dlq, &connectors, &clients.producer)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(dlq = %dlq.name_any(), error = %e, "reading the feeding topics' max.message.bytes failed");
+                None
+            }),
+        Err(_) => None,
+    };
     let topic = match &kafka {
-        Ok(clients) => topic::ensure(dlq, &clients.producer).await,
+        Ok(clients) => topic::ensure(dlq, &clients.producer, feeding_max).await,
         Err(problem) => Err(problem.clone()),
     };
-    let ready = topic::ready_condition(dlq, topic.as_ref());
+    let ready = topic::ready_condition(dlq, feeding_max, topic.as_ref());
     announce_ready(ctx, dlq, &old, &ready).await;
     let mut next = Progress {
         inspection: old.inspection.clone(),

@@ -2,15 +2,15 @@
 //! bringing the broker's topic to it (partitions only grow), and the `Ready` condition for what the broker
 //! has. Deleting the resource keeps the topic: dead-letter records are never dropped by the operator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use rdkafka::ClientConfig;
 
 use crate::controller::conditions::{Desired, READY};
 use crate::controller::{Problem, reason};
-use crate::crd::DeadLetterQueue;
 use crate::crd::dead_letter_queue::TopicStatus;
+use crate::crd::{Connector, DeadLetterQueue};
 use crate::kafka::topics::{self, Refused, WantedTopic, config_drift};
 use crate::names;
 
@@ -22,23 +22,70 @@ pub fn topic_name(dlq: &DeadLetterQueue) -> String {
         .unwrap_or_else(|| dlq.name_any())
 }
 
-/// The topic configs the spec asks for.
-pub fn desired_configs(dlq: &DeadLetterQueue) -> BTreeMap<String, String> {
+/// What a dead-letter record adds to the record it carries: its context headers, and framing.
+pub const DEAD_LETTER_OVERHEAD_BYTES: i64 =
+    names::CONTEXT_HEADERS_MAX_BYTES as i64 + 1024;
+
+/// The topic configs the spec asks for. Unless the spec sets `max.message.bytes`, the topic takes records
+/// as large as the largest its Connectors read (`feeding_max`, their topics' `max.message.bytes`) plus
+/// the context headers, so a record that could be read can be dead-lettered.
+pub fn desired_configs(
+    dlq: &DeadLetterQueue,
+    feeding_max: Option<i64>,
+) -> BTreeMap<String, String> {
     let mut configs = dlq.spec.config.clone().unwrap_or_default();
     if let Some(ms) = dlq.spec.retention_ms {
         configs.insert("retention.ms".into(), ms.to_string());
+    }
+    if let Some(max) = feeding_max {
+        configs
+            .entry("max.message.bytes".into())
+            .or_insert_with(|| (max + DEAD_LETTER_OVERHEAD_BYTES).to_string());
     }
     configs
 }
 
 /// The topic the spec asks for.
-pub fn wanted_topic(dlq: &DeadLetterQueue) -> WantedTopic {
+pub fn wanted_topic(dlq: &DeadLetterQueue, feeding_max: Option<i64>) -> WantedTopic {
     WantedTopic {
         name: topic_name(dlq),
         partitions: dlq.spec.partitions,
         replication_factor: dlq.spec.replication_factor.unwrap_or(-1),
-        configs: desired_configs(dlq),
+        configs: desired_configs(dlq, feeding_max),
     }
+}
+
+/// The largest `max.message.bytes` of the topics the referencing sink Connectors read (on this queue's
+/// Kafka), `None` when there are none or none says.
+pub async fn feeding_max_message_bytes(
+    dlq: &DeadLetterQueue,
+    connectors: &[Connector],
+    kafka: &ClientConfig,
+) -> Result<Option<i64>, crate::kafka::Error> {
+    let topics: BTreeSet<String> = connectors
+        .iter()
+        .filter(|c| c.spec.kafka.bootstrap_servers == dlq.spec.kafka.bootstrap_servers)
+        .filter(|c| {
+            c.spec
+                .errors
+                .dead_letter_queue_ref
+                .as_ref()
+                .is_some_and(|r| r.name == dlq.name_any())
+        })
+        .filter_map(|c| c.spec.sink.as_ref()?.topics.clone())
+        .flatten()
+        .collect();
+    if topics.is_empty() {
+        return Ok(None);
+    }
+    let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
+    let mut max = None;
+    for topic in topics {
+        if let Some(bytes) = topics::max_message_bytes(&admin, &topic).await? {
+            max = Some(max.map_or(bytes, |m: i64| m.max(bytes)));
+        }
+    }
+    Ok(max)
 }
 
 /// What a refusal of the broker means for the user.
@@ -72,7 +119,11 @@ pub fn refusal_problem(wanted: &WantedTopic, refused: &Refused) -> Problem {
 
 /// Creates or updates the topic, and returns it as the broker has it; a [`Problem`] when the broker refuses
 /// what the spec asks or can't be reached.
-pub async fn ensure(dlq: &DeadLetterQueue, kafka: &ClientConfig) -> Result<TopicStatus, Problem> {
+pub async fn ensure(
+    dlq: &DeadLetterQueue,
+    kafka: &ClientConfig,
+    feeding_max: Option<i64>,
+) -> Result<TopicStatus, Problem> {
     let unavailable = |crate::kafka::Error { operation, source }| {
         Problem::new(
             reason::KAFKA_UNAVAILABLE,
@@ -84,7 +135,7 @@ pub async fn ensure(dlq: &DeadLetterQueue, kafka: &ClientConfig) -> Result<Topic
     };
     let admin =
         crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID).map_err(unavailable)?;
-    let wanted = wanted_topic(dlq);
+    let wanted = wanted_topic(dlq, feeding_max);
     match topics::ensure(&admin, &wanted).await {
         Ok(Ok(topic)) => Ok(topic),
         Ok(Err(refused)) => Err(refusal_problem(&wanted, &refused)),
@@ -93,11 +144,15 @@ pub async fn ensure(dlq: &DeadLetterQueue, kafka: &ClientConfig) -> Result<Topic
 }
 
 /// The Ready condition for what the broker reports.
-pub fn ready_condition(dlq: &DeadLetterQueue, topic: Result<&TopicStatus, &Problem>) -> Desired {
+pub fn ready_condition(
+    dlq: &DeadLetterQueue,
+    feeding_max: Option<i64>,
+    topic: Result<&TopicStatus, &Problem>,
+) -> Desired {
     match topic {
         Err(p) => Desired::new(READY, false, p.reason, p.message.clone()),
         Ok(t) => {
-            let drift = config_drift(&desired_configs(dlq), &t.config);
+            let drift = config_drift(&desired_configs(dlq, feeding_max), &t.config);
             if t.partitions < dlq.spec.partitions {
                 Desired::new(
                     READY,
@@ -159,10 +214,30 @@ spec:
 
     #[test]
     fn desired_configs_include_retention() {
-        let configs = desired_configs(&dlq(ORDERS));
+        let configs = desired_configs(&dlq(ORDERS), None);
         assert_eq!(configs["retention.ms"], "604800000");
         assert_eq!(configs["cleanup.policy"], "delete");
-        assert_eq!(wanted_topic(&dlq(ORDERS)).replication_factor, -1);
+        assert_eq!(configs.get("max.message.bytes"), None);
+        assert_eq!(wanted_topic(&dlq(ORDERS), None).replication_factor, -1);
+    }
+
+    #[test]
+    fn the_topic_takes_records_as_large_as_the_topics_that_feed_it() {
+        let configs = desired_configs(&dlq(ORDERS), Some(5_000_000));
+        assert_eq!(
+            configs["max.message.bytes"],
+            (5_000_000 + DEAD_LETTER_OVERHEAD_BYTES).to_string()
+        );
+        let mut own = dlq(ORDERS);
+        own.spec
+            .config
+            .get_or_insert_with(Default::default)
+            .insert("max.message.bytes".into(), "123456".into());
+        assert_eq!(
+            desired_configs(&own, Some(5_000_000))["max.message.bytes"],
+            "123456",
+            "the spec's own setting wins"
+        );
     }
 
     #[test]
@@ -172,14 +247,17 @@ spec:
             name: "orders-dlq".into(),
             partitions: 3,
             replication_factor: Some(1),
-            config: desired_configs(&d),
+            config: desired_configs(&d, None),
         };
-        assert!(ready_condition(&d, Ok(&topic)).status);
+        assert!(ready_condition(&d, None, Ok(&topic)).status);
         topic.partitions = 1;
-        assert_eq!(ready_condition(&d, Ok(&topic)).reason, "PartitionsPending");
+        assert_eq!(
+            ready_condition(&d, None, Ok(&topic)).reason,
+            "PartitionsPending"
+        );
         topic.partitions = 3;
         topic.config.remove("retention.ms");
-        let c = ready_condition(&d, Ok(&topic));
+        let c = ready_condition(&d, None, Ok(&topic));
         assert_eq!(c.reason, "ConfigPending");
         assert!(
             c.message
@@ -191,7 +269,7 @@ spec:
 
     #[test]
     fn refusals_name_the_topic() {
-        let wanted = wanted_topic(&dlq(ORDERS));
+        let wanted = wanted_topic(&dlq(ORDERS), None);
         let p = refusal_problem(
             &wanted,
             &Refused::GrowPartitions(rdkafka::types::RDKafkaErrorCode::InvalidPartitions),
