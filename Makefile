@@ -7,7 +7,7 @@ HELM := .cache/bin/helm
 APT_PACKAGES := cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
 TOOLS := cargo go java mvn python3 openssl
 
-.PHONY: demo test chaos deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
+.PHONY: demo test chaos properties deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
 
 ## demo: bring up the loopback cluster, run sluice on it, show it working (KEEP=1 leaves it running)
 demo: deps build env-build
@@ -27,6 +27,11 @@ chaos: deps env-build
 	  SLUICE_CHAOS_SINK_RECORDS=100000 SLUICE_CHAOS_SOURCE_INSERTS=20000 SLUICE_CHAOS_KILLS=20 \
 	  SLUICE_CHAOS_OUTAGE_SECONDS=20 \
 	  $(ENVCTL) run -- cargo test --release --locked --test chaos -- --nocapture
+
+## properties: the converters' and change-event conversion's property tests for 10 minutes in all (release
+## build; prints the cases run)
+properties:
+	SLUICE_PROPTEST_SECONDS=150 cargo test --release --locked --test properties -- --nocapture --test-threads 1
 
 ## deps: install the Debian packages rdkafka's build needs (only those missing) and check the toolchains
 deps:

@@ -1,7 +1,7 @@
 //! Record converters (Kafka Connect's `key.converter` / `value.converter`) and the sink's write models:
 //! a Kafka record becomes one MongoDB write. Conversion errors are DataExceptions and never retried.
 
-use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::bson::{Bson, Document, RawBsonRef, RawDocument, doc, oid::ObjectId};
 
 use super::failure::{Failure, Stage};
 use crate::crd::connector::{Converter, DocumentIdStrategy, WriteModel};
@@ -28,9 +28,46 @@ pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Document, Fa
                 )),
             }
         }
-        Converter::Bson | Converter::Bytes => Document::from_reader(bytes)
+        Converter::Bson | Converter::Bytes => bson_document(bytes)
             .map_err(|e| Failure::conversion(stage, format!("value is not a BSON document: {e}"))),
     }
+}
+
+/// MongoDB's own limit on how deep documents nest.
+pub const MAX_BSON_DEPTH: usize = 100;
+
+/// A BSON document from bytes, checked first to nest no deeper than [`MAX_BSON_DEPTH`] without recursion:
+/// the bson crate's reader recurses per level, and a hostile record nested a few thousand levels deep
+/// would overflow the task's stack (an abort, not a record error).
+fn bson_document(bytes: &[u8]) -> Result<Document, String> {
+    let root = RawDocument::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let mut stack = vec![(root.iter(), 1usize)];
+    while let Some((elements, depth)) = stack.last_mut() {
+        let depth = *depth;
+        match elements.next() {
+            None => {
+                stack.pop();
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok((_, value))) => {
+                let nested = match value {
+                    RawBsonRef::Document(d) => Some(d),
+                    RawBsonRef::Array(a) => RawDocument::from_bytes(a.as_bytes()).ok(),
+                    RawBsonRef::JavaScriptCodeWithScope(c) => Some(c.scope),
+                    _ => None,
+                };
+                if let Some(d) = nested {
+                    if depth + 1 > MAX_BSON_DEPTH {
+                        return Err(format!(
+                            "nested deeper than {MAX_BSON_DEPTH} levels (MongoDB's limit)"
+                        ));
+                    }
+                    stack.push((d.iter(), depth + 1));
+                }
+            }
+        }
+    }
+    Document::from_reader(bytes).map_err(|e| e.to_string())
 }
 
 /// A record's key as a BSON value (for `providedInKey`).
@@ -47,7 +84,7 @@ pub fn key_value(bytes: &[u8], converter: Converter) -> Result<Bson, Failure> {
                 Failure::conversion(stage, format!("key is not valid extended JSON: {e}"))
             })
         }
-        Converter::Bson | Converter::Bytes => Document::from_reader(bytes)
+        Converter::Bson | Converter::Bytes => bson_document(bytes)
             .map(Bson::Document)
             .map_err(|e| Failure::conversion(stage, format!("key is not a BSON document: {e}"))),
     }

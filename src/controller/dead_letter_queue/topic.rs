@@ -23,8 +23,7 @@ pub fn topic_name(dlq: &DeadLetterQueue) -> String {
 }
 
 /// What a dead-letter record adds to the record it carries: its context headers, and framing.
-pub const DEAD_LETTER_OVERHEAD_BYTES: i64 =
-    names::CONTEXT_HEADERS_MAX_BYTES as i64 + 1024;
+pub const DEAD_LETTER_OVERHEAD_BYTES: i64 = names::CONTEXT_HEADERS_MAX_BYTES as i64 + 1024;
 
 /// The topic configs the spec asks for. Unless the spec sets `max.message.bytes`, the topic takes records
 /// as large as the largest its Connectors read (`feeding_max`, their topics' `max.message.bytes`) plus
