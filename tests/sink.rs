@@ -844,3 +844,74 @@ async fn an_outage_longer_than_max_poll_interval_keeps_the_group_membership() {
     case.nothing_dead_lettered(&env).await;
     let _ = &case.topic;
 }
+
+#[tokio::test]
+async fn a_rebalance_during_an_outage_wait_leaves_no_partition_paused() {
+    let Some(env) = Env::get() else { return };
+    let mut case = OutageCase::new(&env, 0, "tolerance: all, retryDelayMaxMs: 1000").await;
+    // Three partitions, so both tasks of the group get some.
+    case.topic = unique("orders");
+    create_topic(&env, &case.topic, 3).await;
+    case.cfg = config(
+        &env,
+        &case.topic,
+        &case.db,
+        "writeModel: insert, documentIdStrategy: providedInValue, offsetFlushIntervalMs: 0",
+        "tolerance: all, retryDelayMaxMs: 1000",
+        Some(&case.dlq),
+    )
+    .replace(
+        "connector: orders-sink",
+        &format!("connector: {}", unique("rebalance")),
+    );
+    let values: Vec<(String, String)> = (0..30)
+        .map(|n| (format!("k{n}"), format!(r#"{{"_id": {n}}}"#)))
+        .collect();
+    let refs: Vec<(&str, &str)> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.fault_peer_rule(json!({ "command": "*", "database": case.db, "forMs": 8000,
+                                "closeConnection": true }))
+        .await;
+    let first = case.start(&env);
+    produce(&env, &case.topic, &refs).await;
+    outage_reported(&first, "MongoDB").await;
+    // A second task joins while the first waits with its partitions paused: a rebalance moves partitions
+    // away from it and back. librdkafka keeps a paused partition paused when it comes back.
+    let second = TaskProcess::start(
+        &env,
+        &format!("{}-b", case.db),
+        &case.cfg,
+        &env.fault_peer_uri,
+    );
+    case.all_landed(&env, 30).await;
+    // A batch the rebalance took away mid-write is written by both tasks (at least once): its second
+    // write is a duplicate key. Nothing else is dead-lettered.
+    let consumer = topic_reader(&env, &case.dlq);
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        let message = m
+            .headers()
+            .and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == "__connect.errors.exception.message")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+            })
+            .unwrap_or_default();
+        assert!(message.contains("E11000"), "dead-lettered: {message}");
+    }
+    // The second task leaves: its partitions come back to the first, which must consume them.
+    let mut second = second;
+    assert_eq!(second.stop().await, 0, "{}", second.log_tail());
+    let more: Vec<(String, String)> = (30..60)
+        .map(|n| (format!("k{n}"), format!(r#"{{"_id": {n}}}"#)))
+        .collect();
+    let refs: Vec<(&str, &str)> = more.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    produce(&env, &case.topic, &refs).await;
+    case.all_landed(&env, 60).await;
+    assert!(
+        !first.status().await.is_none_or(|s| s["running"] != true),
+        "{}",
+        first.log_tail()
+    );
+}

@@ -15,12 +15,35 @@ use crate::task::failure::{Failure, Stage};
 use crate::wire::TerminationReason;
 
 /// The sink consumer's context: reports offset commits that librdkafka makes in the background (on the
-/// interval, on revocation, on close) and that fail. The next commit carries the offsets again.
-pub struct CommitReporter;
+/// interval, on revocation, on close) and that fail (the next commit carries the offsets again), and keeps
+/// the pause state right across rebalances: librdkafka keeps a partition paused when it comes back after
+/// a rebalance, so newly assigned partitions are resumed — or paused, while the task waits out an outage.
+#[derive(Default)]
+pub struct CommitReporter {
+    /// The task waits out an outage: its partitions stay paused.
+    pub waiting: std::sync::atomic::AtomicBool,
+}
 
 impl ClientContext for CommitReporter {}
 
 impl ConsumerContext for CommitReporter {
+    fn post_rebalance(
+        &self,
+        base_consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(assigned) = rebalance {
+            let result = if self.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+                base_consumer.pause(assigned)
+            } else {
+                base_consumer.resume(assigned)
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "setting the pause state of assigned partitions failed");
+            }
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}

@@ -87,7 +87,7 @@ impl Sink {
             .set("auto.offset.reset", "earliest");
         commit::commit_settings(&mut config, interval_ms);
         let consumer: SinkConsumer = config
-            .create_with_context(CommitReporter)
+            .create_with_context(CommitReporter::default())
             .map_err(|e| fatal(Failure::kafka(Stage::KafkaConsume, &e)))?;
         let topics: Vec<String> = match (&self.spec.topics, &self.spec.topics_regex) {
             (Some(t), _) => t.clone(),
@@ -178,17 +178,34 @@ impl PausedWait<'_> {
             .is_empty()
     }
 
-    fn set_paused(&self, paused: bool) {
-        let Ok(assignment) = self.consumer.assignment() else {
+    /// Pauses (or resumes) the assigned partitions; a rebalance meanwhile follows the same state (see
+    /// [`CommitReporter`]). Resuming also resumes what was paused and has been revoked since: librdkafka
+    /// would keep such a partition paused if it came back.
+    fn set_paused(&self, paused: bool, before: Option<&rdkafka::TopicPartitionList>) {
+        self.consumer
+            .context()
+            .waiting
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        let Ok(mut partitions) = self.consumer.assignment() else {
             return;
         };
+        if let Some(before) = before {
+            for e in before.elements() {
+                if partitions
+                    .find_partition(e.topic(), e.partition())
+                    .is_none()
+                {
+                    partitions.add_partition(e.topic(), e.partition());
+                }
+            }
+        }
         let result = if paused {
-            self.consumer.pause(&assignment)
+            self.consumer.pause(&partitions)
         } else {
-            self.consumer.resume(&assignment)
+            self.consumer.resume(&partitions)
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, paused, "pausing or resuming the assigned partitions failed");
+            tracing::warn!(error = %e, paused, "pausing or resuming the partitions failed");
         }
     }
 }
@@ -199,7 +216,8 @@ impl Wait for PausedWait<'_> {
         if *shutdown.borrow_and_update() {
             return Err(Halt::Shutdown);
         }
-        self.set_paused(true);
+        self.set_paused(true, None);
+        let paused = self.consumer.assignment().ok();
         let sleep = tokio::time::sleep(d);
         tokio::pin!(sleep);
         let mut watching = true;
@@ -221,7 +239,7 @@ impl Wait for PausedWait<'_> {
                 },
             }
         };
-        self.set_paused(false);
+        self.set_paused(false, paused.as_ref());
         result
     }
 }
