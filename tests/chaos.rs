@@ -16,16 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
 use mongodb::bson::{Document, doc};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use sluice::crd::Connector;
 use support::{
-    Env, Setup, condition, create_secret, create_topic, merge, setup, topic_reader, unique,
+    Env, Setup, condition, create_secret, create_topic, dead_letter_messages, events_for, setup,
+    topic_reader, unique,
 };
 
 fn size(var: &str, default: u64) -> u64 {
@@ -56,22 +56,12 @@ impl Sizes {
 /// How long a whole run may take to settle.
 const SETTLE: Duration = Duration::from_secs(600);
 
-async fn create_connector(s: &Setup, name: &str, spec: serde_json::Value) {
-    let mut full = json!({
+/// What both Connectors share: this Kafka, and a killed task back quickly.
+fn defaults(s: &Setup) -> serde_json::Value {
+    json!({
         "kafka": { "bootstrapServers": s.env.kafka_bootstrap },
-        // A killed task comes back quickly.
         "restart": { "backoffInitialSeconds": 1, "backoffMaxSeconds": 2 },
-    });
-    merge(&mut full, spec);
-    let conn: Connector = serde_json::from_value(json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
-        "metadata": { "name": name }, "spec": full
-    }))
-    .unwrap();
-    s.connectors()
-        .create(&PostParams::default(), &conn)
-        .await
-        .unwrap();
+    })
 }
 
 /// The pids of a Connector's running task processes (the local node reports them as container ids).
@@ -242,29 +232,9 @@ async fn wait_documents(env: &Env, db: &str, n: u64) -> u64 {
     }
 }
 
-/// The dead letters of a topic: (duplicate keys, anything else), read until no more come for 5 s.
-async fn dead_letters(env: &Env, topic: &str) -> (u64, u64, Vec<String>) {
-    let consumer = topic_reader(env, topic);
-    let (mut duplicates, mut other, mut samples) = (0, 0, Vec::new());
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
-        let message = m
-            .headers()
-            .and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == "__connect.errors.exception.message")
-                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-            })
-            .unwrap_or_default();
-        if message.contains("E11000") || message.contains("duplicate key") {
-            duplicates += 1;
-        } else {
-            other += 1;
-            if samples.len() < 5 {
-                samples.push(message);
-            }
-        }
-    }
-    (duplicates, other, samples)
+/// Whether a dead letter is the duplicate key of a record written twice (after a kill or a rebalance).
+fn duplicate_key(message: &str) -> bool {
+    message.contains("E11000") || message.contains("duplicate key")
 }
 
 /// Reads a topic until `n` distinct `documentKey._id`s arrived (or the settle time passed); returns
@@ -319,9 +289,9 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
     );
     create_topic(&s.env, &topic, 3).await;
     create_topic(&s.env, &dlq, 1).await;
-    create_connector(
-        &s,
+    s.create_connector(
         &sink,
+        defaults(&s),
         json!({
             "type": "mongodb-sink", "tasksMax": 2,
             // A killed task's partitions go to the other task (or its replacement) within seconds.
@@ -338,9 +308,9 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
     // The source: inserts into its collection become change events on cdc.<db>.orders.
     let (source, source_db) = (unique("source"), unique("chaos-src"));
     let events = format!("cdc.{source_db}.orders");
-    create_connector(
-        &s,
+    s.create_connector(
         &source,
+        defaults(&s),
         json!({
             "type": "mongodb-source",
             "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" },
@@ -413,7 +383,11 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
 
     // Settle: every record delivered, then count.
     let written = wait_documents(env, &sink_db, sink_records).await;
-    let (duplicates, other, samples) = dead_letters(env, &dlq).await;
+    let letters = dead_letter_messages(env, &dlq, Duration::from_secs(5)).await;
+    let (duplicates, others): (Vec<String>, Vec<String>) =
+        letters.into_iter().partition(|m| duplicate_key(m));
+    let (duplicates, other) = (duplicates.len() as u64, others.len() as u64);
+    let samples: Vec<&String> = others.iter().take(5).collect();
     let (distinct, total) = read_change_events(env, &events, inserts).await;
     for name in [&sink, &source] {
         s.wait_condition(name, "Ready", "True", "TasksReady").await;
@@ -469,5 +443,15 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
             seen.contains("MongoDBUnavailable"),
             "{name} showed the outage: seen {seen:?}"
         );
+        let events = events_for(&s.client, &s.ns, name).await;
+        for (type_, reason) in [
+            ("Warning", "MongoDBUnavailable"),
+            ("Normal", "MongoDBAvailable"),
+        ] {
+            assert!(
+                events.iter().any(|(t, r, _)| t == type_ && r == reason),
+                "{name}: a {type_} Event {reason} in {events:?}"
+            );
+        }
     }
 }

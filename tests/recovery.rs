@@ -18,7 +18,7 @@ use serde_json::json;
 use sluice::crd::Connector;
 use support::{
     Env, Operator, Setup, condition, create_secret, create_topic, events_for, first_row, has,
-    holds_for, kubectl, merge, setup, topic_reader, unique, wait_for,
+    holds_for, kubectl, setup, topic_reader, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -32,7 +32,7 @@ async fn create_source(s: &Setup, name: &str, db: &str, extra: serde_json::Value
         &[("uri", s.env.fault_peer_uri.as_str())],
     )
     .await;
-    let mut spec = json!({
+    let spec = json!({
         "type": "mongodb-source",
         "kafka": { "bootstrapServers": s.env.kafka_bootstrap },
         "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" }, "database": db, "collection": "orders" },
@@ -40,16 +40,7 @@ async fn create_source(s: &Setup, name: &str, db: &str, extra: serde_json::Value
         // A plain failure would wait an hour: only the recovery restarts the task quickly.
         "restart": { "backoffInitialSeconds": 3600, "backoffMaxSeconds": 3600 }
     });
-    merge(&mut spec, extra);
-    let conn: Connector = serde_json::from_value(json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
-        "metadata": { "name": name }, "spec": spec
-    }))
-    .unwrap();
-    s.connectors()
-        .create(&PostParams::default(), &conn)
-        .await
-        .unwrap();
+    s.create_connector(name, spec, extra).await;
 }
 
 async fn orders(env: &Env, db: &str) -> mongodb::Collection<Document> {

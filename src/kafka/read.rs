@@ -51,6 +51,30 @@ pub struct Range {
     pub end: i64,
 }
 
+/// The whole of every partition of `topic` as it is now: from its first offset still there to its end
+/// (blocking).
+pub fn whole_topic(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> KafkaResult<Vec<Range>> {
+    Ok(watermarks(consumer, topic, timeout)?
+        .into_iter()
+        .map(Range::from)
+        .collect())
+}
+
+impl From<Watermarks> for Range {
+    /// The whole partition as it is now.
+    fn from(w: Watermarks) -> Self {
+        Range {
+            partition: w.partition,
+            from: w.low,
+            end: w.high,
+        }
+    }
+}
+
 /// Whether to go on reading after a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {

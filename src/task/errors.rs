@@ -174,7 +174,7 @@ pub struct OutageClock {
 }
 
 impl OutageClock {
-    pub fn in_outage(&self) -> bool {
+    fn in_outage(&self) -> bool {
         self.started.is_some()
     }
 }
@@ -241,7 +241,7 @@ impl ErrorHandler {
         loop {
             match op().await {
                 Ok(v) => {
-                    self.outage_over(&outage);
+                    self.outage_over(&mut outage);
                     return Ok(v);
                 }
                 Err(failure) if failure.outage.is_some() => {
@@ -251,8 +251,7 @@ impl ErrorHandler {
                         .map_err(RetryEnd::Halt)?;
                 }
                 Err(failure) => {
-                    self.outage_over(&outage);
-                    outage = OutageClock::default();
+                    self.outage_over(&mut outage);
                     self.metrics.record_failure();
                     if !is_retriable(&failure, &self.spec.not_retryable) {
                         return Err(RetryEnd::Failed(failure));
@@ -321,12 +320,14 @@ impl ErrorHandler {
         Ok(())
     }
 
-    /// The outage `clock` measured is over (the operation went through).
-    pub fn outage_over(&self, clock: &OutageClock) {
+    /// The outage `clock` measured (if any) is over: the operation went through, or failed for a reason of
+    /// its own. The clock starts again from zero.
+    pub fn outage_over(&self, clock: &mut OutageClock) {
         if clock.in_outage() {
             tracing::info!(connector = %self.connector, task = self.task_id, "available again");
             self.metrics.clear_outage();
         }
+        *clock = OutageClock::default();
     }
 
     /// A record failed for good: count it, log it, send it to the dead-letter queue, and decide by

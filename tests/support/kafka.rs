@@ -54,3 +54,27 @@ pub fn topic_reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
+
+/// The `__connect.errors.exception.message` of every record of a dead-letter topic, from its start until
+/// none came for `quiet`.
+pub async fn dead_letter_messages(
+    env: &Env,
+    topic: &str,
+    quiet: std::time::Duration,
+) -> Vec<String> {
+    use rdkafka::message::{Headers, Message};
+    let consumer = topic_reader(env, topic);
+    let mut out = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(quiet, consumer.recv()).await {
+        out.push(
+            m.headers()
+                .and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h.key == "__connect.errors.exception.message")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                })
+                .unwrap_or_default(),
+        );
+    }
+    out
+}

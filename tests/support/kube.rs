@@ -208,6 +208,26 @@ impl Setup {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// Creates Connector `name` with `spec` on top of `defaults` (merged key by key).
+    pub async fn create_connector(
+        &self,
+        name: &str,
+        defaults: serde_json::Value,
+        spec: serde_json::Value,
+    ) {
+        let mut full = defaults;
+        super::merge(&mut full, spec);
+        let conn: Connector = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+            "metadata": { "name": name }, "spec": full
+        }))
+        .expect("a Connector");
+        self.connectors()
+            .create(&PostParams::default(), &conn)
+            .await
+            .unwrap_or_else(|e| panic!("create Connector {name}: {e}"));
+    }
+
     /// Waits until `check` accepts the Connector; on timeout shows its status and the operator's log.
     pub async fn wait_connector<F>(&self, name: &str, what: &str, check: F) -> Connector
     where

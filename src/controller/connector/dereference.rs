@@ -16,8 +16,8 @@ use super::task_poller::Sample;
 use crate::controller::secrets::{Secrets, kafka_secret_names};
 use crate::controller::{Context, Result};
 use crate::crd::{Connector, DeadLetterQueue};
-use crate::kafka::read::{self, Next, Range};
-use crate::kafka::{self, Credentials};
+use crate::kafka::read::{self, Next};
+use crate::kafka::{self, Clients};
 use crate::names;
 use crate::wire::TaskKafka;
 
@@ -77,15 +77,13 @@ pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<De
     };
     let mut topics = Vec::new();
     let needed = needed_topics(conn);
-    if let (false, Ok(creds)) = (
-        needed.is_empty(),
-        secrets.kafka_credentials(&conn.spec.kafka, "spec.kafka"),
-    ) {
-        let config = kafka::client_config(
-            &TaskKafka::from(&conn.spec.kafka),
-            Credentials::Secrets(&creds),
-        );
-        let admin = kafka::admin::admin(&config, names::OPERATOR_CLIENT_ID)?;
+    // The operator's Kafka settings; none when the credentials can't be read (validate says why).
+    let clients = secrets
+        .kafka_credentials(&conn.spec.kafka, "spec.kafka")
+        .ok()
+        .map(|creds| Clients::new(&TaskKafka::from(&conn.spec.kafka), &creds));
+    if let (false, Some(clients)) = (needed.is_empty(), &clients) {
+        let admin = kafka::admin::admin(&clients.producer, names::OPERATOR_CLIENT_ID)?;
         for (topic, field) in needed {
             let exists = kafka::topics::metadata(&admin, &topic)
                 .await
@@ -123,11 +121,8 @@ pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<De
         Rotation::Now(_)
     );
     let mut partitions_in_use = BTreeSet::new();
-    if rotating && let Ok(creds) = secrets.kafka_credentials(&conn.spec.kafka, "spec.kafka") {
-        let config = kafka::consumer_config(
-            &TaskKafka::from(&conn.spec.kafka),
-            Credentials::Secrets(&creds),
-        );
+    if rotating && let Some(clients) = &clients {
+        let config = clients.consumer.clone();
         let (topic, owner) = (
             offsets::offset_storage_topic(conn),
             format!("{ns}/{}", conn.name_any()),
@@ -163,14 +158,7 @@ fn stored_partitions(
         .set("enable.auto.commit", "false")
         .set("client.id", names::OPERATOR_CLIENT_ID)
         .create()?;
-    let ranges: Vec<Range> = read::watermarks(&consumer, topic, Duration::from_secs(10))?
-        .into_iter()
-        .map(|w| Range {
-            partition: w.partition,
-            from: w.low,
-            end: w.high,
-        })
-        .collect();
+    let ranges = read::whole_topic(&consumer, topic, Duration::from_secs(10))?;
     let mut latest: BTreeMap<String, bool> = BTreeMap::new();
     read::read_ranges(
         &consumer,

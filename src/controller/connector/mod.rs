@@ -82,7 +82,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
     apply::announce_resolved(ctx, conn).await;
 
     let mut conn = conn.clone();
-    let mut rotation_due = None;
+    let (mut rotation_due, mut rotation_loop) = (None, None);
     match offsets::decide_rotation(&conn, &found.pods, &found.partitions_in_use, now) {
         offsets::Rotation::Now(rotated) => {
             conn = apply::record_rotation(ctx, &conn, rotated, &found.pods).await?;
@@ -90,7 +90,8 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
         offsets::Rotation::After(due) => {
             rotation_due = Some(due.duration_since(now).unsigned_abs())
         }
-        offsets::Rotation::None | offsets::Rotation::Loop(_) => {}
+        offsets::Rotation::Loop(history) => rotation_loop = Some(history),
+        offsets::Rotation::None => {}
     }
     if let Some(reset) = apply::reset_offsets(ctx, &conn, &valid, &found.pods, now).await? {
         conn = reset;
@@ -116,7 +117,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
         ctx.config.record_errors_window,
         ctx.config.task_status_interval,
     );
-    signals.rotation_loop = offsets::rotation_loop(conn, &found.pods, now);
+    signals.rotation_loop = rotation_loop;
 
     apply::apply_config_map(ctx, conn, &desired).await?;
     apply::apply_pods(ctx, conn, &plan, &desired).await?;

@@ -137,14 +137,7 @@ pub fn scan(
     };
 
     // The first record of every non-empty partition gives the oldest time.
-    let whole: Vec<Range> = watermarks
-        .iter()
-        .map(|w| Range {
-            partition: w.partition,
-            from: w.low,
-            end: w.high,
-        })
-        .collect();
+    let whole: Vec<Range> = watermarks.iter().copied().map(Range::from).collect();
     read::read_ranges(&consumer, topic, &whole, TIMEOUT, POLL, |m| {
         if let Some(ts) = m.timestamp().to_millis() {
             out.oldest_ms = Some(out.oldest_ms.map_or(ts, |o| o.min(ts)));

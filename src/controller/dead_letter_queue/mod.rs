@@ -40,17 +40,20 @@ const REPLAY_PROGRESS_REFRESH: Duration = Duration::from_secs(10);
 /// How soon the inspection goes on when one refresh did not read everything.
 const BACKLOG_REFRESH: Duration = Duration::from_millis(100);
 
+/// Whether a Connector sends its failed records to this queue.
+pub fn feeds(conn: &Connector, dlq: &DeadLetterQueue) -> bool {
+    conn.spec
+        .errors
+        .dead_letter_queue_ref
+        .as_ref()
+        .is_some_and(|r| r.name == dlq.name_any())
+}
+
 /// Connectors in the list that send failed records to this queue.
 pub fn referencing_connectors(dlq: &DeadLetterQueue, connectors: &[Connector]) -> Vec<String> {
     let mut names: Vec<String> = connectors
         .iter()
-        .filter(|c| {
-            c.spec
-                .errors
-                .dead_letter_queue_ref
-                .as_ref()
-                .is_some_and(|r| r.name == dlq.name_any())
-        })
+        .filter(|c| feeds(c, dlq))
         .map(|c| c.name_any())
         .collect();
     names.sort();
@@ -82,8 +85,12 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
         .kafka_credentials(&dlq.spec.kafka, "spec.kafka")
         .map(|creds| Clients::new(&TaskKafka::from(&dlq.spec.kafka), &creds));
     // The topic, then what is in it and the replays.
-    let feeding_max = match &kafka {
-        Ok(clients) => topic::feeding_max_message_bytes(dlq, &connectors, &clients.producer)
+    let admin = kafka
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|clients| topic::admin(dlq, &clients.producer));
+    let feeding_max = match &admin {
+        Ok(admin) => topic::feeding_max_message_bytes(dlq, &connectors, admin)
             .await
             .unwrap_or_else(|e| {
                 warn!(dlq = %dlq.name_any(), error = %e, "reading the feeding topics' max.message.bytes failed");
@@ -91,8 +98,8 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
             }),
         Err(_) => None,
     };
-    let topic = match &kafka {
-        Ok(clients) => topic::ensure(dlq, &clients.producer, feeding_max).await,
+    let topic = match &admin {
+        Ok(admin) => topic::ensure(dlq, admin, feeding_max).await,
         Err(problem) => Err(problem.clone()),
     };
     let ready = topic::ready_condition(dlq, feeding_max, topic.as_ref());

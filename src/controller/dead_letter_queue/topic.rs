@@ -11,6 +11,7 @@ use crate::controller::conditions::{Desired, READY};
 use crate::controller::{Problem, reason};
 use crate::crd::dead_letter_queue::TopicStatus;
 use crate::crd::{Connector, DeadLetterQueue};
+use crate::kafka::admin::Admin;
 use crate::kafka::topics::{self, Refused, WantedTopic, config_drift};
 use crate::names;
 
@@ -56,31 +57,30 @@ pub fn wanted_topic(dlq: &DeadLetterQueue, feeding_max: Option<i64>) -> WantedTo
 
 /// The largest `max.message.bytes` of the topics the referencing sink Connectors read (on this queue's
 /// Kafka), `None` when there are none or none says.
+/// Only needed when the spec does not set `max.message.bytes` itself.
 pub async fn feeding_max_message_bytes(
     dlq: &DeadLetterQueue,
     connectors: &[Connector],
-    kafka: &ClientConfig,
+    admin: &Admin,
 ) -> Result<Option<i64>, crate::kafka::Error> {
+    let own = dlq
+        .spec
+        .config
+        .as_ref()
+        .is_some_and(|c| c.contains_key("max.message.bytes"));
     let topics: BTreeSet<String> = connectors
         .iter()
         .filter(|c| c.spec.kafka.bootstrap_servers == dlq.spec.kafka.bootstrap_servers)
-        .filter(|c| {
-            c.spec
-                .errors
-                .dead_letter_queue_ref
-                .as_ref()
-                .is_some_and(|r| r.name == dlq.name_any())
-        })
+        .filter(|c| super::feeds(c, dlq))
         .filter_map(|c| c.spec.sink.as_ref()?.topics.clone())
         .flatten()
         .collect();
-    if topics.is_empty() {
+    if own || topics.is_empty() {
         return Ok(None);
     }
-    let admin = crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID)?;
     let mut max = None;
     for topic in topics {
-        if let Some(bytes) = topics::max_message_bytes(&admin, &topic).await? {
+        if let Some(bytes) = topics::max_message_bytes(admin, &topic).await? {
             max = Some(max.map_or(bytes, |m: i64| m.max(bytes)));
         }
     }
@@ -116,29 +116,34 @@ pub fn refusal_problem(wanted: &WantedTopic, refused: &Refused) -> Problem {
     }
 }
 
+/// What a Kafka call that failed means for the user: Kafka can't be reached (or refuses the client).
+fn unavailable(dlq: &DeadLetterQueue, e: crate::kafka::Error) -> Problem {
+    Problem::new(
+        reason::KAFKA_UNAVAILABLE,
+        format!(
+            "Kafka {} ({}): {}",
+            dlq.spec.kafka.bootstrap_servers, e.operation, e.source
+        ),
+    )
+}
+
+/// The admin client of this reconcile, or the problem of creating it.
+pub fn admin(dlq: &DeadLetterQueue, kafka: &ClientConfig) -> Result<Admin, Problem> {
+    crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID).map_err(|e| unavailable(dlq, e))
+}
+
 /// Creates or updates the topic, and returns it as the broker has it; a [`Problem`] when the broker refuses
 /// what the spec asks or can't be reached.
 pub async fn ensure(
     dlq: &DeadLetterQueue,
-    kafka: &ClientConfig,
+    admin: &Admin,
     feeding_max: Option<i64>,
 ) -> Result<TopicStatus, Problem> {
-    let unavailable = |crate::kafka::Error { operation, source }| {
-        Problem::new(
-            reason::KAFKA_UNAVAILABLE,
-            format!(
-                "Kafka {} ({operation}): {source}",
-                dlq.spec.kafka.bootstrap_servers
-            ),
-        )
-    };
-    let admin =
-        crate::kafka::admin::admin(kafka, names::OPERATOR_CLIENT_ID).map_err(unavailable)?;
     let wanted = wanted_topic(dlq, feeding_max);
-    match topics::ensure(&admin, &wanted).await {
+    match topics::ensure(admin, &wanted).await {
         Ok(Ok(topic)) => Ok(topic),
         Ok(Err(refused)) => Err(refusal_problem(&wanted, &refused)),
-        Err(e) => Err(unavailable(e)),
+        Err(e) => Err(unavailable(dlq, e)),
     }
 }
 

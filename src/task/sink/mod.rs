@@ -114,7 +114,9 @@ impl Sink {
             held: Default::default(),
         };
         loop {
-            let mut batch = waiter.take_held(max);
+            // Held records come first; more are only read once none is left (held ones only arrive
+            // during a wait, never while the batch fills).
+            let (mut batch, more_held) = waiter.take_held(max);
             if batch.is_empty() {
                 let first = tokio::select! {
                     m = consumer.recv() => m,
@@ -129,7 +131,7 @@ impl Sink {
                     }
                 }
             }
-            while batch.len() < max && waiter.held_is_empty() {
+            while batch.len() < max && !more_held {
                 match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
                     Ok(Ok(m)) => batch.push(m.detach()),
                     _ => break,
@@ -165,17 +167,12 @@ struct PausedWait<'a> {
 }
 
 impl PausedWait<'_> {
-    fn take_held(&self, max: usize) -> Vec<OwnedMessage> {
+    /// Up to `max` held records, and whether more are left.
+    fn take_held(&self, max: usize) -> (Vec<OwnedMessage>, bool) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let n = held.len().min(max);
-        held.drain(..n).collect()
-    }
-
-    fn held_is_empty(&self) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        let taken = held.drain(..n).collect();
+        (taken, !held.is_empty())
     }
 
     /// Pauses (or resumes) the assigned partitions; a rebalance meanwhile follows the same state (see

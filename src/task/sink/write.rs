@@ -261,10 +261,7 @@ impl Sink {
         }
         match unavailable {
             Some(failure) => self.handler.wait_out(&failure, outage, waiter).await?,
-            None => {
-                self.handler.outage_over(outage);
-                *outage = OutageClock::default();
-            }
+            None => self.handler.outage_over(outage),
         }
         Ok(vec![again])
     }

@@ -354,33 +354,40 @@ impl Source {
             }
             if let Some(e) = broken {
                 // What was read before the error is produced and stored above; reopen after it.
-                if let Some(lost) = self.lost(&e) {
-                    return Err(lost.into());
-                }
-                let failure = Failure::mongo(Stage::TaskPoll, &e);
-                self.metrics.record_failure();
-                if !failure.retriable {
-                    return Err(TaskFailed {
-                        reason: TerminationReason::ChangeStreamFailed,
-                        failure,
-                        record: None,
-                    }
-                    .into());
-                }
+                let failure = self.retriable_stream_error(&e)?;
                 tracing::warn!(error = %e, "change stream failed; reopening from the last stored token");
                 self.handler
                     .wait_out(&failure, &mut outage, &waiter)
                     .await?;
                 stream = self.open_waiting(resume_from.clone(), &waiter).await?;
-            } else if outage.in_outage() {
-                self.handler.outage_over(&outage);
-                outage = OutageClock::default();
+            } else {
+                self.handler.outage_over(&mut outage);
             }
             if *shutdown.borrow() {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// A change-stream error that a reopen can clear, classified (a failed attempt); a lost resume point or
+    /// another error fails the task.
+    fn retriable_stream_error(&self, e: &mongodb::error::Error) -> Result<Failure, Halt> {
+        if let Some(lost) = self.lost(e) {
+            return Err(lost.into());
+        }
+        let failure = Failure::mongo(Stage::TaskPoll, e);
+        self.metrics.record_failure();
+        if failure.retriable {
+            Ok(failure)
+        } else {
+            Err(TaskFailed {
+                reason: TerminationReason::ChangeStreamFailed,
+                failure,
+                record: None,
+            }
+            .into())
+        }
     }
 
     /// Opens the change stream, waiting out MongoDB being unavailable; a lost resume point or another
@@ -394,23 +401,11 @@ impl Source {
         loop {
             match self.open(resume.clone()).await {
                 Ok(stream) => {
-                    self.handler.outage_over(&outage);
+                    self.handler.outage_over(&mut outage);
                     return Ok(stream);
                 }
                 Err(e) => {
-                    if let Some(lost) = self.lost(&e) {
-                        return Err(lost.into());
-                    }
-                    let failure = Failure::mongo(Stage::TaskPoll, &e);
-                    if !failure.retriable {
-                        return Err(TaskFailed {
-                            reason: TerminationReason::ChangeStreamFailed,
-                            failure,
-                            record: None,
-                        }
-                        .into());
-                    }
-                    self.metrics.record_failure();
+                    let failure = self.retriable_stream_error(&e)?;
                     self.handler.wait_out(&failure, &mut outage, waiter).await?;
                 }
             }

@@ -11,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 
 use super::Source;
 use super::oplog::{rfc3339, token_cluster_time};
-use crate::kafka::read::{self, Next, Range};
+use crate::kafka::read::{self, Next};
 use crate::kafka::{Credentials, consumer_config};
 use crate::names;
 use crate::task::failure::{Failure, Stage};
@@ -86,15 +86,7 @@ fn read_latest(
     key: &str,
 ) -> Result<Option<ResumeToken>, Failure> {
     let kafka = |e| Failure::kafka(Stage::KafkaConsume, &e);
-    let ranges: Vec<Range> = read::watermarks(consumer, topic, Duration::from_secs(10))
-        .map_err(kafka)?
-        .into_iter()
-        .map(|w| Range {
-            partition: w.partition,
-            from: w.low,
-            end: w.high,
-        })
-        .collect();
+    let ranges = read::whole_topic(consumer, topic, Duration::from_secs(10)).map_err(kafka)?;
     let mut latest = None;
     read::read_ranges(
         consumer,
