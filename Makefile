@@ -28,10 +28,10 @@ chaos: deps env-build
 	  SLUICE_CHAOS_OUTAGE_SECONDS=20 \
 	  $(ENVCTL) run -- cargo test --release --locked --test chaos -- --nocapture
 
-## properties: the converters' and change-event conversion's property tests for 10 minutes in all (release
-## build; prints the cases run)
+## properties: the converters' and change-event conversion's property tests for 10 minutes in all (three
+## properties, 200 s each; release build; prints the cases run)
 properties:
-	SLUICE_PROPTEST_SECONDS=150 cargo test --release --locked --test properties -- --nocapture --test-threads 1
+	SLUICE_PROPTEST_SECONDS=200 cargo test --release --locked --test properties -- --nocapture --test-threads 1
 
 ## deps: install the Debian packages rdkafka's build needs (only those missing) and check the toolchains
 deps:

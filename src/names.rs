@@ -1,5 +1,6 @@
 //! Every name the operator and its pods agree on: labels, annotations, object names, consumer groups,
-//! offset keys, Kafka client ids and ports (and the one size both ends count on: the context headers'). Both ends import them from here, so a name changes in one place.
+//! offset keys, Kafka client ids and ports (and the one size both ends count on: the context headers').
+//! Both ends import them from here, so a name changes in one place.
 
 use std::collections::BTreeMap;
 
@@ -98,6 +99,14 @@ pub fn source_offset_key(namespace: &str, connector: &str, partition_name: &str)
     serde_json::json!([format!("{namespace}/{connector}"), { "ns": partition_name }]).to_string()
 }
 
+/// The partition name of a [`source_offset_key`] of connector `<namespace>/<connector>`; `None` for
+/// another connector's key or a key of another form.
+pub fn offset_key_partition(key: &[u8], namespace: &str, connector: &str) -> Option<String> {
+    let key: serde_json::Value = serde_json::from_slice(key).ok()?;
+    (key[0].as_str()? == format!("{namespace}/{connector}"))
+        .then(|| key[1]["ns"].as_str().map(String::from))?
+}
+
 /// The Kafka client id of task `task_id`'s main client (sink consumer, source producer).
 pub fn task_client_id(connector: &str, task_id: u32) -> String {
     format!("sluice-{connector}-{task_id}")
@@ -127,5 +136,12 @@ mod tests {
             source_offset_key("shop", "orders", "orders.2"),
             r#"["shop/orders",{"ns":"orders.2"}]"#
         );
+        let key = source_offset_key("shop", "orders", "orders.2");
+        assert_eq!(
+            offset_key_partition(key.as_bytes(), "shop", "orders").as_deref(),
+            Some("orders.2")
+        );
+        assert_eq!(offset_key_partition(key.as_bytes(), "shop", "other"), None);
+        assert_eq!(offset_key_partition(b"not json", "shop", "orders"), None);
     }
 }

@@ -24,8 +24,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use support::{
-    Env, Setup, condition, create_secret, create_topic, dead_letter_messages, events_for, setup,
-    topic_reader, unique,
+    Env, Setup, condition, create_secret, create_topic, dead_letter_messages, events_for,
+    running_pid, setup, topic_reader, unique,
 };
 
 fn size(var: &str, default: u64) -> u64 {
@@ -73,18 +73,7 @@ async fn task_pids(client: &Client, ns: &str, connector: &str) -> Vec<i32> {
     else {
         return vec![];
     };
-    list.items
-        .iter()
-        .filter_map(|p| {
-            let st = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
-            st.state.as_ref()?.running.as_ref()?;
-            st.container_id
-                .as_deref()?
-                .strip_prefix("local://")?
-                .parse()
-                .ok()
-        })
-        .collect()
+    list.items.iter().filter_map(running_pid).collect()
 }
 
 /// SIGKILLs one running task process of the Connector, waiting for one to run; returns its pid.
@@ -106,6 +95,9 @@ async fn kill_a_task(client: &Client, ns: &str, connector: &str) -> i32 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How long the broker stays down in its one restart per run.
+const KAFKA_DOWN_SECONDS: u64 = 3;
 
 fn restart_kafka(down_seconds: u64) {
     let out = std::process::Command::new("python3")
@@ -359,7 +351,7 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
             kill_a_task(&s.client, &s.ns, &source).await;
             kills += 1;
             if round == sizes.kills / 3 {
-                tokio::task::spawn_blocking(|| restart_kafka(3))
+                tokio::task::spawn_blocking(|| restart_kafka(KAFKA_DOWN_SECONDS))
                     .await
                     .unwrap();
             }
@@ -416,8 +408,7 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
     println!("{}", sink_counted.row("sink, 3 partitions, 2 tasks"));
     println!("{}", source_counted.row("source"));
     println!(
-        "(Kafka restarted once, {} s down; MongoDB unavailable for {} s)",
-        3,
+        "(Kafka restarted once, {KAFKA_DOWN_SECONDS} s down; MongoDB unavailable for {} s)",
         sizes.outage.as_secs()
     );
 

@@ -4,8 +4,8 @@
 //! can't take is a record error (a `DataException` at a converter stage, never retried), a value they
 //! take becomes a write or a record.
 //!
-//! Each property runs for `SLUICE_PROPTEST_SECONDS` (default 2; `make properties` runs them for 10 minutes
-//! in all) with a fresh random seed each time, and prints how many cases it ran. No environment needed.
+//! Each property runs for `SLUICE_PROPTEST_SECONDS` (default 2; `make properties` runs each
+//! for 200 s: 10 minutes in all) with a fresh random seed each time, and prints how many cases it ran. No environment needed.
 
 use std::time::{Duration, Instant};
 

@@ -19,7 +19,8 @@ use serde_json::json;
 use sluice::crd::dead_letter_queue::{ReplayStatus, replay_phase};
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, events_for, setup, unique, wait_for,
+    Env, Operator, Setup, create_secret, create_topic, events_for, running_pid, setup, unique,
+    wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -468,14 +469,7 @@ async fn a_replay_killed_midway_continues_and_replays_each_record_exactly_once()
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let pod = pods.get("kill-dlq-replay-slow").await.unwrap();
     let first_uid = pod.uid();
-    let pid: i32 = pod
-        .status
-        .as_ref()
-        .and_then(|st| st.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .and_then(|c| c.container_id.clone())
-        .and_then(|id| id.strip_prefix("local://").and_then(|p| p.parse().ok()))
-        .expect("the replay pod's pid");
+    let pid = running_pid(&pod).expect("the replay pod's pid");
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }

@@ -8,7 +8,18 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A consumer for these reads: it is assigned partitions, joins no group's rebalances and never commits
+/// (`group` names it to the broker, and is the group whose committed offsets it can look up).
+pub fn reader(config: &ClientConfig, group: &str, client_id: &str) -> KafkaResult<BaseConsumer> {
+    config
+        .clone()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("client.id", client_id)
+        .create()
+}
 
 /// One partition's watermarks: the first offset still there and the offset the next record gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,6 +85,30 @@ impl From<Watermarks> for Range {
         }
     }
 }
+
+/// The last value of each key that `wanted` keeps, over the whole topic as it is now (`None`: a tombstone):
+/// what a compacted topic says about those keys (blocking).
+pub fn latest_values(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> KafkaResult<BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+    let ranges = whole_topic(consumer, topic, METADATA_TIMEOUT)?;
+    let mut latest = BTreeMap::new();
+    read_ranges(consumer, topic, &ranges, timeout, POLL, |m| {
+        if let Some(key) = m.key().filter(|k| wanted(k)) {
+            latest.insert(key.to_vec(), m.payload().map(<[u8]>::to_vec));
+        }
+        Next::Continue
+    })?;
+    Ok(latest)
+}
+
+/// How long a metadata or watermark call of [`latest_values`] may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one poll of [`latest_values`] waits for a record.
+const POLL: Duration = Duration::from_millis(200);
 
 /// Whether to go on reading after a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::admin::{AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AlterConfig, ConfigEntry, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::admin::{ADMIN_TIMEOUT, Admin, admin_options};
@@ -37,20 +39,12 @@ pub async fn describe(admin: &Admin, topic: &str) -> Result<Option<TopicStatus>>
     let Some((partitions, replicas)) = metadata(admin, topic).await? else {
         return Ok(None);
     };
-    let described = admin
-        .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
-        .await
-        .map_err(failed("describe configs"))?;
-    let mut config = BTreeMap::new();
-    if let Some(Ok(resource)) = described.into_iter().next() {
-        for entry in resource.entries {
-            if !entry.is_default
-                && let Some(value) = entry.value
-            {
-                config.insert(entry.name, value);
-            }
-        }
-    }
+    let config = configs(admin, topic)
+        .await?
+        .into_iter()
+        .filter(|e| !e.is_default)
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
     Ok(Some(TopicStatus {
         name: topic.into(),
         partitions,
@@ -62,20 +56,23 @@ pub async fn describe(admin: &Admin, topic: &str) -> Result<Option<TopicStatus>>
 /// The largest record a topic takes (`max.message.bytes`, its own or the broker's default); `None` when the
 /// topic does not exist or does not say.
 pub async fn max_message_bytes(admin: &Admin, topic: &str) -> Result<Option<i64>> {
+    Ok(configs(admin, topic)
+        .await?
+        .into_iter()
+        .find(|e| e.name == "max.message.bytes")
+        .and_then(|e| e.value?.parse().ok()))
+}
+
+/// Every config entry of a topic (none when it does not exist).
+async fn configs(admin: &Admin, topic: &str) -> Result<Vec<ConfigEntry>> {
     let described = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
         .await
         .map_err(failed("describe configs"))?;
-    Ok(described
-        .into_iter()
-        .next()
-        .and_then(|r| r.ok())
-        .and_then(|r| {
-            r.entries
-                .into_iter()
-                .find(|e| e.name == "max.message.bytes")
-                .and_then(|e| e.value?.parse().ok())
-        }))
+    Ok(match described.into_iter().next() {
+        Some(Ok(resource)) => resource.entries,
+        _ => Vec::new(),
+    })
 }
 
 /// A topic as wanted: at least `partitions`, these configs, and (when it is created) this replication

@@ -8,8 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::failure::{Failure, RecordContext, Stage};
-
-use crate::names::DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX;
+use crate::names::{CONTEXT_HEADERS_MAX_BYTES, DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX};
 
 /// The class that ran the stage (`__connect.errors.class.name`).
 pub fn operation_class(stage: Stage) -> &'static str {
@@ -29,13 +28,9 @@ pub fn operation_class(stage: Stage) -> &'static str {
 /// plus its context headers before the broker sees it).
 pub const PRODUCER_MESSAGE_MAX_BYTES: &str = "67108864";
 
-/// The most bytes the context headers of one dead-letter record take: past it, the stack trace is cut
-/// first, then the exception message (each with a `...` marker), so a long server message never makes
-/// the record too large for its topic.
-use crate::names::CONTEXT_HEADERS_MAX_BYTES;
-
 /// The `__connect.errors.*` headers for a failed record, in Connect's order and string encodings, within
-/// [`CONTEXT_HEADERS_MAX_BYTES`].
+/// [`CONTEXT_HEADERS_MAX_BYTES`]: past it, the stack trace is cut first, then the exception message (each
+/// with a `...` marker), so a long server message never makes the record too large for its topic.
 pub fn dead_letter_headers(
     record: &RecordContext,
     failure: &Failure,

@@ -18,7 +18,7 @@ use crate::text::without_record_contents;
 use crate::wire::TerminationReason;
 
 use super::dlq::DeadLetterQueue;
-use super::failure::{Failure, RecordContext, is_retriable};
+use super::failure::{Dependency, Failure, RecordContext, is_retriable};
 use super::metrics::TaskMetrics;
 
 /// Kafka Connect's backoff: 300 ms doubled per attempt; once that passes the maximum, a random delay below
@@ -43,8 +43,7 @@ pub fn next_retry(
     elapsed: Duration,
     random_unit: f64,
 ) -> Option<Duration> {
-    let max = Duration::from_millis(spec.retry_delay_max_ms.max(0) as u64);
-    let delay = backoff_delay(attempt, max, random_unit);
+    let delay = backoff_delay(attempt, retry_delay_max(spec), random_unit);
     match spec.retry_timeout_ms {
         t if t < 0 => Some(delay),
         0 => None,
@@ -53,6 +52,11 @@ pub fn next_retry(
             (!left.is_zero()).then(|| delay.min(left))
         }
     }
+}
+
+/// The longest wait between attempts (`retryDelayMaxMs`).
+fn retry_delay_max(spec: &ErrorsSpec) -> Duration {
+    Duration::from_millis(spec.retry_delay_max_ms.max(0) as u64)
 }
 
 /// How long an outage is waited out before the task fails: `outageTimeoutMs`, `None` (-1) = as long as it
@@ -166,6 +170,21 @@ pub enum RetryEnd {
     Halt(Halt),
 }
 
+impl RetryEnd {
+    /// For an operation no record error can stand for (start-up, storing offsets, a heartbeat, a
+    /// dead-letter write): its failure stops the task with `reason`, on `record` if it was about one.
+    pub fn halt_with(self, reason: TerminationReason, record: Option<&RecordContext>) -> Halt {
+        match self {
+            RetryEnd::Halt(halt) => halt,
+            RetryEnd::Failed(failure) => Halt::Failed(TaskFailed {
+                reason,
+                failure,
+                record: record.map(|r| Box::new(r.clone())),
+            }),
+        }
+    }
+}
+
 /// How long an outage has lasted, and how many waits it took.
 #[derive(Debug, Default)]
 pub struct OutageClock {
@@ -187,6 +206,17 @@ pub struct TaskFailed {
     pub failure: Failure,
     /// The record it failed on (boxed: a failure travels up through every return).
     pub record: Option<Box<RecordContext>>,
+}
+
+impl TaskFailed {
+    /// The task stops with `reason`, on no record.
+    pub fn new(reason: TerminationReason, failure: Failure) -> Self {
+        Self {
+            reason,
+            failure,
+            record: None,
+        }
+    }
 }
 
 /// The error handling of one task.
@@ -278,42 +308,41 @@ impl ErrorHandler {
         clock: &mut OutageClock,
         waiter: &W,
     ) -> Result<(), Halt> {
-        let dependency = failure
-            .outage
-            .unwrap_or(super::failure::Dependency::MongoDB);
+        let dependency = failure.outage.unwrap_or(Dependency::MongoDB);
         let since = *clock.started.get_or_insert_with(Instant::now);
+        let error = without_record_contents(&failure.message);
         if clock.attempt == 0 {
             tracing::warn!(
                 connector = %self.connector, task = self.task_id, dependency = dependency.as_str(),
                 stage = failure.stage.connect_name(), class = %failure.class, code = ?failure.code,
-                "{} unavailable; waiting it out (nothing is dead-lettered or skipped): {}",
-                dependency.as_str(), without_record_contents(&failure.message)
+                "{} unavailable; waiting it out (nothing is dead-lettered or skipped): {error}",
+                dependency.as_str()
             );
         }
-        self.metrics
-            .set_outage(dependency, &without_record_contents(&failure.message));
+        self.metrics.set_outage(dependency, &error);
         if let Some(limit) = outage_limit(&self.spec)
             && since.elapsed() >= limit
         {
-            return Err(Halt::Failed(TaskFailed {
-                reason: match dependency {
-                    super::failure::Dependency::MongoDB => TerminationReason::MongoDBUnavailable,
-                    super::failure::Dependency::Kafka => TerminationReason::KafkaUnavailable,
-                },
-                failure: Failure {
-                    message: format!(
-                        "{} unavailable for {}s (spec.errors.outageTimeoutMs): {}",
-                        dependency.as_str(),
-                        since.elapsed().as_secs(),
-                        failure.message
-                    ),
+            let reason = match dependency {
+                Dependency::MongoDB => TerminationReason::MongoDBUnavailable,
+                Dependency::Kafka => TerminationReason::KafkaUnavailable,
+            };
+            let message = format!(
+                "{} unavailable for {}s (spec.errors.outageTimeoutMs): {}",
+                dependency.as_str(),
+                since.elapsed().as_secs(),
+                failure.message
+            );
+            return Err(TaskFailed::new(
+                reason,
+                Failure {
+                    message,
                     ..failure.clone()
                 },
-                record: None,
-            }));
+            )
+            .into());
         }
-        let max = Duration::from_millis(self.spec.retry_delay_max_ms.max(0) as u64);
-        let delay = backoff_delay(clock.attempt, max, rand::random());
+        let delay = backoff_delay(clock.attempt, retry_delay_max(&self.spec), rand::random());
         self.metrics.record_retry();
         waiter.wait(delay).await?;
         clock.attempt += 1;
@@ -432,16 +461,8 @@ impl ErrorHandler {
                     })
             })
             .await;
-        match sent {
-            Ok(()) => Ok(()),
-            Err(RetryEnd::Halt(halt)) => Err(halt),
-            // Never commit past a record that is neither handled nor dead-lettered.
-            Err(RetryEnd::Failed(dlq_failure)) => Err(Halt::Failed(TaskFailed {
-                reason: TerminationReason::DeadLetterQueueFailed,
-                failure: dlq_failure,
-                record: Some(Box::new(record.clone())),
-            })),
-        }
+        // Never commit past a record that is neither handled nor dead-lettered.
+        sent.map_err(|end| end.halt_with(TerminationReason::DeadLetterQueueFailed, Some(record)))
     }
 }
 

@@ -36,6 +36,16 @@ struct DependencyLabels {
     dependency: &'static str,
 }
 
+impl TaskLabels {
+    fn of(&self, dependency: Dependency) -> DependencyLabels {
+        DependencyLabels {
+            connector: self.connector.clone(),
+            task: self.task.clone(),
+            dependency: dependency.as_str(),
+        }
+    }
+}
+
 /// Counters of one task. The atomics are the truth; the Prometheus families mirror them.
 pub struct TaskMetrics {
     labels: TaskLabels,
@@ -124,13 +134,7 @@ impl TaskMetrics {
             unavailable.clone(),
         );
         for dependency in [Dependency::MongoDB, Dependency::Kafka] {
-            unavailable
-                .get_or_create(&DependencyLabels {
-                    connector: labels.connector.clone(),
-                    task: labels.task.clone(),
-                    dependency: dependency.as_str(),
-                })
-                .set(0);
+            unavailable.get_or_create(&labels.of(dependency)).set(0);
         }
         let batch_seconds = Family::<TaskLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -231,7 +235,7 @@ impl TaskMetrics {
             _ => k8s_openapi::jiff::Timestamp::now().to_string(),
         };
         self.unavailable
-            .get_or_create(&self.dependency_labels(dependency))
+            .get_or_create(&self.labels.of(dependency))
             .set(1);
         *outage = Some((
             dependency,
@@ -248,16 +252,8 @@ impl TaskMetrics {
         let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((dependency, _)) = outage.take() {
             self.unavailable
-                .get_or_create(&self.dependency_labels(dependency))
+                .get_or_create(&self.labels.of(dependency))
                 .set(0);
-        }
-    }
-
-    fn dependency_labels(&self, dependency: Dependency) -> DependencyLabels {
-        DependencyLabels {
-            connector: self.labels.connector.clone(),
-            task: self.labels.task.clone(),
-            dependency: dependency.as_str(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use sluice::crd::Connector;
@@ -308,4 +308,17 @@ pub fn first_row(table: &str) -> std::collections::BTreeMap<String, String> {
         .map(String::from)
         .zip(row.map(String::from))
         .collect()
+}
+
+/// The pid of a pod's running container: the local node runs each pod as a process and reports it as the
+/// container id `local://<pid>`. `None` while the container is not running.
+pub fn running_pid(pod: &Pod) -> Option<i32> {
+    let container = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    container.state.as_ref()?.running.as_ref()?;
+    container
+        .container_id
+        .as_deref()?
+        .strip_prefix("local://")?
+        .parse()
+        .ok()
 }

@@ -12,6 +12,7 @@ use super::offsets::{
     ResetDecision, ResetTarget, decide_reset, record_reset, rotation_reason, startup_mode,
 };
 use super::plan::{DeleteReason, ObservedPod, Plan, task_phase};
+use super::status::outage_of_reason;
 use super::validate::Validated;
 use crate::controller::events::{EventType, reason};
 use crate::controller::{Context, Problem, Result, apply, conditions};
@@ -295,30 +296,22 @@ pub async fn announce_outages(ctx: &Context, conn: &Connector, next: &ConnectorS
             .find(|c| c.type_ == conditions::DEGRADED)
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
-    let outage = |reason: &str| {
-        [
-            conditions::reason::MONGODB_UNAVAILABLE,
-            conditions::reason::KAFKA_UNAVAILABLE,
-        ]
-        .contains(&reason)
-    };
     let before = degraded(conn.status.as_ref()).map(|(r, _)| r);
     let after = degraded(Some(next));
     match (before, after) {
         (before, Some((now, message)))
-            if outage(&now) && before.as_deref() != Some(now.as_str()) =>
+            if outage_of_reason(&now).is_some() && before.as_deref() != Some(now.as_str()) =>
         {
             publish(ctx, conn, EventType::Warning, &now, message).await;
         }
-        (Some(was), after) if outage(&was) && after.as_ref().is_none_or(|(r, _)| r != &was) => {
-            let (reason, dependency) = if was == conditions::reason::KAFKA_UNAVAILABLE {
-                (reason::KAFKA_AVAILABLE, "Kafka")
-            } else {
-                (reason::MONGODB_AVAILABLE, "MongoDB")
-            };
-            let note =
-                format!("{dependency} is available again; the tasks go on where they stopped");
-            publish(ctx, conn, EventType::Normal, reason, note).await;
+        (Some(was), after) if after.as_ref().is_none_or(|(r, _)| r != &was) => {
+            if let Some(outage) = outage_of_reason(&was) {
+                let note = format!(
+                    "{} is available again; the tasks go on where they stopped",
+                    outage.dependency
+                );
+                publish(ctx, conn, EventType::Normal, outage.available, note).await;
+            }
         }
         _ => {}
     }

@@ -50,7 +50,6 @@ pub fn merge_task_reports(
         let Some(pod) = pod else { continue };
         if let Some(final_counters) = &pod.counters {
             task.metrics = Some(final_counters.clone());
-            task.outage = None;
         } else if let Some(sample) = samples
             .get(&(task.id as u32))
             .filter(|s| Some(&s.pod_uid) == pod.uid.as_ref())
@@ -65,7 +64,8 @@ pub fn merge_task_reports(
             task.resume_token = r.resume_token.clone();
             task.outage = r.outage.clone();
         }
-        if pod.phase.is_terminal() {
+        // A pod that ended (final counters or a terminal phase) waits for nothing.
+        if pod.counters.is_some() || pod.phase.is_terminal() {
             task.outage = None;
         }
     }

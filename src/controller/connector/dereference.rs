@@ -16,7 +16,7 @@ use super::task_poller::Sample;
 use crate::controller::secrets::{Secrets, kafka_secret_names};
 use crate::controller::{Context, Result};
 use crate::crd::{Connector, DeadLetterQueue};
-use crate::kafka::read::{self, Next};
+use crate::kafka::read;
 use crate::kafka::{self, Clients};
 use crate::names;
 use crate::wire::TaskKafka;
@@ -61,7 +61,13 @@ pub fn needed_topics(conn: &Connector) -> Vec<(String, &'static str)> {
     needed
 }
 
-pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<Dereferenced> {
+/// `now` is the reconcile's clock, so the rotation this reads for is the one the reconcile then decides.
+pub async fn dereference(
+    ctx: &Context,
+    conn: &Connector,
+    ns: &str,
+    now: Timestamp,
+) -> Result<Dereferenced> {
     let client = &ctx.client;
     let uri = &conn.spec.mongodb.connection_uri_secret_ref;
     let mut wanted = vec![uri.name.clone()];
@@ -117,18 +123,19 @@ pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<De
         .map(ObservedPod::from_pod)
         .collect();
     let rotating = matches!(
-        offsets::decide_rotation(conn, &pods, &BTreeSet::new(), Timestamp::now()),
+        offsets::decide_rotation(conn, &pods, &BTreeSet::new(), now),
         Rotation::Now(_)
     );
     let mut partitions_in_use = BTreeSet::new();
     if rotating && let Some(clients) = &clients {
         let config = clients.consumer.clone();
-        let (topic, owner) = (
+        let (topic, ns, name) = (
             offsets::offset_storage_topic(conn),
-            format!("{ns}/{}", conn.name_any()),
+            ns.to_string(),
+            conn.name_any(),
         );
         partitions_in_use =
-            tokio::task::spawn_blocking(move || stored_partitions(&config, &topic, &owner))
+            tokio::task::spawn_blocking(move || stored_partitions(&config, &topic, &ns, &name))
                 .await
                 .expect("offsets reader panicked")
                 .map_err(crate::kafka::failed("read the offsets topic"))?;
@@ -143,43 +150,25 @@ pub async fn dereference(ctx: &Context, conn: &Connector, ns: &str) -> Result<De
     })
 }
 
-/// The partition names of connector `owner` (`<namespace>/<name>`) whose last value in the offsets topic is
-/// a token, not a tombstone (blocking).
+/// The partition names of Connector `<ns>/<name>` whose last value in the offsets topic is a token, not a
+/// tombstone (blocking).
 fn stored_partitions(
     config: &rdkafka::ClientConfig,
     topic: &str,
-    owner: &str,
+    ns: &str,
+    name: &str,
 ) -> rdkafka::error::KafkaResult<BTreeSet<String>> {
-    use rdkafka::consumer::BaseConsumer;
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = config
-        .clone()
-        .set("group.id", names::OFFSET_READER_GROUP)
-        .set("enable.auto.commit", "false")
-        .set("client.id", names::OPERATOR_CLIENT_ID)
-        .create()?;
-    let ranges = read::whole_topic(&consumer, topic, Duration::from_secs(10))?;
-    let mut latest: BTreeMap<String, bool> = BTreeMap::new();
-    read::read_ranges(
-        &consumer,
-        topic,
-        &ranges,
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        |m| {
-            let key: Option<serde_json::Value> =
-                m.key().and_then(|k| serde_json::from_slice(k).ok());
-            if let Some(key) = key
-                && key[0] == owner
-                && let Some(name) = key[1]["ns"].as_str()
-            {
-                latest.insert(name.to_string(), m.payload().is_some());
-            }
-            Next::Continue
-        },
+    let consumer = read::reader(
+        config,
+        names::OFFSET_READER_GROUP,
+        names::OPERATOR_CLIENT_ID,
     )?;
+    let latest = read::latest_values(&consumer, topic, Duration::from_secs(30), |key| {
+        names::offset_key_partition(key, ns, name).is_some()
+    })?;
     Ok(latest
         .into_iter()
-        .filter_map(|(name, stored)| stored.then_some(name))
+        .filter(|(_, value)| value.is_some())
+        .filter_map(|(key, _)| names::offset_key_partition(&key, ns, name))
         .collect())
 }

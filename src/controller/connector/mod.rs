@@ -70,7 +70,7 @@ async fn reconcile_fresh(conn: &Connector, ctx: &Context) -> Result<Action> {
 
 async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
-    let found = dereference::dereference(ctx, conn, ns).await?;
+    let found = dereference::dereference(ctx, conn, ns, now).await?;
     let valid = match validate::validate(conn, &found) {
         Ok(valid) => valid,
         Err(problem) => {

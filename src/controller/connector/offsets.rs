@@ -10,7 +10,8 @@ use kube::ResourceExt;
 use super::plan::ObservedPod;
 use crate::crd::Connector;
 use crate::crd::connector::{
-    ConnectorState, OffsetReset, OffsetRotation, OffsetsStatus, RecoveryPolicy, StartupMode,
+    ConnectorState, OffsetReset, OffsetRotation, OffsetsStatus, RecoveryPolicy,
+    ResumeTokenRecovery, StartupMode,
 };
 use crate::names;
 
@@ -87,16 +88,18 @@ pub enum Rotation {
 }
 
 /// The automatic rotations (after a lost resume point) within the window before `now`.
-fn recent_automatic(conn: &Connector, now: Timestamp) -> Vec<OffsetRotation> {
-    let Some(source) = conn.spec.source.as_ref() else {
-        return vec![];
-    };
-    let window = SignedDuration::from_secs(source.resume_token_recovery.rotation_window_seconds);
-    offsets_status(conn)
+fn recent_automatic(
+    offsets: &OffsetsStatus,
+    recovery: &ResumeTokenRecovery,
+    now: Timestamp,
+) -> Vec<OffsetRotation> {
+    let window = SignedDuration::from_secs(recovery.rotation_window_seconds);
+    offsets
         .rotations
-        .into_iter()
+        .iter()
         .filter(|r| r.reason == rotation_reason::RESUME_TOKEN_LOST)
         .filter(|r| r.time.parse::<Timestamp>().is_ok_and(|t| t + window > now))
+        .cloned()
         .collect()
 }
 
@@ -133,10 +136,10 @@ pub fn decide_rotation(
         .filter(|v| !v.is_empty() && offsets.last_rotate_request.as_ref() != Some(*v))
         .cloned();
     if let (Some(pod), None) = (lost, &request) {
-        let recent = recent_automatic(conn, now);
-        let max = source.resume_token_recovery.max_rotations.max(1) as usize;
-        if recent.len() >= max {
-            return Rotation::Loop(rotation_loop_message(conn, &recent));
+        let recovery = &source.resume_token_recovery;
+        let recent = recent_automatic(&offsets, recovery, now);
+        if recent.len() >= recovery.max_rotations.max(1) as usize {
+            return Rotation::Loop(rotation_loop_message(conn, recovery, &recent));
         }
         if !recent.is_empty() {
             let delay = super::plan::restart_delay(recent.len() as i32 - 1, &conn.spec.restart);
@@ -183,7 +186,11 @@ pub fn decide_rotation(
     Rotation::Now(offsets)
 }
 
-fn rotation_loop_message(conn: &Connector, recent: &[OffsetRotation]) -> String {
+fn rotation_loop_message(
+    conn: &Connector,
+    recovery: &ResumeTokenRecovery,
+    recent: &[OffsetRotation],
+) -> String {
     let history: Vec<String> = recent
         .iter()
         .map(|r| {
@@ -199,12 +206,6 @@ fn rotation_loop_message(conn: &Connector, recent: &[OffsetRotation]) -> String 
             )
         })
         .collect();
-    let recovery = conn
-        .spec
-        .source
-        .as_ref()
-        .map(|s| s.resume_token_recovery.clone())
-        .unwrap_or_default();
     format!(
         "the source lost its resume point again after {} automatic rotations within {}s \
          (spec.source.resumeTokenRecovery.maxRotations): {}. It stays failed; fix the cause (e.g. a \

@@ -12,11 +12,11 @@ use super::counters::totals;
 use super::offsets::{offset_partition_name, rotation_reason, startup_mode};
 use super::plan::{Plan, desired_tasks, task_phase, task_reason};
 use super::task_poller::Sample;
-use crate::controller::Problem;
 use crate::controller::conditions::{
     self, DEGRADED, Desired, PROGRESSING, READY, RESUME_TOKEN_AT_RISK, RESUME_TOKEN_RECOVERED,
     reason,
 };
+use crate::controller::{Problem, events};
 use crate::crd::connector::{
     ConnectorState, ConnectorType, OffsetsStatus, RecoveryPolicy, TaskStatus,
 };
@@ -38,6 +38,33 @@ pub struct Signals {
     pub outage: Option<(&'static str, String)>,
 }
 
+/// A dependency tasks report waiting for (`tasks[].outage.dependency`), with the `Degraded` reason while
+/// they wait and the Event reason when the wait ends.
+pub struct Outage {
+    pub dependency: &'static str,
+    pub reason: &'static str,
+    pub available: &'static str,
+}
+
+/// Every dependency a task can wait for; the first also stands for one a task names that is not here.
+pub const OUTAGES: [Outage; 2] = [
+    Outage {
+        dependency: "MongoDB",
+        reason: reason::MONGODB_UNAVAILABLE,
+        available: events::reason::MONGODB_AVAILABLE,
+    },
+    Outage {
+        dependency: "Kafka",
+        reason: reason::KAFKA_UNAVAILABLE,
+        available: events::reason::KAFKA_AVAILABLE,
+    },
+];
+
+/// The outage whose `Degraded` reason this is.
+pub fn outage_of_reason(reason: &str) -> Option<&'static Outage> {
+    OUTAGES.iter().find(|o| o.reason == reason)
+}
+
 /// The outage the tasks report, if any: the first dependency reported, with every task waiting for it.
 pub fn outage_signal(tasks: &[TaskStatus]) -> Option<(&'static str, String)> {
     let first = tasks.iter().find_map(|t| t.outage.as_ref())?;
@@ -51,13 +78,12 @@ pub fn outage_signal(tasks: &[TaskStatus]) -> Option<(&'static str, String)> {
             Some(format!("task {} since {}: {}", t.id, o.since, o.error))
         })
         .collect();
-    let reason = if first.dependency == "Kafka" {
-        reason::KAFKA_UNAVAILABLE
-    } else {
-        reason::MONGODB_UNAVAILABLE
-    };
+    let outage = OUTAGES
+        .iter()
+        .find(|o| o.dependency == first.dependency)
+        .unwrap_or(&OUTAGES[0]);
     Some((
-        reason,
+        outage.reason,
         format!(
             "{} unavailable ({}); the tasks wait it out: nothing is dead-lettered or skipped, and offsets \
              move only past records that were written",

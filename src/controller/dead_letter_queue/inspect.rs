@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
 
 use crate::crd::dead_letter_queue::{DeadLetterError, Inspection, PartitionDepth};
@@ -121,12 +120,7 @@ pub fn scan(
     cursor: &BTreeMap<String, i64>,
     max_records: usize,
 ) -> Result<Scan, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = kafka
-        .clone()
-        .set("group.id", names::INSPECTION_GROUP)
-        .set("enable.auto.commit", "false")
-        .set("client.id", names::OPERATOR_CLIENT_ID)
-        .create()?;
+    let consumer = read::reader(kafka, names::INSPECTION_GROUP, names::OPERATOR_CLIENT_ID)?;
     let watermarks = read::watermarks(&consumer, topic, TIMEOUT)?;
     let mut out = Scan {
         watermarks: watermarks

@@ -98,11 +98,12 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
             }),
         Err(_) => None,
     };
+    let wanted = topic::wanted_topic(dlq, feeding_max);
     let topic = match &admin {
-        Ok(admin) => topic::ensure(dlq, admin, feeding_max).await,
+        Ok(admin) => topic::ensure(dlq, admin, &wanted).await,
         Err(problem) => Err(problem.clone()),
     };
-    let ready = topic::ready_condition(dlq, feeding_max, topic.as_ref());
+    let ready = topic::ready_condition(dlq, &wanted, topic.as_ref());
     announce_ready(ctx, dlq, &old, &ready).await;
     let mut next = Progress {
         inspection: old.inspection.clone(),
@@ -186,6 +187,7 @@ impl Progress {
 
 /// One inspection refresh: the new inspection (`None` when reading failed — logged; the last one stays),
 /// the watermarks seen, and whether records are left to read.
+#[derive(Default)]
 struct Refresh {
     inspection: Option<Inspection>,
     watermarks: Option<Vec<(i32, i64, i64)>>,
@@ -215,19 +217,11 @@ async fn inspect_topic(
         },
         Ok(Err(err)) => {
             warn!(dlq = %dlq.name_any(), error = %err, "inspecting the topic failed");
-            Refresh {
-                inspection: None,
-                watermarks: None,
-                backlog: false,
-            }
+            Refresh::default()
         }
         Err(err) => {
             warn!(dlq = %dlq.name_any(), error = %err, "inspection task failed");
-            Refresh {
-                inspection: None,
-                watermarks: None,
-                backlog: false,
-            }
+            Refresh::default()
         }
     }
 }

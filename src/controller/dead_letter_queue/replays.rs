@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::warn;
 
@@ -23,7 +23,7 @@ use crate::controller::pod_template::{self, PodDefaults, PodParts};
 use crate::controller::{Context, Error, Result, apply};
 use crate::crd::DeadLetterQueue;
 use crate::crd::dead_letter_queue::{Replay, ReplayCounts, ReplayStatus, replay_phase};
-use crate::kafka::Clients;
+use crate::kafka::{Clients, read};
 use crate::names;
 use crate::wire::replay_config::decode_counts;
 use crate::wire::{ReplayConfig, TaskKafka, TerminationReason};
@@ -287,12 +287,7 @@ pub fn read_progress(
         &dlq.name_any(),
         &status.id,
     );
-    let consumer: BaseConsumer = kafka
-        .clone()
-        .set("group.id", &group)
-        .set("client.id", names::OPERATOR_CLIENT_ID)
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer = read::reader(kafka, &group, names::OPERATOR_CLIENT_ID)?;
     let mut tpl = TopicPartitionList::new();
     let ends: BTreeMap<i32, i64> = status
         .end_offsets

@@ -137,12 +137,11 @@ pub fn admin(dlq: &DeadLetterQueue, kafka: &ClientConfig) -> Result<Admin, Probl
 pub async fn ensure(
     dlq: &DeadLetterQueue,
     admin: &Admin,
-    feeding_max: Option<i64>,
+    wanted: &WantedTopic,
 ) -> Result<TopicStatus, Problem> {
-    let wanted = wanted_topic(dlq, feeding_max);
-    match topics::ensure(admin, &wanted).await {
+    match topics::ensure(admin, wanted).await {
         Ok(Ok(topic)) => Ok(topic),
-        Ok(Err(refused)) => Err(refusal_problem(&wanted, &refused)),
+        Ok(Err(refused)) => Err(refusal_problem(wanted, &refused)),
         Err(e) => Err(unavailable(dlq, e)),
     }
 }
@@ -150,13 +149,13 @@ pub async fn ensure(
 /// The Ready condition for what the broker reports.
 pub fn ready_condition(
     dlq: &DeadLetterQueue,
-    feeding_max: Option<i64>,
+    wanted: &WantedTopic,
     topic: Result<&TopicStatus, &Problem>,
 ) -> Desired {
     match topic {
         Err(p) => Desired::new(READY, false, p.reason, p.message.clone()),
         Ok(t) => {
-            let drift = config_drift(&desired_configs(dlq, feeding_max), &t.config);
+            let drift = config_drift(&wanted.configs, &t.config);
             if t.partitions < dlq.spec.partitions {
                 Desired::new(
                     READY,
@@ -253,15 +252,15 @@ spec:
             replication_factor: Some(1),
             config: desired_configs(&d, None),
         };
-        assert!(ready_condition(&d, None, Ok(&topic)).status);
+        assert!(ready_condition(&d, &wanted_topic(&d, None), Ok(&topic)).status);
         topic.partitions = 1;
         assert_eq!(
-            ready_condition(&d, None, Ok(&topic)).reason,
+            ready_condition(&d, &wanted_topic(&d, None), Ok(&topic)).reason,
             "PartitionsPending"
         );
         topic.partitions = 3;
         topic.config.remove("retention.ms");
-        let c = ready_condition(&d, None, Ok(&topic));
+        let c = ready_condition(&d, &wanted_topic(&d, None), Ok(&topic));
         assert_eq!(c.reason, "ConfigPending");
         assert!(
             c.message

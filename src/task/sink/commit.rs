@@ -100,11 +100,10 @@ pub fn commit_at_stop(consumer: &SinkConsumer, interval_ms: i64) -> Result<(), T
 }
 
 fn commit_failed(e: KafkaError) -> TaskFailed {
-    TaskFailed {
-        reason: TerminationReason::CommitFailed,
-        failure: Failure::kafka(Stage::KafkaConsume, &e),
-        record: None,
-    }
+    TaskFailed::new(
+        TerminationReason::CommitFailed,
+        Failure::kafka(Stage::KafkaConsume, &e),
+    )
 }
 
 /// The position after every record of the batch, per partition: what a commit records as handled.

@@ -18,7 +18,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use tokio::sync::watch;
 
-use super::errors::{ErrorHandler, Halt, TaskFailed, Wait};
+use super::errors::{ErrorHandler, Halt, TaskFailed, Wait, sleep_unless_stopped};
 use super::failure::{Failure, Stage};
 use super::metrics::TaskMetrics;
 use crate::crd::connector::SinkSpec;
@@ -68,11 +68,7 @@ impl Sink {
 
     /// Consumes and writes until `shutdown` flips; the batch in flight is finished and committed first.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskFailed> {
-        let fatal = |failure: Failure| TaskFailed {
-            reason: TerminationReason::TaskStartFailed,
-            failure,
-            record: None,
-        };
+        let fatal = |failure| TaskFailed::new(TerminationReason::TaskStartFailed, failure);
         let interval_ms = self.spec.offset_flush_interval_ms;
         let mut config = consumer_config(&self.cfg.kafka, Credentials::Env);
         config
@@ -205,36 +201,33 @@ impl PausedWait<'_> {
             tracing::warn!(error = %e, paused, "pausing or resuming the partitions failed");
         }
     }
+
+    /// Polls the consumer for good, holding what still arrives (its partitions are paused, so that is
+    /// only a partition assigned meanwhile): polling is what keeps the group membership.
+    async fn hold_arriving(&self) -> std::convert::Infallible {
+        loop {
+            match self.consumer.recv().await {
+                Ok(m) => self
+                    .held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(m.detach()),
+                Err(e) => tracing::debug!(error = %e, "consume while paused"),
+            }
+        }
+    }
 }
 
 impl Wait for PausedWait<'_> {
     async fn wait(&self, d: Duration) -> Result<(), Halt> {
-        let mut shutdown = self.shutdown.clone();
-        if *shutdown.borrow_and_update() {
+        if *self.shutdown.borrow() {
             return Err(Halt::Shutdown);
         }
         self.set_paused(true, None);
         let paused = self.consumer.assignment().ok();
-        let sleep = tokio::time::sleep(d);
-        tokio::pin!(sleep);
-        let mut watching = true;
-        let result = loop {
-            tokio::select! {
-                _ = &mut sleep => break Ok(()),
-                m = self.consumer.recv() => match m {
-                    Ok(m) => self
-                        .held
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(m.detach()),
-                    Err(e) => tracing::debug!(error = %e, "consume while paused"),
-                },
-                changed = shutdown.changed(), if watching => match changed {
-                    Ok(()) if *shutdown.borrow() => break Err(Halt::Shutdown),
-                    Ok(()) => {}
-                    Err(_) => watching = false,
-                },
-            }
+        let result = tokio::select! {
+            result = sleep_unless_stopped(&self.shutdown, d) => result,
+            never = self.hold_arriving() => match never {},
         };
         self.set_paused(false, paused.as_ref());
         result

@@ -70,14 +70,6 @@ pub struct Source {
     known_topics: std::sync::Mutex<HashSet<String>>,
 }
 
-fn start_failed(failure: Failure) -> TaskFailed {
-    TaskFailed {
-        reason: TerminationReason::TaskStartFailed,
-        failure,
-        record: None,
-    }
-}
-
 impl Source {
     pub fn new(
         cfg: TaskConfig,
@@ -256,11 +248,11 @@ impl Source {
         let waiter = ShutdownWait {
             shutdown: shutdown.clone(),
         };
-        let stored = match self.handler.retry(&waiter, || self.stored_token()).await {
-            Ok(stored) => stored,
-            Err(RetryEnd::Failed(failure)) => return Err(start_failed(failure).into()),
-            Err(RetryEnd::Halt(halt)) => return Err(halt),
-        };
+        let stored = self
+            .handler
+            .retry(&waiter, || self.stored_token())
+            .await
+            .map_err(|end| end.halt_with(TerminationReason::TaskStartFailed, None))?;
         let resumed = stored.is_some();
         if let Some(secs) = stored
             .as_ref()
@@ -381,12 +373,7 @@ impl Source {
         if failure.retriable {
             Ok(failure)
         } else {
-            Err(TaskFailed {
-                reason: TerminationReason::ChangeStreamFailed,
-                failure,
-                record: None,
-            }
-            .into())
+            Err(TaskFailed::new(TerminationReason::ChangeStreamFailed, failure).into())
         }
     }
 
@@ -421,28 +408,17 @@ impl Source {
         waiter: &ShutdownWait,
         reason: TerminationReason,
     ) -> Result<(), Halt> {
-        match self
-            .handler
+        self.handler
             .retry(waiter, || self.store_token(token, at))
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(RetryEnd::Halt(halt)) => Err(halt),
-            Err(RetryEnd::Failed(failure)) => Err(TaskFailed {
-                reason,
-                failure,
-                record: None,
-            }
-            .into()),
-        }
+            .map_err(|end| end.halt_with(reason, None))
     }
 
     async fn heartbeat(&self, token: &ResumeToken, waiter: &ShutdownWait) -> Result<(), Halt> {
         let topic = self.source.spec.heartbeat.topic.clone();
         let key = serde_json::json!({ "partition": self.source.offset_partition_name }).to_string();
         let value = serde_json::json!({ "_id": token_json(token) }).to_string();
-        let sent = self
-            .handler
+        self.handler
             .retry(waiter, || async {
                 self.ensure_topic(&topic, false).await?;
                 self.producer
@@ -454,19 +430,8 @@ impl Source {
                     .map(|_| ())
                     .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
             })
-            .await;
-        match sent {
-            Ok(()) => {}
-            Err(RetryEnd::Halt(halt)) => return Err(halt),
-            Err(RetryEnd::Failed(failure)) => {
-                return Err(TaskFailed {
-                    reason: TerminationReason::HeartbeatFailed,
-                    failure,
-                    record: None,
-                }
-                .into());
-            }
-        }
+            .await
+            .map_err(|end| end.halt_with(TerminationReason::HeartbeatFailed, None))?;
         self.store(token, None, waiter, TerminationReason::HeartbeatFailed)
             .await
     }
@@ -550,10 +515,11 @@ impl Source {
 
     /// `copyExisting`: every document of the watched collections as an insert event, before streaming.
     async fn copy_existing(&self, waiter: &ShutdownWait) -> Result<(), Halt> {
-        let failed = |e: mongodb::error::Error| TaskFailed {
-            reason: TerminationReason::CopyExistingFailed,
-            failure: Failure::mongo(Stage::TaskPoll, &e),
-            record: None,
+        let failed = |e: mongodb::error::Error| {
+            TaskFailed::new(
+                TerminationReason::CopyExistingFailed,
+                Failure::mongo(Stage::TaskPoll, &e),
+            )
         };
         let m = &self.cfg.mongodb;
         let dbs: Vec<String> = match &m.database {

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use mongodb::change_stream::event::ResumeToken;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
 use super::Source;
 use super::oplog::{rfc3339, token_cluster_time};
-use crate::kafka::read::{self, Next};
+use crate::kafka::read;
 use crate::kafka::{Credentials, consumer_config};
 use crate::names;
 use crate::task::failure::{Failure, Stage};
@@ -37,13 +36,10 @@ impl Source {
         let topic = self.source.offset_storage_topic.clone();
         self.ensure_topic(&topic, true).await?;
         let key = self.offset_key();
-        let mut config = consumer_config(&self.cfg.kafka, Credentials::Env);
-        config
-            .set("group.id", names::OFFSET_READER_GROUP)
-            .set("enable.auto.commit", "false");
+        let config = consumer_config(&self.cfg.kafka, Credentials::Env);
+        let client_id = names::task_client_id(&self.cfg.connector, self.cfg.task_id);
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config
-                .create()
+            let consumer = read::reader(&config, names::OFFSET_READER_GROUP, &client_id)
                 .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?;
             read_latest(&consumer, &topic, &key)
         })
@@ -85,24 +81,11 @@ fn read_latest(
     topic: &str,
     key: &str,
 ) -> Result<Option<ResumeToken>, Failure> {
-    let kafka = |e| Failure::kafka(Stage::KafkaConsume, &e);
-    let ranges = read::whole_topic(consumer, topic, Duration::from_secs(10)).map_err(kafka)?;
-    let mut latest = None;
-    read::read_ranges(
-        consumer,
-        topic,
-        &ranges,
-        READ_TIMEOUT,
-        Duration::from_millis(500),
-        |m| {
-            if m.key() == Some(key.as_bytes()) {
-                latest = m.payload().map(<[u8]>::to_vec);
-            }
-            Next::Continue
-        },
-    )
-    .map_err(kafka)?;
-    let Some(value) = latest else { return Ok(None) };
+    let latest = read::latest_values(consumer, topic, READ_TIMEOUT, |k| k == key.as_bytes())
+        .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?;
+    let Some(Some(value)) = latest.into_values().next() else {
+        return Ok(None);
+    };
     let parsed: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
         Failure::conversion(
             Stage::KafkaConsume,
