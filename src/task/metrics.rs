@@ -232,7 +232,14 @@ impl TaskMetrics {
         let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
         let since = match outage.as_ref() {
             Some((d, o)) if *d == dependency => o.since.clone(),
-            _ => k8s_openapi::jiff::Timestamp::now().to_string(),
+            Some((other, _)) => {
+                // Waiting for another dependency now: the one before is not reported unavailable any more.
+                self.unavailable
+                    .get_or_create(&self.labels.of(*other))
+                    .set(0);
+                k8s_openapi::jiff::Timestamp::now().to_string()
+            }
+            None => k8s_openapi::jiff::Timestamp::now().to_string(),
         };
         self.unavailable
             .get_or_create(&self.labels.of(dependency))
@@ -388,5 +395,29 @@ mod tests {
             json["errors"]["deadLetterQueueProduceRequests"], 1,
             "camelCase as in Connector status"
         );
+    }
+
+    #[test]
+    fn an_outage_reports_one_dependency_at_a_time() {
+        let m = TaskMetrics::new("orders", 0);
+        let gauge =
+            |dependency: Dependency| m.unavailable.get_or_create(&m.labels.of(dependency)).get();
+        m.set_outage(Dependency::MongoDB, "no primary");
+        assert_eq!(
+            (gauge(Dependency::MongoDB), gauge(Dependency::Kafka)),
+            (1, 0)
+        );
+        m.set_outage(Dependency::Kafka, "all brokers down");
+        assert_eq!(
+            (gauge(Dependency::MongoDB), gauge(Dependency::Kafka)),
+            (0, 1)
+        );
+        assert_eq!(m.report().outage.unwrap().dependency, "Kafka");
+        m.clear_outage();
+        assert_eq!(
+            (gauge(Dependency::MongoDB), gauge(Dependency::Kafka)),
+            (0, 0)
+        );
+        assert_eq!(m.report().outage, None);
     }
 }
