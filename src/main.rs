@@ -222,7 +222,9 @@ fn run_task(path: &std::path::Path) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 let mut message = err.termination_message();
-                message.counters = Some(metrics.report().errors);
+                let report = metrics.report();
+                message.counters = Some(report.errors);
+                message.partitions = report.partitions;
                 end(&message, &err.to_string())
             }
         }

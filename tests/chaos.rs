@@ -23,8 +23,9 @@ use rdkafka::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
+use sluice::crd::connector::ErrorCounters;
 use support::{
-    Env, Setup, condition, create_secret, create_topic, dead_letter_messages, events_for,
+    Env, Setup, condition, create_secret, create_topic, dead_letter_headers, events_for,
     running_pid, setup, topic_reader, unique,
 };
 
@@ -375,15 +376,52 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
 
     // Settle: every record delivered, then count.
     let written = wait_documents(env, &sink_db, sink_records).await;
-    let letters = dead_letter_messages(env, &dlq, Duration::from_secs(5)).await;
-    let (duplicates, others): (Vec<String>, Vec<String>) =
-        letters.into_iter().partition(|m| duplicate_key(m));
+    let letters = dead_letter_headers(env, &dlq, Duration::from_secs(5)).await;
+    // The records dead-lettered, once each (a record handled again after a kill can be dead-lettered twice).
+    let dead_lettered_records: BTreeSet<(String, String)> = letters
+        .iter()
+        .map(|h| {
+            let header = |name: &str| h.get(name).cloned().unwrap_or_default();
+            (
+                header("__connect.errors.partition"),
+                header("__connect.errors.offset"),
+            )
+        })
+        .collect();
+    let (duplicates, others): (Vec<String>, Vec<String>) = letters
+        .into_iter()
+        .map(|mut h| {
+            h.remove("__connect.errors.exception.message")
+                .unwrap_or_default()
+        })
+        .partition(|m| duplicate_key(m));
     let (duplicates, other) = (duplicates.len() as u64, others.len() as u64);
     let samples: Vec<&String> = others.iter().take(5).collect();
     let (distinct, total) = read_change_events(env, &events, inserts).await;
     for name in [&sink, &source] {
         s.wait_condition(name, "Ready", "True", "TasksReady").await;
     }
+    // The sink's totals, from the ledgers its tasks keep with their offsets: each dead-lettered record
+    // once, however often a task was killed.
+    let want = dead_lettered_records.len() as i64;
+    let exact = |t: &ErrorCounters| {
+        t.total_record_errors == want
+            && t.dead_letter_queue_produce_requests - t.dead_letter_queue_produce_failures == want
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sink_totals = loop {
+        let totals = s
+            .connectors()
+            .get(&sink)
+            .await
+            .ok()
+            .and_then(|c| c.status?.totals)
+            .unwrap_or_default();
+        if exact(&totals) || Instant::now() > deadline {
+            break totals;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     running.store(false, Ordering::Relaxed);
     let sink_counted = Counted {
         expected: sink_records,
@@ -411,6 +449,14 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
         "(Kafka restarted once, {KAFKA_DOWN_SECONDS} s down; MongoDB unavailable for {} s)",
         sizes.outage.as_secs()
     );
+    println!(
+        "sink status totals: {} record errors, {} dead-letter writes; the DLQ holds {} records of {want} \
+         distinct records",
+        sink_totals.total_record_errors,
+        sink_totals.dead_letter_queue_produce_requests
+            - sink_totals.dead_letter_queue_produce_failures,
+        duplicates + other,
+    );
 
     assert_eq!(
         sink_counted.lost(),
@@ -425,6 +471,10 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
         source_counted.lost(),
         0,
         "source lost events: {source_counted:?}"
+    );
+    assert!(
+        exact(&sink_totals),
+        "status totals count each dead-lettered record once ({want} records): {sink_totals:?}"
     );
     for (name, seen) in [
         (&sink, &sink_counted.degraded),

@@ -565,7 +565,8 @@ async fn sink_error_counters_show_per_task_and_in_totals_and_degraded_comes_and_
     })
     .await;
 
-    // A replaced task pod starts from zero; its old counters stay in the totals.
+    // A replaced task pod's own counters start from zero; the totals go on from the ledger the old pod
+    // committed with its offsets.
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let old_uid = pods.get(&format!("{name}-task-0")).await.unwrap().uid();
     pods.delete(&format!("{name}-task-0"), &DeleteParams::default())
@@ -589,10 +590,16 @@ async fn sink_error_counters_show_per_task_and_in_totals_and_degraded_comes_and_
         .unwrap();
     let after = s
         .wait_connector(&name, "the new pod's error counted", |c| {
-            c.status
-                .as_ref()
-                .and_then(|st| st.tasks[0].metrics.as_ref())
-                .is_some_and(|m| m.total_record_errors == 1)
+            c.status.as_ref().is_some_and(|st| {
+                st.tasks[0]
+                    .metrics
+                    .as_ref()
+                    .is_some_and(|m| m.total_record_errors == 1)
+                    && st
+                        .totals
+                        .as_ref()
+                        .is_some_and(|t| t.total_record_errors >= 4)
+            })
         })
         .await;
     let st = after.status.unwrap();
@@ -601,7 +608,14 @@ async fn sink_error_counters_show_per_task_and_in_totals_and_degraded_comes_and_
         4,
         "3 of the replaced pod + 1"
     );
-    assert_eq!(st.ended_task_totals.unwrap().total_record_errors, 3);
+    // One partition: its ledger, at the offset after the 6 records.
+    let ledger = &st.partition_totals[&format!("{topic}-0")];
+    assert_eq!(
+        (ledger.position, ledger.errors.total_record_errors),
+        (6, 4),
+        "{:?}",
+        st.partition_totals
+    );
     drop(replaced);
 }
 

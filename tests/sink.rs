@@ -15,7 +15,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use support::{
-    Env, TaskProcess, create_topic, dead_letter_messages, topic_reader, unique, wait_for,
+    Env, TaskProcess, create_topic, create_topic_with, dead_letter_messages, topic_reader, unique,
+    wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -483,6 +484,60 @@ async fn a_dead_letter_write_that_fails_stops_the_task_before_any_commit() {
         committed_offset(&env, "orders-sink", &topic).await,
         rdkafka::Offset::Invalid,
         "the record is not handled, so not committed"
+    );
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_the_dead_letter_topic_stops_the_task_before_any_commit() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    // The dead-letter topic takes records up to 4 KiB; the poison record is 8 KiB.
+    let dlq = unique("small-dlq");
+    create_topic_with(&env, &dlq, 1, &[("max.message.bytes", "4096")]).await;
+    let (db, connector) = (unique("sink"), unique("oversized"));
+    let big = format!("{{bad {}", "x".repeat(8192));
+    produce(
+        &env,
+        &topic,
+        &[("k0", r#"{"n": 1}"#), ("k1", &big), ("k2", r#"{"n": 3}"#)],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all",
+        Some(&dlq),
+    )
+    .replace("connector: orders-sink", &format!("connector: {connector}"));
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
+    let m = task.termination_message();
+    assert_eq!(m["reason"], "DeadLetterQueueFailed", "{m}");
+    assert_eq!(m["record"], format!("{topic}-0@1"), "{m}");
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too large"),
+        "the broker's reason: {m}"
+    );
+    assert!(
+        !m.to_string().contains("xxxxxxxx"),
+        "no record contents: {m}"
+    );
+    match committed_offset(&env, &connector, &topic).await {
+        rdkafka::Offset::Invalid => {}
+        rdkafka::Offset::Offset(o) => assert!(o <= 1, "committed past the record: {o}"),
+        other => panic!("committed: {other:?}"),
+    }
+    assert!(
+        dead_letter_messages(&env, &dlq, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "the broker refused the dead letter"
     );
 }
 

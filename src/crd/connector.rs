@@ -649,12 +649,14 @@ pub struct ConnectorStatus {
     /// One entry per task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskStatus>,
-    /// The error counters summed over tasks, including task pods that ended (`endedTaskTotals`).
+    /// The Connector's error counters since its offsets were last reset: the sum of `partitionTotals`.
+    /// Each record handled counts once, however often a task was killed (see README, "Guarantees").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<ErrorCounters>,
-    /// The last counters of every task pod that ended, summed, so `totals` never goes back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_task_totals: Option<ErrorCounters>,
+    /// The error counters each input partition's ledger holds (sink: `<topic>-<partition>`; source: the
+    /// offset partition name), as its task last reported them. The tasks keep them with their offsets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_totals: BTreeMap<String, PartitionTotals>,
     /// Offsets of a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<OffsetsStatus>,
@@ -687,12 +689,11 @@ pub struct TaskStatus {
     /// Details, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The task's KIP-298 error counters, as last read from the task's `/v1/status` (or, for a task that
-    /// ended, from its termination message).
+    /// The task's KIP-298 error counters since its pod started (Kafka Connect's task metrics), as last read
+    /// from the task's `/v1/status` (or, for a task that ended, from its termination message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<ErrorCounters>,
-    /// UID of the pod the counters belong to; when the task gets a new pod, the old pod's counters move to
-    /// `status.endedTaskTotals`.
+    /// UID of the pod the counters belong to; a new pod's start from zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
     /// Records read by the task's pod (consumed records or change events).
@@ -784,6 +785,30 @@ pub struct ErrorCounters {
     /// `last-error-timestamp`, ms since the epoch (0: never).
     #[serde(default)]
     pub last_error_timestamp: i64,
+}
+
+/// The error counters of one input partition, kept with its offsets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionTotals {
+    /// Where in the partition they count up to: a sink's next offset, a source's number of stored
+    /// tokens. A report from further on replaces one from before.
+    pub position: i64,
+    pub errors: ErrorCounters,
+}
+
+impl ErrorCounters {
+    /// Adds `other`'s counts (the later of the two error timestamps).
+    pub fn add(&mut self, other: &ErrorCounters) {
+        self.total_record_failures += other.total_record_failures;
+        self.total_record_errors += other.total_record_errors;
+        self.total_records_skipped += other.total_records_skipped;
+        self.total_retries += other.total_retries;
+        self.total_errors_logged += other.total_errors_logged;
+        self.dead_letter_queue_produce_requests += other.dead_letter_queue_produce_requests;
+        self.dead_letter_queue_produce_failures += other.dead_letter_queue_produce_failures;
+        self.last_error_timestamp = self.last_error_timestamp.max(other.last_error_timestamp);
+    }
 }
 
 /// Offsets of a source.

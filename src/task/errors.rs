@@ -275,14 +275,14 @@ impl ErrorHandler {
                     return Ok(v);
                 }
                 Err(failure) if failure.outage.is_some() => {
-                    self.metrics.record_failure();
+                    self.metrics.record_failure(None);
                     self.wait_out(&failure, &mut outage, waiter)
                         .await
                         .map_err(RetryEnd::Halt)?;
                 }
                 Err(failure) => {
                     self.outage_over(&mut outage);
-                    self.metrics.record_failure();
+                    self.metrics.record_failure(None);
                     if !is_retriable(&failure, &self.spec.not_retryable) {
                         return Err(RetryEnd::Failed(failure));
                     }
@@ -292,7 +292,7 @@ impl ErrorHandler {
                         return Err(RetryEnd::Failed(failure));
                     };
                     tracing::debug!(stage = failure.stage.connect_name(), class = %failure.class, attempt, ?wait, "retrying");
-                    self.metrics.record_retry();
+                    self.metrics.record_retry(None);
                     waiter.wait(wait).await.map_err(RetryEnd::Halt)?;
                     attempt += 1;
                 }
@@ -343,7 +343,7 @@ impl ErrorHandler {
             .into());
         }
         let delay = backoff_delay(clock.attempt, retry_delay_max(&self.spec), rand::random());
-        self.metrics.record_retry();
+        self.metrics.record_retry(None);
         waiter.wait(delay).await?;
         clock.attempt += 1;
         Ok(())
@@ -367,14 +367,16 @@ impl ErrorHandler {
         record: RecordContext,
         waiter: &W,
     ) -> Result<(), Halt> {
-        self.metrics.record_error();
+        let key = record.ledger_key();
+        let key = key.as_deref();
+        self.metrics.record_error(key);
         self.metrics.set_last_error(
             &failure.class,
             failure.stage.connect_name(),
             &without_record_contents(&failure.message),
         );
         if self.spec.log_enable {
-            self.metrics.record_logged();
+            self.metrics.record_logged(key);
             let contents = self
                 .spec
                 .log_include_messages
@@ -407,7 +409,7 @@ impl ErrorHandler {
         }
         if let Some(dlq) = &self.dlq {
             // Pipelined: acknowledgements are checked by `flush_dead_letters` before offsets move.
-            self.metrics.record_dlq_request();
+            self.metrics.record_dlq_request(key);
             match dlq.enqueue(&record, &failure, &self.connector, self.task_id) {
                 Ok(delivery) => self.pending.lock().await.push(PendingDeadLetter {
                     delivery,
@@ -415,13 +417,13 @@ impl ErrorHandler {
                     failure,
                 }),
                 Err(_) => {
-                    self.metrics.record_dlq_failure();
+                    self.metrics.record_dlq_failure(key);
                     self.send_dead_letter(dlq, &record, &failure, waiter)
                         .await?;
                 }
             }
         }
-        self.metrics.record_skipped();
+        self.metrics.record_skipped(key);
         Ok(())
     }
 
@@ -435,7 +437,8 @@ impl ErrorHandler {
         };
         for p in pending {
             if !matches!(p.delivery.await, Ok(Ok(_))) {
-                self.metrics.record_dlq_failure();
+                self.metrics
+                    .record_dlq_failure(p.record.ledger_key().as_deref());
                 self.send_dead_letter(dlq, &p.record, &p.failure, waiter)
                     .await?;
             }
@@ -451,13 +454,15 @@ impl ErrorHandler {
         failure: &Failure,
         waiter: &W,
     ) -> Result<(), Halt> {
+        let key = record.ledger_key();
+        let key = key.as_deref();
         let sent = self
             .retry(waiter, || async {
-                self.metrics.record_dlq_request();
+                self.metrics.record_dlq_request(key);
                 dlq.send(record, failure, &self.connector, self.task_id)
                     .await
                     .inspect_err(|_| {
-                        self.metrics.record_dlq_failure();
+                        self.metrics.record_dlq_failure(key);
                     })
             })
             .await;

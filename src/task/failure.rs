@@ -216,6 +216,13 @@ pub struct RecordContext {
 }
 
 impl RecordContext {
+    /// The ledger its counts go to: its Kafka partition's (a sink record); `None` for a source record
+    /// (the source's offset partition name is the one worked on).
+    pub fn ledger_key(&self) -> Option<String> {
+        self.partition
+            .map(|p| super::ledger::partition_key(&self.topic, p))
+    }
+
     /// Where the record is, for logs and termination messages (never its contents).
     pub fn coordinates(&self) -> String {
         match (&self.partition, &self.offset, &self.event_id) {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crd::connector::{ErrorCounters, LastError, OutageStatus, ResumeTokenStatus};
 use crate::task::failure::Dependency;
+use crate::task::ledger::Ledger;
 use crate::wire::StatusReport;
 use axum::Json;
 use axum::Router;
@@ -67,6 +68,8 @@ pub struct TaskMetrics {
     resume_token: Mutex<Option<ResumeTokenStatus>>,
     unavailable: Family<DependencyLabels, Gauge>,
     outage: Mutex<Option<(Dependency, OutageStatus)>>,
+    /// The same counts per input partition, kept with the offsets.
+    pub ledger: Ledger,
 }
 
 fn now_ms() -> i64 {
@@ -164,6 +167,7 @@ impl TaskMetrics {
             resume_token: Mutex::new(None),
             unavailable,
             outage: Mutex::new(None),
+            ledger: Ledger::default(),
         }
     }
 
@@ -171,32 +175,53 @@ impl TaskMetrics {
         f.get_or_create(&self.labels).inc();
     }
 
-    pub fn record_failure(&self) {
+    fn error_now(&self) -> i64 {
+        let now = now_ms();
+        self.last_error_ms.store(now, Ordering::Relaxed);
+        self.last_error.get_or_create(&self.labels).set(now);
+        now
+    }
+
+    // Each count goes to this task's metrics and to the ledger of the partition it belongs to: `key`
+    // (the record's, see [`RecordContext::ledger_key`]), or the partition worked on when `None`.
+
+    pub fn record_failure(&self, key: Option<&str>) {
         self.inc(&self.record_failures);
-        let now = now_ms();
-        self.last_error_ms.store(now, Ordering::Relaxed);
-        self.last_error.get_or_create(&self.labels).set(now);
+        let now = self.error_now();
+        self.ledger.count(key, |c| {
+            c.total_record_failures += 1;
+            c.last_error_timestamp = c.last_error_timestamp.max(now);
+        });
     }
-    pub fn record_error(&self) {
+    pub fn record_error(&self, key: Option<&str>) {
         self.inc(&self.record_errors);
-        let now = now_ms();
-        self.last_error_ms.store(now, Ordering::Relaxed);
-        self.last_error.get_or_create(&self.labels).set(now);
+        let now = self.error_now();
+        self.ledger.count(key, |c| {
+            c.total_record_errors += 1;
+            c.last_error_timestamp = c.last_error_timestamp.max(now);
+        });
     }
-    pub fn record_skipped(&self) {
+    pub fn record_skipped(&self, key: Option<&str>) {
         self.inc(&self.records_skipped);
+        self.ledger.count(key, |c| c.total_records_skipped += 1);
     }
-    pub fn record_retry(&self) {
+    pub fn record_retry(&self, key: Option<&str>) {
         self.inc(&self.retries);
+        self.ledger.count(key, |c| c.total_retries += 1);
     }
-    pub fn record_logged(&self) {
+    pub fn record_logged(&self, key: Option<&str>) {
         self.inc(&self.errors_logged);
+        self.ledger.count(key, |c| c.total_errors_logged += 1);
     }
-    pub fn record_dlq_request(&self) {
+    pub fn record_dlq_request(&self, key: Option<&str>) {
         self.inc(&self.dlq_requests);
+        self.ledger
+            .count(key, |c| c.dead_letter_queue_produce_requests += 1);
     }
-    pub fn record_dlq_failure(&self) {
+    pub fn record_dlq_failure(&self, key: Option<&str>) {
         self.inc(&self.dlq_failures);
+        self.ledger
+            .count(key, |c| c.dead_letter_queue_produce_failures += 1);
     }
     pub fn records_in(&self, n: u64) {
         self.records_in.get_or_create(&self.labels).inc_by(n);
@@ -302,6 +327,7 @@ impl TaskMetrics {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .map(|(_, o)| o.clone()),
+            partitions: self.ledger.snapshot(),
         }
     }
 
@@ -360,12 +386,13 @@ mod tests {
     #[test]
     fn the_report_and_prometheus_agree() {
         let m = TaskMetrics::new("orders", 1);
-        m.record_failure();
-        m.record_failure();
-        m.record_retry();
-        m.record_error();
-        m.record_dlq_request();
-        m.record_skipped();
+        m.ledger.work_on("orders-0");
+        m.record_failure(None);
+        m.record_failure(None);
+        m.record_retry(None);
+        m.record_error(Some("orders-1"));
+        m.record_dlq_request(Some("orders-1"));
+        m.record_skipped(Some("orders-1"));
         let r = m.report();
         assert_eq!(
             (
@@ -383,6 +410,25 @@ mod tests {
             (1, 1)
         );
         assert!(r.errors.last_error_timestamp > 0);
+        // The same counts in the partitions' ledgers: record counts by the record's partition, the rest
+        // by the partition worked on.
+        m.ledger.load("orders-0", 0, ErrorCounters::default());
+        m.ledger.load("orders-1", 0, ErrorCounters::default());
+        let worked_on = m.ledger.to_store("orders-0").unwrap();
+        let record = m.ledger.to_store("orders-1").unwrap();
+        assert_eq!(
+            (worked_on.total_record_failures, worked_on.total_retries),
+            (2, 1)
+        );
+        assert_eq!(
+            (
+                record.total_record_errors,
+                record.dead_letter_queue_produce_requests,
+                record.total_records_skipped,
+                record.total_record_failures
+            ),
+            (1, 1, 1, 0)
+        );
         let text = m.encode();
         assert!(
             text.contains(

@@ -5,6 +5,7 @@
 //! - [`errors`]: the KIP-298 machinery (retry, tolerance, reporting) every stage goes through.
 //! - [`dlq`]: dead-letter records and their `__connect.errors.*` headers.
 //! - [`metrics`]: the per-task error metrics and the task's HTTP endpoints.
+//! - [`ledger`]: the error counters kept with the offsets, so totals survive kills.
 //! - [`convert`]: record key/value converters and the sink's write models.
 //! - [`sink`]: Kafka → MongoDB.
 //! - [`source`]: MongoDB change streams → Kafka.
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod dlq;
 pub mod errors;
 pub mod failure;
+pub mod ledger;
 pub mod metrics;
 pub mod sink;
 pub mod source;

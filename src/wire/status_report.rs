@@ -1,8 +1,12 @@
 //! What a task pod serves on `/v1/status` and the operator reads into the Connector's status.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::crd::connector::{ErrorCounters, LastError, OutageStatus, ResumeTokenStatus};
+use crate::crd::connector::{
+    ErrorCounters, LastError, OutageStatus, PartitionTotals, ResumeTokenStatus,
+};
 
 /// A task's counters and state, as `/v1/status` returns them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -23,4 +27,9 @@ pub struct StatusReport {
     /// Set while the task waits out MongoDB or Kafka being unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage: Option<OutageStatus>,
+    /// The error counters kept with the offsets, per input partition the task holds (sink:
+    /// `<topic>-<partition>`; source: its offset partition name): each record counted once, however often
+    /// a task was killed. The Connector's `status.totals` is their sum.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions: BTreeMap<String, PartitionTotals>,
 }

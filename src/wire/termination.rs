@@ -2,11 +2,12 @@
 //! it ended, written as one JSON object to the container's `terminationMessagePath`. The process writes it
 //! and the operator reads it with the same type, so a field or reason can't drift between the two ends.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::crd::connector::ErrorCounters;
+use crate::crd::connector::{ErrorCounters, PartitionTotals};
 use crate::crd::dead_letter_queue::ReplayCounts;
 
 /// Where Kubernetes reads the message from unless the pod says otherwise.
@@ -194,6 +195,10 @@ pub struct TerminationMessage {
     /// poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<ErrorCounters>,
+    /// The task's final ledgers (error counters per input partition, see `status.partitionTotals`); left
+    /// out when they would not fit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions: BTreeMap<String, PartitionTotals>,
     /// A replay pod's final counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayCounts>,
@@ -211,6 +216,7 @@ impl TerminationMessage {
             code_name: None,
             partition_name: None,
             counters: None,
+            partitions: BTreeMap::new(),
             replay: None,
         }
     }
@@ -220,9 +226,17 @@ impl TerminationMessage {
         serde_json::from_str(text).ok()
     }
 
-    /// The JSON text, cut (on a character boundary) to what Kubernetes keeps.
+    /// The JSON text, cut to what Kubernetes keeps: without the ledgers if they don't fit, then with the
+    /// message cut (on a character boundary).
     pub fn to_json(&self) -> String {
         let mut json = serde_json::to_string(self).unwrap_or_else(|_| self.reason.to_string());
+        if json.len() > MAX_BYTES && !self.partitions.is_empty() {
+            let without = Self {
+                partitions: BTreeMap::new(),
+                ..self.clone()
+            };
+            return without.to_json();
+        }
         if json.len() > MAX_BYTES {
             let mut shorter = self.clone();
             let keep = MAX_BYTES.saturating_sub(json.len() - self.message.len() + 3);
@@ -307,6 +321,23 @@ mod tests {
         assert!(json.len() <= MAX_BYTES, "{} bytes", json.len());
         let back: serde_json::Value = serde_json::from_str(&json).expect("still valid JSON");
         assert!(back["message"].as_str().unwrap().ends_with("..."));
+    }
+
+    #[test]
+    fn ledgers_that_do_not_fit_are_left_out_before_the_message_is_cut() {
+        let mut msg = TerminationMessage::new(TerminationReason::RecordFailed, "bad record");
+        let one = PartitionTotals::default();
+        msg.partitions.insert("orders-0".into(), one.clone());
+        let json = msg.to_json();
+        assert_eq!(TerminationMessage::parse(&json), Some(msg.clone()), "fits");
+        for p in 1..40 {
+            msg.partitions.insert(format!("orders-{p}"), one.clone());
+        }
+        let json = msg.to_json();
+        assert!(json.len() <= MAX_BYTES, "{} bytes", json.len());
+        let back = TerminationMessage::parse(&json).unwrap();
+        assert!(back.partitions.is_empty());
+        assert_eq!(back.message, "bad record");
     }
 
     #[test]

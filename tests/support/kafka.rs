@@ -4,14 +4,19 @@ use super::{Env, unique};
 
 /// Creates a Kafka topic for a test.
 pub async fn create_topic(env: &Env, topic: &str, partitions: i32) {
-    let r = try_create_topic(env, topic, partitions).await;
+    create_topic_with(env, topic, partitions, &[]).await;
+}
+
+/// Creates a Kafka topic with these topic configs (`max.message.bytes`, …).
+pub async fn create_topic_with(env: &Env, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let r = try_create_topic(env, topic, partitions, configs).await;
     assert!(r.is_ok(), "create topic {topic}: {r:?}");
 }
 
 /// Creates a Kafka topic unless it exists (for fixed names, such as the examples').
 pub async fn create_topic_if_missing(env: &Env, topic: &str, partitions: i32) {
     use rdkafka::types::RDKafkaErrorCode;
-    let r = try_create_topic(env, topic, partitions).await;
+    let r = try_create_topic(env, topic, partitions, &[]).await;
     assert!(
         matches!(r, Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists)),
         "create topic {topic}: {r:?}"
@@ -22,17 +27,19 @@ async fn try_create_topic(
     env: &Env,
     topic: &str,
     partitions: i32,
+    configs: &[(&str, &str)],
 ) -> Result<(), rdkafka::types::RDKafkaErrorCode> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .create()
         .unwrap();
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (name, value) in configs {
+        new = new.set(name, value);
+    }
     let r = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[new], &AdminOptions::new())
         .await
         .expect("create_topics");
     r.into_iter()
@@ -62,16 +69,36 @@ pub async fn dead_letter_messages(
     topic: &str,
     quiet: std::time::Duration,
 ) -> Vec<String> {
+    dead_letter_headers(env, topic, quiet)
+        .await
+        .into_iter()
+        .map(|mut h| {
+            h.remove("__connect.errors.exception.message")
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Every record of a dead-letter topic as its headers (name → value as text), read until the topic stays
+/// quiet for `quiet`.
+pub async fn dead_letter_headers(
+    env: &Env,
+    topic: &str,
+    quiet: std::time::Duration,
+) -> Vec<std::collections::BTreeMap<String, String>> {
     use rdkafka::message::{Headers, Message};
     let consumer = topic_reader(env, topic);
     let mut out = Vec::new();
     while let Ok(Ok(m)) = tokio::time::timeout(quiet, consumer.recv()).await {
         out.push(
             m.headers()
-                .and_then(|hs| {
+                .map(|hs| {
                     hs.iter()
-                        .find(|h| h.key == "__connect.errors.exception.message")
-                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                        .filter_map(|h| {
+                            let value = String::from_utf8_lossy(h.value?).into_owned();
+                            Some((h.key.to_string(), value))
+                        })
+                        .collect()
                 })
                 .unwrap_or_default(),
         );

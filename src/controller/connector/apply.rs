@@ -72,17 +72,33 @@ fn ready_reason(conn: &Connector) -> Option<String> {
         .map(|c| c.reason.clone())
 }
 
+/// What a guarded offsets write does to the ledgers' totals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ledgers {
+    Keep,
+    /// Offsets were deleted: the tasks' ledgers start again from zero, and so do the totals.
+    StartAgain,
+}
+
 /// Writes `status.offsets` only if the Connector is still at the resourceVersion this reconcile read (a
-/// conflict fails the reconcile, which then decides again from fresh state). Returns the stored Connector.
+/// conflict fails the reconcile, which then decides again from fresh state); the rest of status stays as
+/// read. Returns the stored Connector.
 async fn write_offsets_guarded(
     ctx: &Context,
     conn: &Connector,
     offsets: &OffsetsStatus,
+    ledgers: Ledgers,
 ) -> Result<Connector> {
+    let mut status = conn.status.clone().unwrap_or_default();
+    status.offsets = Some(offsets.clone());
+    if ledgers == Ledgers::StartAgain {
+        status.partition_totals.clear();
+        status.totals = None;
+    }
     apply::apply_status(
         &connectors(ctx, conn),
         &conn.name_any(),
-        &serde_json::json!({ "offsets": offsets }),
+        &status,
         conn.resource_version(),
     )
     .await
@@ -98,7 +114,7 @@ pub async fn record_rotation(
     let Some(rotation) = offsets.rotations.last().cloned() else {
         return Ok(conn.clone());
     };
-    let stored = write_offsets_guarded(ctx, conn, &offsets).await?;
+    let stored = write_offsets_guarded(ctx, conn, &offsets, Ledgers::Keep).await?;
     info!(from = %rotation.from, to = %rotation.to, reason = %rotation.reason, "offset partition rotated");
     if rotation.reason == rotation_reason::RESUME_TOKEN_LOST {
         let pod = pods
@@ -187,7 +203,7 @@ pub async fn reset_offsets(
         }
     }
     let offsets = record_reset(conn, &request, &target, now);
-    let stored = write_offsets_guarded(ctx, conn, &offsets).await?;
+    let stored = write_offsets_guarded(ctx, conn, &offsets, Ledgers::StartAgain).await?;
     publish(
         ctx,
         conn,

@@ -8,7 +8,7 @@
 //!    writes come first, so the replacement task gets the new partition name.
 //! 4. [`build`] (pure): the ConfigMap and the Pods with their config hashes.
 //! 5. [`plan`] (pure): what happens to each task's pod (create, replace, restart after a backoff, remove);
-//!    [`counters`] (pure) carries the error counters of pods that ended.
+//!    [`counters`] (pure) merges the tasks' counters and the partitions' ledgers.
 //! 6. [`apply`]: the ConfigMap, the pod changes, Events.
 //! 7. [`status`] (pure) decides the conditions; [`apply`] writes the status when it changed.
 
@@ -101,13 +101,9 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
     let desired = build::build(conn, &valid.resolved, &ctx.config.pods)?;
     let mut plan = plan::plan(conn, &found.pods, &desired.hashes, now);
     let old = conn.status.clone().unwrap_or_default();
-    plan.ended_task_totals = counters::merge_task_reports(
-        &old.tasks,
-        &mut plan.tasks,
-        &found.pods,
-        &found.samples,
-        old.ended_task_totals.unwrap_or_default(),
-    );
+    counters::merge_task_reports(&old.tasks, &mut plan.tasks, &found.pods, &found.samples);
+    plan.partition_totals =
+        counters::merge_partition_totals(old.partition_totals, &found.pods, &found.samples);
     let (mut signals, signals_requeue) = status::signals(
         conn,
         &plan,

@@ -5,6 +5,7 @@
 //! Pods use `restartPolicy: Never`; the operator itself restarts a failed task after a backoff, so it can
 //! change the task's config between runs.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -14,7 +15,7 @@ use kube::ResourceExt;
 use crate::controller::pod_status::{self, PodPhase};
 use crate::crd::Connector;
 use crate::crd::connector::{
-    ConnectorState, ConnectorType, ErrorCounters, RestartSpec, TaskStatus,
+    ConnectorState, ConnectorType, ErrorCounters, PartitionTotals, RestartSpec, TaskStatus,
 };
 use crate::names;
 use crate::wire::TerminationReason;
@@ -65,8 +66,9 @@ pub struct ObservedPod {
     /// From a task's termination message: the MongoDB error code and its name.
     pub code: Option<i32>,
     pub code_name: Option<String>,
-    /// From a task's termination message: its final error counters.
+    /// From a task's termination message: its final error counters and ledgers.
     pub counters: Option<ErrorCounters>,
+    pub partitions: BTreeMap<String, PartitionTotals>,
 }
 
 impl ObservedPod {
@@ -91,7 +93,8 @@ impl ObservedPod {
             uid: pod.uid(),
             code: message.as_ref().and_then(|m| m.code),
             code_name: message.as_ref().and_then(|m| m.code_name.clone()),
-            counters: message.and_then(|m| m.counters),
+            counters: message.as_ref().and_then(|m| m.counters.clone()),
+            partitions: message.map(|m| m.partitions).unwrap_or_default(),
         }
     }
 
@@ -108,8 +111,8 @@ impl ObservedPod {
 /// What to do with the pods, and the task statuses that follow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// The last counters of task pods that ended, summed (status `endedTaskTotals`).
-    pub ended_task_totals: ErrorCounters,
+    /// Each input partition's error counters (status `partitionTotals`).
+    pub partition_totals: BTreeMap<String, PartitionTotals>,
     pub create: Vec<u32>,
     /// Pods to delete, with why.
     pub delete: Vec<(String, DeleteReason)>,

@@ -492,9 +492,9 @@ pub fn build_status(
     let old = conn.status.clone().unwrap_or_default();
     let desired = desired_tasks(conn);
     let tasks = plan.map(|p| p.tasks.clone()).unwrap_or(old.tasks.clone());
-    let ended = plan
-        .map(|p| p.ended_task_totals.clone())
-        .unwrap_or_else(|| old.ended_task_totals.clone().unwrap_or_default());
+    let partition_totals = plan
+        .map(|p| p.partition_totals.clone())
+        .unwrap_or_else(|| old.partition_totals.clone());
     let running = tasks
         .iter()
         .filter(|t| t.phase.as_deref() == Some(task_phase::RUNNING))
@@ -512,8 +512,8 @@ pub fn build_status(
             now,
         ),
         task_summary: Some(format!("{running}/{desired}")),
-        totals: Some(totals(&tasks, &ended)),
-        ended_task_totals: Some(ended),
+        totals: Some(totals(&partition_totals)),
+        partition_totals,
         tasks,
         offsets: (offsets != OffsetsStatus::default()).then_some(offsets),
     }

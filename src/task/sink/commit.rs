@@ -4,24 +4,38 @@
 //! commits synchronously; `offsetFlushIntervalMs: 0` commits synchronously after every batch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::crd::connector::ErrorCounters;
 use crate::task::errors::TaskFailed;
 use crate::task::failure::{Failure, Stage};
+use crate::task::ledger::{Ledger, from_metadata, partition_key, to_metadata};
+use crate::task::metrics::TaskMetrics;
 use crate::wire::TerminationReason;
 
 /// The sink consumer's context: reports offset commits that librdkafka makes in the background (on the
 /// interval, on revocation, on close) and that fail (the next commit carries the offsets again), and keeps
 /// the pause state right across rebalances: librdkafka keeps a partition paused when it comes back after
 /// a rebalance, so newly assigned partitions are resumed — or paused, while the task waits out an outage.
-#[derive(Default)]
 pub struct CommitReporter {
     /// The task waits out an outage: its partitions stay paused.
     pub waiting: std::sync::atomic::AtomicBool,
+    /// Whose ledgers are read again for every partition a rebalance moves.
+    metrics: Arc<TaskMetrics>,
+}
+
+impl CommitReporter {
+    pub fn new(metrics: Arc<TaskMetrics>) -> Self {
+        Self {
+            waiting: Default::default(),
+            metrics,
+        }
+    }
 }
 
 impl ClientContext for CommitReporter {}
@@ -32,6 +46,17 @@ impl ConsumerContext for CommitReporter {
         base_consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
+        // A partition that moves may have been committed by another task meanwhile: its ledger is read
+        // again before its next store.
+        if let rdkafka::consumer::Rebalance::Assign(moved)
+        | rdkafka::consumer::Rebalance::Revoke(moved) = rebalance
+        {
+            for e in moved.elements() {
+                self.metrics
+                    .ledger
+                    .forget(&partition_key(e.topic(), e.partition()));
+            }
+        }
         if let rdkafka::consumer::Rebalance::Assign(assigned) = rebalance {
             let result = if self.waiting.load(std::sync::atomic::Ordering::SeqCst) {
                 base_consumer.pause(assigned)
@@ -72,21 +97,78 @@ pub fn commit_settings(config: &mut ClientConfig, interval_ms: i64) {
     }
 }
 
-/// Marks a handled batch: its positions are stored for the next interval commit, or committed now.
+/// Marks a handled batch: its positions are stored for the next interval commit, or committed now, each
+/// with its partition's ledger as the commit metadata ([`ledger_partitions`] read them first).
 pub fn batch_handled(
     consumer: &SinkConsumer,
     batch: &[OwnedMessage],
     interval_ms: i64,
+    ledger: &Ledger,
 ) -> Result<(), TaskFailed> {
-    let handled = positions_after(batch).map_err(commit_failed)?;
+    // Read already unless a rebalance came in between; a stored ledger is never made up.
+    ledger_partitions(consumer, batch, ledger).map_err(commit_failed)?;
+    let (handled, ledgers) = positions_after(batch, ledger).map_err(commit_failed)?;
     if interval_ms > 0 {
-        store(consumer, &handled).map_err(commit_failed)
+        store(consumer, &handled).map_err(commit_failed)?;
     } else {
         consumer
             .commit(&handled, CommitMode::Sync)
-            .map_err(commit_failed)
+            .map_err(commit_failed)?;
     }
+    for ((key, counters), e) in ledgers.into_iter().zip(handled.elements()) {
+        if e.error().is_ok() {
+            let position = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            ledger.stored(&key, position, counters);
+        } else {
+            // Revoked while its batch was written: the next owner handles and counts it again.
+            ledger.forget(&key);
+            ledger.drop_pending(&key);
+        }
+    }
+    Ok(())
 }
+
+/// Reads the committed ledger of every partition of the batch whose ledger the task has not read since
+/// it got the partition (blocking; an error is Kafka's, to retry).
+pub fn ledger_partitions(
+    consumer: &SinkConsumer,
+    batch: &[OwnedMessage],
+    ledger: &Ledger,
+) -> KafkaResult<()> {
+    let mut wanted = TopicPartitionList::new();
+    for m in batch {
+        let key = partition_key(m.topic(), m.partition());
+        if !ledger.is_loaded(&key) && wanted.find_partition(m.topic(), m.partition()).is_none() {
+            wanted.add_partition(m.topic(), m.partition());
+        }
+    }
+    if wanted.count() == 0 {
+        return Ok(());
+    }
+    for e in consumer
+        .committed_offsets(wanted, LEDGER_READ_TIMEOUT)?
+        .elements()
+    {
+        e.error()?;
+        // Never committed: the start of the partition's history as far as the ledger goes.
+        let position = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        };
+        ledger.load(
+            &partition_key(e.topic(), e.partition()),
+            position,
+            from_metadata(e.metadata()),
+        );
+    }
+    Ok(())
+}
+
+/// How long reading committed offsets may take before it is retried.
+const LEDGER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// At a clean stop: commits what is stored and not committed yet.
 pub fn commit_at_stop(consumer: &SinkConsumer, interval_ms: i64) -> Result<(), TaskFailed> {
@@ -106,18 +188,28 @@ fn commit_failed(e: KafkaError) -> TaskFailed {
     )
 }
 
-/// The position after every record of the batch, per partition: what a commit records as handled.
-fn positions_after(batch: &[OwnedMessage]) -> KafkaResult<TopicPartitionList> {
+/// The position after every record of the batch, per partition, with the partition's ledger as its
+/// metadata: what a commit records as handled. The ledgers come along in the list's order.
+fn positions_after(
+    batch: &[OwnedMessage],
+    ledger: &Ledger,
+) -> KafkaResult<(TopicPartitionList, Vec<(String, ErrorCounters)>)> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
         let e = next.entry((m.topic(), m.partition())).or_insert(0);
         *e = (*e).max(m.offset() + 1);
     }
     let mut tpl = TopicPartitionList::new();
+    let mut ledgers = Vec::with_capacity(next.len());
     for ((topic, partition), offset) in next {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        let key = partition_key(topic, partition);
+        let counters = ledger.to_store(&key).unwrap_or_default(); // read just before
+        let mut e = tpl.add_partition(topic, partition);
+        e.set_offset(Offset::Offset(offset))?;
+        e.set_metadata(to_metadata(&counters));
+        ledgers.push((key, counters));
     }
-    Ok(tpl)
+    Ok((tpl, ledgers))
 }
 
 /// Stores handled positions for librdkafka's next commit. A partition revoked while its batch was being

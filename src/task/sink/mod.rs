@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::watch;
 
 use super::errors::{ErrorHandler, Halt, TaskFailed, Wait, sleep_unless_stopped};
 use super::failure::{Failure, Stage};
+use super::ledger::partition_key;
 use super::metrics::TaskMetrics;
 use crate::crd::connector::SinkSpec;
 use crate::kafka::{Credentials, consumer_config};
@@ -83,7 +84,7 @@ impl Sink {
             .set("auto.offset.reset", "earliest");
         commit::commit_settings(&mut config, interval_ms);
         let consumer: SinkConsumer = config
-            .create_with_context(CommitReporter::default())
+            .create_with_context(CommitReporter::new(self.metrics.clone()))
             .map_err(|e| fatal(Failure::kafka(Stage::KafkaConsume, &e)))?;
         let topics: Vec<String> = match (&self.spec.topics, &self.spec.topics_regex) {
             (Some(t), _) => t.clone(),
@@ -134,13 +135,27 @@ impl Sink {
                 }
             }
             let started = Instant::now();
-            match self.write_batch(&batch, &waiter).await {
+            let ledger = &self.metrics.ledger;
+            if let Some(first) = batch.first() {
+                ledger.work_on(&partition_key(first.topic(), first.partition()));
+            }
+            let handled = async {
+                self.write_batch(&batch, &waiter).await?;
+                self.handler
+                    .retry(&waiter, || async {
+                        commit::ledger_partitions(&consumer, &batch, ledger)
+                            .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))
+                    })
+                    .await
+                    .map_err(|end| end.halt_with(TerminationReason::CommitFailed, None))
+            };
+            match handled.await {
                 Ok(()) => {}
                 // Stopped while waiting out an outage: this batch is not handled, nothing of it commits.
                 Err(Halt::Shutdown) => break,
                 Err(Halt::Failed(failed)) => return Err(failed),
             }
-            commit::batch_handled(&consumer, &batch, interval_ms)?;
+            commit::batch_handled(&consumer, &batch, interval_ms, ledger)?;
             self.metrics.batch(started.elapsed());
             if *shutdown.borrow() {
                 break;

@@ -141,10 +141,9 @@ impl Sink {
                 }),
                 Ok(None) => {}
                 Err(failure) => {
-                    self.metrics.record_failure();
-                    self.handler
-                        .record_failed(failure, record_context(msg), waiter)
-                        .await?;
+                    let record = record_context(msg);
+                    self.metrics.record_failure(record.ledger_key().as_deref());
+                    self.handler.record_failed(failure, record, waiter).await?;
                 }
             }
         }
@@ -239,7 +238,8 @@ impl Sink {
         let mut unavailable = None;
         for (index, item) in items.into_iter().enumerate() {
             if let Some(err) = by_index.get(&index) {
-                self.metrics.record_failure();
+                self.metrics
+                    .record_failure(item.record.ledger_key().as_deref());
                 let failure = Failure::new(
                     Stage::TaskPut,
                     "com.mongodb.MongoBulkWriteException",

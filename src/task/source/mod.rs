@@ -248,11 +248,17 @@ impl Source {
         let waiter = ShutdownWait {
             shutdown: shutdown.clone(),
         };
+        let partition = &self.source.offset_partition_name;
+        self.metrics.ledger.work_on(partition);
         let stored = self
             .handler
             .retry(&waiter, || self.stored_token())
             .await
             .map_err(|end| end.halt_with(TerminationReason::TaskStartFailed, None))?;
+        self.metrics
+            .ledger
+            .load(partition, stored.position, stored.ledger);
+        let stored = stored.token;
         let resumed = stored.is_some();
         if let Some(secs) = stored
             .as_ref()
@@ -369,7 +375,7 @@ impl Source {
             return Err(lost.into());
         }
         let failure = Failure::mongo(Stage::TaskPoll, e);
-        self.metrics.record_failure();
+        self.metrics.record_failure(None);
         if failure.retriable {
             Ok(failure)
         } else {
@@ -468,7 +474,7 @@ impl Source {
                     ..context
                 }),
                 Err(f) => {
-                    self.metrics.record_failure();
+                    self.metrics.record_failure(None);
                     let raw = Bson::Document(event.clone())
                         .into_relaxed_extjson()
                         .to_string();

@@ -1,6 +1,7 @@
 //! A source's offsets: the resume token stored in the offsets topic under Kafka Connect's offset key
 //! `["<namespace>/<connector>", {"ns": "<partition name>"}]` (value `{"_id": "<token JSON>"}`), read back at
-//! start (the last value of the key; a tombstone means none) and written after every acknowledged batch.
+//! start (the last value of the key; a tombstone means none) and written after every acknowledged batch,
+//! with the task's error counters beside it (`"sluice": {"errors": {…}}`, see [`crate::task::ledger`]).
 
 use std::time::Duration;
 
@@ -10,10 +11,12 @@ use rdkafka::producer::FutureRecord;
 
 use super::Source;
 use super::oplog::{rfc3339, token_cluster_time};
+use crate::crd::connector::ErrorCounters;
 use crate::kafka::read;
 use crate::kafka::{Credentials, consumer_config};
 use crate::names;
 use crate::task::failure::{Failure, Stage};
+use crate::task::ledger::Stored;
 
 /// How long reading the stored offset may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,8 +34,9 @@ impl Source {
         )
     }
 
-    /// The stored resume token of this partition name, read from the offsets topic (one attempt).
-    pub(super) async fn stored_token(&self) -> Result<Option<ResumeToken>, Failure> {
+    /// The stored resume token of this partition name and the ledger stored with it, read from the
+    /// offsets topic (one attempt).
+    pub(super) async fn stored_token(&self) -> Result<StoredOffset, Failure> {
         let topic = self.source.offset_storage_topic.clone();
         self.ensure_topic(&topic, true).await?;
         let key = self.offset_key();
@@ -55,7 +59,14 @@ impl Source {
     ) -> Result<(), Failure> {
         let key = self.offset_key();
         let json = token_json(token);
-        let value = serde_json::json!({ "_id": json }).to_string();
+        let partition = &self.source.offset_partition_name;
+        let ledger = self.metrics.ledger.to_store(partition).unwrap_or_default();
+        let position = self.metrics.ledger.position(partition).unwrap_or(0) + 1;
+        let stored = Stored {
+            errors: ledger.clone(),
+            position: Some(position),
+        };
+        let value = serde_json::json!({ "_id": json, "sluice": stored }).to_string();
         let time = token_cluster_time(&json)
             .or(at)
             .map(i64::from)
@@ -70,29 +81,78 @@ impl Source {
                 Duration::from_secs(30),
             )
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
+            .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))?;
+        self.metrics.ledger.stored(partition, position, ledger);
+        Ok(())
     }
 }
 
+/// What the offsets topic holds for a source's partition name: the resume token (`None`: start afresh)
+/// and the error counters stored with it (zero for a value sluice did not write).
+#[derive(Debug, Default)]
+pub(super) struct StoredOffset {
+    pub token: Option<ResumeToken>,
+    pub ledger: ErrorCounters,
+    /// How many times a token was stored with the ledger (the ledger's position).
+    pub position: i64,
+}
+
 /// The last value stored under `key` in the offsets topic, read from its start to its end (blocking).
-fn read_latest(
-    consumer: &BaseConsumer,
-    topic: &str,
-    key: &str,
-) -> Result<Option<ResumeToken>, Failure> {
+fn read_latest(consumer: &BaseConsumer, topic: &str, key: &str) -> Result<StoredOffset, Failure> {
     let latest = read::latest_values(consumer, topic, READ_TIMEOUT, |k| k == key.as_bytes())
         .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?;
     let Some(Some(value)) = latest.into_values().next() else {
-        return Ok(None);
+        return Ok(StoredOffset::default());
     };
-    let parsed: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
+    parse_stored(&value)
+}
+
+/// A stored offset value: `{"_id": "<token JSON>"}` as Kafka Connect's MongoDB source writes it, with
+/// sluice's ledger beside it when sluice wrote it.
+fn parse_stored(value: &[u8]) -> Result<StoredOffset, Failure> {
+    let parsed: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
         Failure::conversion(
             Stage::KafkaConsume,
             format!("stored offset is not JSON: {e}"),
         )
     })?;
-    Ok(parsed["_id"]
-        .as_str()
-        .and_then(|t| serde_json::from_str(t).ok()))
+    Ok(StoredOffset {
+        token: parsed["_id"]
+            .as_str()
+            .and_then(|t| serde_json::from_str(t).ok()),
+        ..serde_json::from_value::<Stored>(parsed["sluice"].clone())
+            .map(|s| StoredOffset {
+                token: None,
+                ledger: s.errors,
+                position: s.position.unwrap_or(0),
+            })
+            .unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_offset_reads_back_with_its_ledger_and_connect_s_without() {
+        let token = r#"{"_data":"8263"}"#;
+        let stored = Stored {
+            errors: ErrorCounters {
+                total_record_errors: 2,
+                ..Default::default()
+            },
+            position: Some(9),
+        };
+        let value = serde_json::json!({ "_id": token, "sluice": stored }).to_string();
+        let back = parse_stored(value.as_bytes()).unwrap();
+        assert_eq!(token_json(back.token.as_ref().unwrap()), token);
+        assert_eq!((back.ledger.total_record_errors, back.position), (2, 9));
+        // Kafka Connect's value: the token, and a ledger that starts at zero.
+        let connect = serde_json::json!({ "_id": token }).to_string();
+        let back = parse_stored(connect.as_bytes()).unwrap();
+        assert!(back.token.is_some());
+        assert_eq!((back.ledger, back.position), (ErrorCounters::default(), 0));
+        assert!(parse_stored(b"{not json").is_err());
+    }
 }
