@@ -26,7 +26,7 @@ use serde_json::json;
 use sluice::crd::connector::ErrorCounters;
 use support::{
     Env, Setup, condition, create_secret, create_topic, dead_letter_headers, events_for,
-    running_pid, setup, topic_reader, unique,
+    restart_kafka, running_pid, setup, topic_reader, unique,
 };
 
 fn size(var: &str, default: u64) -> u64 {
@@ -99,25 +99,6 @@ async fn kill_a_task(client: &Client, ns: &str, connector: &str) -> i32 {
 
 /// How long the broker stays down in its one restart per run.
 const KAFKA_DOWN_SECONDS: u64 = 3;
-
-fn restart_kafka(down_seconds: u64) {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/envctl.py"))
-        .args([
-            "restart",
-            "kafka",
-            "--down-seconds",
-            &down_seconds.to_string(),
-        ])
-        .output()
-        .expect("run envctl.py restart");
-    assert!(
-        out.status.success(),
-        "restarting Kafka failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Every reason a Connector's `Degraded` (when True) and `Ready` (when False) showed while `running` was set.
 fn watch_degraded(

@@ -105,3 +105,24 @@ pub async fn dead_letter_headers(
     }
     out
 }
+
+/// Stops the environment's broker, waits `down_seconds`, and starts it again with its data and ports
+/// (`envctl.py restart kafka`); returns once it serves again. Blocking.
+pub fn restart_kafka(down_seconds: u64) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/envctl.py"))
+        .args([
+            "restart",
+            "kafka",
+            "--down-seconds",
+            &down_seconds.to_string(),
+        ])
+        .output()
+        .expect("run envctl.py restart");
+    assert!(
+        out.status.success(),
+        "restarting Kafka failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

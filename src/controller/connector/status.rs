@@ -750,5 +750,22 @@ mod tests {
         );
         p.tasks[1].outage = None;
         assert_eq!(outage_signal(&p.tasks), None);
+        // Kafka: its own reason, and its own Event when it ends.
+        p.tasks[0].outage = Some(OutageStatus {
+            dependency: "Kafka".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+            error: "Local: Message timed out".into(),
+        });
+        let (reason, message) = outage_signal(&p.tasks).unwrap();
+        assert_eq!(reason, "KafkaUnavailable");
+        assert!(
+            message.starts_with("Kafka unavailable (task 0 since"),
+            "{message}"
+        );
+        assert_eq!(
+            outage_of_reason(reason).map(|o| o.available),
+            Some("KafkaAvailable")
+        );
+        assert!(outage_of_reason("RecordErrors").is_none());
     }
 }
