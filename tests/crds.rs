@@ -141,6 +141,72 @@ fn valid_source() -> serde_json::Value {
     })
 }
 
+/// Every property librdkafka 2.12 marks sensitive (`_RK_SENSITIVE` in rdkafka_conf.c), and the Java
+/// client's credential settings people copy from Kafka Connect.
+const SECRET_PROPERTIES: &[&str] = &[
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "sasl.jaas.config",
+    "sasl.kerberos.keytab",
+    "ssl.keystore.location",
+    "ssl.truststore.password",
+];
+
+#[tokio::test]
+async fn every_secret_property_is_rejected_in_kafka_properties_and_others_pass() {
+    let Some(env) = Env::get() else { return };
+    let client = env.kube().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, &env, "crd-secrets").await;
+    let connectors: Api<Connector> = Api::namespaced(client.clone(), &ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let with = |property: &str| {
+        let mut c = valid_source();
+        c["spec"]["kafka"]["properties"] = json!({ property: "x" });
+        serde_json::from_value::<Connector>(c).unwrap()
+    };
+    let mut accepted = Vec::new();
+    for property in SECRET_PROPERTIES {
+        match connectors.create(&dry_run, &with(property)).await {
+            Err(kube::Error::Api(s))
+                if s.code == 422
+                    && s.message
+                        .contains("kafka.properties must not carry credentials") => {}
+            other => accepted.push(format!("{property}: {other:?}")),
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "not rejected:\n{}",
+        accepted.join("\n")
+    );
+    for property in [
+        "compression.type",
+        "ssl.ca.location",
+        "sasl.oauthbearer.scope",
+        "linger.ms",
+    ] {
+        connectors
+            .create(&dry_run, &with(property))
+            .await
+            .unwrap_or_else(|e| panic!("{property} is not a secret: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn transition_rules_guard_immutable_and_grow_only_fields() {
     let Some(env) = Env::get() else { return };

@@ -54,14 +54,18 @@ pub struct KafkaConnection {
     /// SASL authentication (Kafka: `sasl.mechanism` with `sasl.jaas.config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
-    /// Extra librdkafka client properties, e.g. `compression.type: zstd`. Secrets do not belong here: the
-    /// names of password-like properties are rejected; use `tls` and `sasl` with Secret references.
+    /// Extra librdkafka client properties, e.g. `compression.type: zstd`. Secrets do not belong here:
+    /// every property librdkafka treats as sensitive (`sasl.username`, `sasl.password`, `ssl.key.*`,
+    /// `ssl.ca.pem`, `ssl.keystore.password`, `sasl.oauthbearer.config`, `sasl.oauthbearer.client.secret`,
+    /// `sasl.oauthbearer.assertion.private.key.*`) is rejected, and so is any name with `password`,
+    /// `secret`, `passphrase`, `private.key`, `keytab` or `keystore` in it, ending in `.pem`, or
+    /// `sasl.jaas.config`; use `tls` and `sasl` with Secret references.
     /// sluice's consumers default `fetch.queue.backoff.ms` to 10 (librdkafka's 1000 idles a consumer that
     /// keeps up); a value here replaces it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new(
-        "self.all(k, !(k.contains('password') || k.contains('secret') || k.endsWith('.key') || k == 'sasl.jaas.config' || k == 'sasl.username'))"
+        "self.all(k, !(k.contains('password') || k.contains('secret') || k.contains('passphrase') || k.contains('private.key') || k.contains('keytab') || k.contains('keystore') || k.endsWith('.pem') || k.endsWith('.key') || k.startsWith('ssl.key') || k.startsWith('ssl_key') || k == 'sasl.oauthbearer.config' || k == 'sasl.jaas.config' || k == 'sasl.username'))"
     ).message("kafka.properties must not carry credentials: use kafka.sasl.secretRef and kafka.tls Secret references"))]
     pub properties: BTreeMap<String, String>,
 }

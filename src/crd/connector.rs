@@ -78,6 +78,8 @@ use super::common::{KafkaConnection, LocalObjectRef, SecretKeyRef};
         .message("spec.source is not allowed when spec.type is mongodb-sink"),
     validation = Rule::new("self.type != 'mongodb-sink' || (has(self.mongodb.database) && has(self.mongodb.collection))")
         .message("a mongodb-sink needs spec.mongodb.database and spec.mongodb.collection"),
+    validation = Rule::new("self.type != 'mongodb-source' || !has(self.tasksMax) || self.tasksMax == 1")
+        .message("spec.tasksMax must be 1 for a mongodb-source: a source reads one change stream with one task"),
 )]
 pub struct ConnectorSpec {
     /// `mongodb-source` (change streams → Kafka) or `mongodb-sink` (Kafka → MongoDB). Kafka Connect:
@@ -86,7 +88,8 @@ pub struct ConnectorSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.type is immutable: create a new Connector"))]
     pub connector_type: ConnectorType,
 
-    /// The most tasks to run (Kafka Connect: `tasks.max`). A source runs one task per change stream.
+    /// The most tasks to run (Kafka Connect: `tasks.max`). A source runs one task (one change stream):
+    /// only 1 is accepted for it.
     #[serde(default = "default_tasks_max")]
     #[schemars(range(min = 1, max = 64))]
     pub tasks_max: i32,
