@@ -215,6 +215,7 @@ fn run_task(path: &std::path::Path) -> ExitCode {
             let _ = stop.send(true);
         });
         let metrics = std::sync::Arc::new(sluice::task::metrics::TaskMetrics::new(
+            &config.namespace,
             &config.connector,
             config.task_id,
         ));

@@ -285,7 +285,7 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_every_context_header
     assert_eq!(c["totalRetries"], 0);
     assert!(c["lastErrorTimestamp"].as_i64().unwrap() > 0);
     let metrics = task.get("/metrics").await.unwrap();
-    assert!(metrics.contains(r#"sluice_task_deadletterqueue_produce_requests_total{connector="orders-sink",task="0"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"sluice_task_deadletterqueue_produce_requests_total{namespace="test",connector="orders-sink",task="0"} 1"#), "{metrics}");
     assert!(
         !std::fs::read_to_string(&task.log)
             .unwrap()

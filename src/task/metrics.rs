@@ -25,12 +25,15 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
+    /// The Connector's namespace: same-named Connectors of two namespaces stay apart.
+    namespace: String,
     connector: String,
     task: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DependencyLabels {
+    namespace: String,
     connector: String,
     task: String,
     /// `MongoDB` or `Kafka`.
@@ -40,6 +43,7 @@ struct DependencyLabels {
 impl TaskLabels {
     fn of(&self, dependency: Dependency) -> DependencyLabels {
         DependencyLabels {
+            namespace: self.namespace.clone(),
             connector: self.connector.clone(),
             task: self.task.clone(),
             dependency: dependency.as_str(),
@@ -80,8 +84,9 @@ fn now_ms() -> i64 {
 }
 
 impl TaskMetrics {
-    pub fn new(connector: &str, task_id: u32) -> Self {
+    pub fn new(namespace: &str, connector: &str, task_id: u32) -> Self {
         let labels = TaskLabels {
+            namespace: namespace.into(),
             connector: connector.into(),
             task: task_id.to_string(),
         };
@@ -385,7 +390,7 @@ mod tests {
 
     #[test]
     fn the_report_and_prometheus_agree() {
-        let m = TaskMetrics::new("orders", 1);
+        let m = TaskMetrics::new("shop", "orders", 1);
         m.ledger.work_on("orders-0");
         m.record_failure(None);
         m.record_failure(None);
@@ -432,7 +437,7 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(
-                r#"sluice_task_total_record_failures_total{connector="orders",task="1"} 2"#
+                r#"sluice_task_total_record_failures_total{namespace="shop",connector="orders",task="1"} 2"#
             ),
             "{text}"
         );
@@ -445,7 +450,7 @@ mod tests {
 
     #[test]
     fn an_outage_reports_one_dependency_at_a_time() {
-        let m = TaskMetrics::new("orders", 0);
+        let m = TaskMetrics::new("shop", "orders", 0);
         let gauge =
             |dependency: Dependency| m.unavailable.get_or_create(&m.labels.of(dependency)).get();
         m.set_outage(Dependency::MongoDB, "no primary");

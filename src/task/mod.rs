@@ -75,7 +75,11 @@ impl TaskError {
 
 /// Runs a task until SIGTERM (then finishes its batch and returns `Ok`) or until it fails.
 pub async fn run(cfg: TaskConfig, shutdown: watch::Receiver<bool>) -> Result<(), TaskError> {
-    let metrics = Arc::new(TaskMetrics::new(&cfg.connector, cfg.task_id));
+    let metrics = Arc::new(TaskMetrics::new(
+        &cfg.namespace,
+        &cfg.connector,
+        cfg.task_id,
+    ));
     run_with_metrics(cfg, shutdown, metrics).await
 }
 
