@@ -161,15 +161,18 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
         let lease = "sluice-operator";
         let identity = args.identity.unwrap_or_else(|| format!("sluice-{}", std::process::id()));
         let timing = leader::Timing::default();
+        // Serving and reaching for the Lease is ready: a standby replica is healthy (leadership is not
+        // readiness; `sluice_operator_leader` tells which replica leads).
+        metrics.set_ready(true);
         if args.leader_election {
             tokio::select! {
                 _ = leader::acquire(&client, &args.lease_namespace, lease, &identity, timing) => {}
-                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+                _ = stop_signal() => return ExitCode::SUCCESS,
             }
         }
-        metrics.set_ready(true);
+        metrics.set_leader(true);
         tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?config.namespace, "operator running");
-        let controllers = sluice::controller::run(client.clone(), config, metrics);
+        let controllers = sluice::controller::run(client.clone(), config, metrics.clone());
         let outcome = if args.leader_election {
             tokio::select! {
                 _ = controllers => None,
@@ -179,6 +182,11 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
             controllers.await;
             None
         };
+        metrics.set_leader(false);
+        if args.leader_election && outcome.is_none() {
+            // A clean stop (SIGTERM of a rolling update): hand the Lease over now.
+            leader::release(&client, &args.lease_namespace, lease, &identity).await;
+        }
         server.abort();
         match outcome {
             Some(lost) => fail(TerminationReason::LeaderLost, &lost.to_string()),
@@ -188,6 +196,21 @@ fn run_operator(args: OperatorArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// SIGTERM (what Kubernetes sends) or SIGINT.
+async fn stop_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn run_task(path: &std::path::Path) -> ExitCode {

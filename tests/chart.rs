@@ -262,6 +262,63 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
     let sink = connectors.get("orders-sink").await.unwrap();
     assert!(sink.status.is_some_and(|s| !s.tasks.is_empty()));
 
+    // High availability and upgrades: `helm upgrade --wait` to two replicas with a changed setting
+    // finishes (a standby replica is Ready), both run the new setting, and exactly one leads.
+    ok(
+        &env,
+        "helm",
+        &[
+            "upgrade",
+            "sluice",
+            CHART,
+            "--namespace",
+            &ns,
+            "--reuse-values",
+            "--set",
+            "replicas=2",
+            "--set",
+            "taskStatusInterval=3s",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        None,
+    );
+    let running: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=sluice-operator"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let names: Vec<String> = running.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names.len(), 2, "two operator pods: {names:?}");
+    for pod in &running {
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let interval = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SLUICE_TASK_STATUS_INTERVAL")
+            .and_then(|e| e.value.clone());
+        assert_eq!(interval.as_deref(), Some("3s"), "{}", pod.name_any());
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    wait_for("one of the new pods to lead", WAIT, || async {
+        let holder = leases
+            .get_opt("sluice-operator")
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|l| l.spec?.holder_identity);
+        match holder {
+            Some(h) if names.contains(&h) => Ok(()),
+            other => Err(format!("holder {other:?}, pods {names:?}")),
+        }
+    })
+    .await;
+
     // Namespaced mode: Secrets here, not elsewhere; nothing for the task ServiceAccount.
     let can = |args: &[&str]| {
         let mut all = vec!["auth", "can-i"];
@@ -290,7 +347,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
     );
     assert_eq!(can(&["get", "pods", "-n", &ns, &task_sa]), "no");
     assert_eq!(can(&["get", "secrets", "-n", &ns, &task_sa]), "no");
-    let operator_name = operator[0].name_any();
+    let operator_name = names[0].clone();
     ok(
         &env,
         "helm",

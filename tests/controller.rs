@@ -461,14 +461,24 @@ async fn a_dead_letter_queue_creates_and_grows_its_topic() {
 }
 
 #[tokio::test]
-async fn two_operator_replicas_elect_one_leader() {
+async fn two_operator_replicas_are_ready_one_leads_and_a_stop_hands_the_lease_over() {
     let Some(env) = Env::get() else { return };
     let client = env.kube().await;
     install_crds(&client).await;
     let ns = namespace(&client, &env, "ctl-leader").await;
+    let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let holder = || async {
+        lease
+            .get_opt("sluice-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
     let mut a = Operator::start(&env, &ns, true, "replica-a");
     wait_for("replica-a to lead", WAIT, || async {
-        if a.readyz().await == 200 {
+        if a.leads().await {
             Ok(())
         } else {
             Err(a.log_tail())
@@ -476,40 +486,53 @@ async fn two_operator_replicas_elect_one_leader() {
     })
     .await;
     let b = Operator::start(&env, &ns, true, "replica-b");
-    holds_for(
-        "the second replica waits",
-        Duration::from_secs(3),
-        || async {
-            match b.readyz().await {
-                503 | 0 => Ok(()),
-                code => Err(format!("readyz {code}: {}", b.log_tail())),
-            }
-        },
-    )
+    // A standby replica is Ready too (a rolling update waits for that), and does not lead.
+    wait_for("replica-b to be ready", WAIT, || async {
+        match b.readyz().await {
+            200 => Ok(()),
+            code => Err(format!("readyz {code}: {}", b.log_tail())),
+        }
+    })
     .await;
-    assert_eq!(b.readyz().await, 503, "it serves readyz: {}", b.log_tail());
-    // When the leader dies, the other replica takes over once the lease expires.
-    a.kill();
+    holds_for("one leader", Duration::from_secs(3), || async {
+        match (a.leads().await, b.leads().await, a.readyz().await) {
+            (true, false, 200) => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    })
+    .await;
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+
+    // SIGTERM (a rolling update): the leader stops cleanly and releases the Lease, so the other replica
+    // leads at its next attempt (2 s), not after the lease duration (15 s).
+    let stopped = std::time::Instant::now();
+    assert_eq!(a.terminate(), Some(0), "{}", a.log_tail());
+    wait_for("replica-b to take over", Duration::from_secs(8), || async {
+        match (b.leads().await, holder().await) {
+            (true, Some(h)) if h == "replica-b" => Ok(()),
+            seen => Err(format!("{seen:?}: {}", b.log_tail())),
+        }
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        stopped.elapsed()
+    );
+
+    // A leader that dies without stopping (SIGKILL) is replaced once its lease expires.
+    let c = Operator::start(&env, &ns, true, "replica-c");
+    let mut b = b;
+    b.kill();
     wait_for(
-        "replica-b to take over",
+        "replica-c to take over",
         Duration::from_secs(45),
         || async {
-            if b.readyz().await == 200 {
-                Ok(())
-            } else {
-                Err(b.log_tail())
+            match (c.leads().await, holder().await) {
+                (true, Some(h)) if h == "replica-c" => Ok(()),
+                seen => Err(format!("{seen:?}: {}", c.log_tail())),
             }
         },
     )
     .await;
-    let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &ns);
-    let holder = lease
-        .get("sluice-operator")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .holder_identity;
-    assert_eq!(holder.as_deref(), Some("replica-b"));
 }

@@ -125,6 +125,31 @@ pub async fn acquire(client: &Client, namespace: &str, name: &str, identity: &st
     }
 }
 
+/// Gives the lease up at a clean stop (as client-go's `ReleaseOnCancel`): the holder is cleared, so another
+/// replica takes it at its next attempt instead of after the lease duration. Best effort: a replica that
+/// can't reach the API server leaves the lease to expire.
+pub async fn release(client: &Client, namespace: &str, name: &str, identity: &str) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let Ok(Some(mut lease)) = api.get_opt(name).await else {
+        return;
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return;
+    }
+    let now = MicroTime(Timestamp::now());
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now.clone());
+    spec.acquire_time = Some(now);
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!(lease = name, identity, "released the lease"),
+        Err(err) => {
+            tracing::warn!(lease = name, error = %err, "releasing the lease failed; it expires")
+        }
+    }
+}
+
 /// Renews the lease until it is lost; returns why.
 pub async fn keep(
     client: &Client,

@@ -14,6 +14,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -35,6 +36,8 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     durations: Family<ControllerLabel, Histogram>,
     ready: AtomicBool,
+    /// 1 while this replica holds the leader Lease (and reconciles), else 0.
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -54,11 +57,18 @@ impl Default for Metrics {
             "Time one reconcile took",
             durations.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             durations,
             ready: AtomicBool::new(false),
+            leader,
         }
     }
 }
@@ -74,9 +84,15 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Ready once this replica leads and its controllers run.
+    /// Ready once this replica reaches the API server: a standby replica is healthy too (leadership is
+    /// not readiness), so a rolling update's new pod becomes Ready while the old one still leads.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether this replica leads now (`sluice_operator_leader`, and `/readyz`'s text).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn encode(&self) -> String {
@@ -109,9 +125,9 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not leading yet")
+    match (metrics.ready.load(Ordering::SeqCst), metrics.leader.get()) {
+        (true, 1) => (StatusCode::OK, "ready: leading"),
+        (true, _) => (StatusCode::OK, "ready: standing by for the leader Lease"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
     }
 }

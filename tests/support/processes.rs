@@ -48,20 +48,37 @@ impl Operator {
 
     /// The operator's `/readyz` status code (0 if it does not answer).
     pub async fn readyz(&self) -> u16 {
+        self.get("/readyz").await.map(|(code, _)| code).unwrap_or(0)
+    }
+
+    /// Whether this replica says it leads (`sluice_operator_leader` on `/metrics`).
+    pub async fn leads(&self) -> bool {
+        self.get("/metrics")
+            .await
+            .is_some_and(|(_, body)| body.lines().any(|l| l == "sluice_operator_leader 1"))
+    }
+
+    /// A GET on the operator's HTTP address: status code and body.
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(&self.metrics_addr).await else {
-            return 0;
-        };
-        let req = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        if s.write_all(req).await.is_err() {
-            return 0;
-        }
+        let mut s = tokio::net::TcpStream::connect(&self.metrics_addr)
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
         let mut resp = String::new();
         let _ = s.read_to_string(&mut resp).await;
-        resp.split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
+        let code = resp.split(' ').nth(1)?.parse().ok()?;
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns its code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().ok()?.code()
     }
 
     pub fn kill(&mut self) {
