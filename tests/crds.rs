@@ -252,6 +252,35 @@ async fn transition_rules_guard_immutable_and_grow_only_fields() {
         err.to_string().contains("spec.partitions can only grow"),
         "{err}"
     );
+    // Immutable means it can't be removed either (that would orphan the topic and make another).
+    let named: DeadLetterQueue = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterQueue",
+        "metadata": { "name": "named-dlq" },
+        "spec": { "kafka": { "bootstrapServers": "kafka:9092" }, "topicName": "orders.dlq",
+                  "replicationFactor": 1 }
+    }))
+    .unwrap();
+    dlqs.create(&PostParams::default(), &named).await.unwrap();
+    for (field, message) in [
+        ("topicName", "spec.topicName is immutable"),
+        ("replicationFactor", "spec.replicationFactor is immutable"),
+    ] {
+        let remove = json!({ "spec": { field: null } });
+        let err = dlqs
+            .patch("named-dlq", &PatchParams::default(), &Patch::Merge(&remove))
+            .await
+            .expect_err("an immutable field can't be removed");
+        assert!(err.to_string().contains(message), "{field}: {err}");
+    }
+    let add = json!({ "spec": { "topicName": "other" } });
+    let err = dlqs
+        .patch("orders-dlq", &PatchParams::default(), &Patch::Merge(&add))
+        .await
+        .expect_err("an immutable field can't be added");
+    assert!(
+        err.to_string().contains("spec.topicName is immutable"),
+        "{err}"
+    );
     let grow = json!({ "spec": { "partitions": 6 } });
     dlqs.patch("orders-dlq", &PatchParams::default(), &Patch::Merge(&grow))
         .await

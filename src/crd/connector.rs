@@ -25,6 +25,9 @@ use super::common::{KafkaConnection, LocalObjectRef, SecretKeyRef};
     status = "ConnectorStatus",
     shortname = "conn",
     category = "sluice",
+    validation = Rule::new("self.metadata.name.size() <= 63").message(
+        "metadata.name must be at most 63 characters: sluice puts it in label values (sluice.dev/connector)"
+    ),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "State", type_ = "string", json_path = ".spec.state"),
     printcolumn(

@@ -21,6 +21,9 @@ use super::common::KafkaConnection;
     status = "DeadLetterQueueStatus",
     shortname = "dlq",
     category = "sluice",
+    validation = Rule::new("self.metadata.name.size() <= 63").message(
+        "metadata.name must be at most 63 characters: sluice puts it in label values (sluice.dev/dead-letter-queue)"
+    ),
     printcolumn(name = "Topic", type_ = "string", json_path = ".status.topic.name"),
     printcolumn(
         name = "Ready",
@@ -52,8 +55,14 @@ use super::common::KafkaConnection;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.retentionMs) || !has(self.config) || !('retention.ms' in self.config)")
-    .message("spec.retentionMs and spec.config['retention.ms'] both set the retention: keep one"))]
+#[x_kube(
+    validation = Rule::new("!has(self.retentionMs) || !has(self.config) || !('retention.ms' in self.config)")
+        .message("spec.retentionMs and spec.config['retention.ms'] both set the retention: keep one"),
+    validation = Rule::new("has(self.topicName) == has(oldSelf.topicName)")
+        .message("spec.topicName is immutable: it can't be added or removed"),
+    validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor)")
+        .message("spec.replicationFactor is immutable: it can't be added or removed"),
+)]
 pub struct DeadLetterQueueSpec {
     /// The topic's name (Kafka Connect: `errors.deadletterqueue.topic.name`); default the resource's name.
     /// Immutable.
