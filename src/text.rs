@@ -24,18 +24,39 @@ pub fn cut_with_marker(text: &str, max_bytes: usize, marker: &str) -> String {
     )
 }
 
-/// An error message fit for status, metrics and Events: MongoDB quotes key values in duplicate-key errors
-/// (`dup key: { _id: "…" }`), which are record contents; they are cut, and the message kept short.
+/// An error message fit for status, metrics, Events and logs: MongoDB quotes record contents in braces —
+/// key values in duplicate-key errors (`dup key: { _id: "…" }`), documents in others (`illegal update:
+/// { … }`, validation details) — so every braced part is left out (`{…}`), and the message kept short.
 pub fn without_record_contents(message: &str) -> String {
     let text = match message.find("dup key:") {
         Some(i) => format!("{}dup key: (omitted)", &message[..i]),
-        None => message.to_string(),
+        None => without_braced(message),
     };
     if text.len() > 300 {
         format!("{}…", cut(&text, 300))
     } else {
         text
     }
+}
+
+/// `text` with every outermost `{ … }` replaced by `{…}` (an unclosed one runs to the end).
+fn without_braced(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    for c in text.chars() {
+        match c {
+            '{' => {
+                if depth == 0 {
+                    out.push_str("{…}");
+                }
+                depth += 1;
+            }
+            '}' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -51,6 +72,23 @@ mod tests {
         );
         let long = "é".repeat(400);
         assert!(without_record_contents(&long).len() <= 304);
+    }
+
+    #[test]
+    fn documents_mongodb_quotes_are_left_out() {
+        assert_eq!(
+            without_record_contents(
+                "Performing an update on the path '_id' would modify the immutable field '_id': illegal \
+                 update: { $set: { card: \"4111-1111\", nested: { a: 1 } } } (code 66)"
+            ),
+            "Performing an update on the path '_id' would modify the immutable field '_id': illegal update: \
+             {…} (code 66)"
+        );
+        assert_eq!(
+            without_record_contents("Document failed validation: { details: { x"),
+            "Document failed validation: {…}"
+        );
+        assert_eq!(without_record_contents("no braces here"), "no braces here");
     }
 
     #[test]

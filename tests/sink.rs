@@ -303,7 +303,8 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
     create_topic(&env, &dlq, 1).await;
     let db = unique("sink");
     env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 1, "failIndexes": [1],
-                                "writeError": { "code": 121, "errmsg": "Document failed validation" } }))
+                                "writeError": { "code": 121,
+                                    "errmsg": "Document failed validation: { card: \"4111-1111\" }" } }))
         .await;
     // Produced before the task starts, so the three arrive in one batch, one bulk insert.
     produce(
@@ -349,9 +350,22 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
     );
     assert_eq!(
         letters[0].headers["__connect.errors.exception.message"],
-        "Document failed validation"
+        "Document failed validation: { card: \"4111-1111\" }",
+        "the dead letter carries the server's message as it is (it holds the record anyway)"
     );
     assert_eq!(letters[0].headers["__connect.errors.offset"], "1");
+    // What the server quoted of the record stays out of status and the log.
+    let status = task.status().await.unwrap();
+    assert_eq!(
+        status["lastError"]["message"], "Document failed validation: {…}",
+        "{status}"
+    );
+    assert!(
+        !std::fs::read_to_string(&task.log)
+            .unwrap()
+            .contains("4111-1111"),
+        "quoted record contents are not logged unless logIncludeMessages"
+    );
     let c = counters(&task).await;
     assert_eq!(
         (

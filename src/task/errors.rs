@@ -381,11 +381,17 @@ impl ErrorHandler {
                 .spec
                 .log_include_messages
                 .then(|| record.contents_for_log());
+            // What the server quotes of the record is record contents too.
+            let message = if self.spec.log_include_messages {
+                failure.message.clone()
+            } else {
+                without_record_contents(&failure.message)
+            };
             tracing::error!(
                 connector = %self.connector, task = self.task_id, stage = failure.stage.connect_name(),
                 class = %failure.class, code = ?failure.code, record = %record.coordinates(),
                 contents = contents.as_deref().unwrap_or("(errors.logIncludeMessages is off)"),
-                "record failed: {}", failure.message
+                "record failed: {message}"
             );
         }
         if self.spec.tolerance == Tolerance::None {
