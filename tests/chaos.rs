@@ -127,12 +127,14 @@ fn watch_degraded(
     })
 }
 
-/// Produces `{"_id": i}` for every i in `ids`, keyed by i, at about `per_second`.
+/// Produces `{"_id": i}` for every i in `ids`, keyed by i, at about `per_second`. A send that times out is
+/// sent again: librdkafka's idempotent producer can hold a partition's messages after a broker restart until
+/// they time out (one `make chaos` run saw 5 minutes), and the test's records must all get there.
 async fn produce_paced(env: &Env, topic: &str, ids: std::ops::Range<u64>, per_second: u64) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "300000")
+        .set("message.timeout.ms", "30000")
         .create()
         .unwrap();
     let started = Instant::now();
@@ -143,14 +145,19 @@ async fn produce_paced(env: &Env, topic: &str, ids: std::ops::Range<u64>, per_se
         let producer = producer.clone();
         let topic = topic.to_string();
         sends.push(tokio::spawn(async move {
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&value),
-                    Duration::from_secs(300),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("the test's own record is produced")
+            for attempt in 1.. {
+                let sent = producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&value),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                match sent {
+                    Ok(_) => return,
+                    Err((e, _)) if attempt < 20 => eprintln!("record {key} sent again: {e}"),
+                    Err((e, _)) => panic!("the test's own record {key} is not produced: {e}"),
+                }
+            }
         }));
         let due = started + Duration::from_secs_f64((i - ids.start) as f64 / per_second as f64);
         tokio::time::sleep_until(due.into()).await;
