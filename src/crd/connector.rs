@@ -190,15 +190,19 @@ pub struct MongoConnection {
 pub struct SourceSpec {
     /// Topic name prefix: records of `db.coll` go to `<prefix>.db.coll` (MongoDB connector: `topic.prefix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 200))]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic_prefix: Option<String>,
     /// Topic name suffix (MongoDB connector: `topic.suffix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 200))]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic_suffix: Option<String>,
     /// Namespace → topic map, e.g. `{"shop.orders": "orders"}`; `"shop"` maps a whole database (MongoDB
     /// connector: `topic.namespace.map`). Takes precedence over the prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 249}))]
+    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[a-zA-Z0-9._-]{1,249}$'))").message(
+        "spec.source.topicNamespaceMap values must be Kafka topic names: letters, digits, '.', '_' and '-', at most 249"
+    ))]
     pub topic_namespace_map: Option<BTreeMap<String, String>>,
     /// Aggregation pipeline stages appended to the change stream, as a JSON array (MongoDB connector:
     /// `pipeline`), e.g. `[{"$match": {"operationType": "insert"}}]`.
@@ -279,7 +283,7 @@ pub struct Heartbeat {
     pub interval_ms: i64,
     /// Topic of the heartbeat records (MongoDB connector: `heartbeat.topic.name`).
     #[serde(default = "default_heartbeat_topic")]
-    #[schemars(length(min = 1, max = 249))]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic: String,
 }
 
@@ -312,7 +316,7 @@ pub struct OffsetsSpec {
     /// The compacted topic holding the offsets (Kafka Connect: `offset.storage.topic`); default
     /// `sluice-offsets`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249))]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub storage_topic: Option<String>,
 }
 
@@ -377,7 +381,10 @@ pub enum RecoveryPolicy {
 pub struct SinkSpec {
     /// Topics to consume (Kafka Connect: `topics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))
+    )]
     pub topics: Option<Vec<String>>,
     /// Regular expression of topics to consume (Kafka Connect: `topics.regex`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -523,7 +530,7 @@ pub struct ErrorsSpec {
     /// A plain topic that receives failed records (Kafka Connect: `errors.deadletterqueue.topic.name`);
     /// it must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249))]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub dead_letter_queue_topic: Option<String>,
     /// Add the `__connect.errors.*` context headers to dead-letter records (Kafka Connect:
     /// `errors.deadletterqueue.context.headers.enable`). Default: the DeadLetterQueue's
