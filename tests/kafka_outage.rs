@@ -1,7 +1,10 @@
 //! A Kafka outage long enough that the source's produce calls fail (`message.timeout.ms` passes while the
 //! broker is down): the task waits it out as an outage of Kafka — reported on `/v1/status` as
 //! `KafkaUnavailable` material — and loses nothing. It stops the environment's only broker, so it runs in a
-//! test binary of its own (cargo runs test binaries one after another).
+//! test binary of its own, from `make chaos` (Cargo.toml: `test = false`): in about 1 run of 8 the source
+//! stays stalled after the broker is back (an open bug: its produce calls keep timing out, nothing is lost
+//! — the token is stored only after an acknowledgement — but nothing moves until the task restarts), and
+//! this test fails then.
 
 mod support;
 
@@ -14,7 +17,8 @@ use support::{Env, TaskProcess, restart_kafka, topic_reader, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// How long the broker stays down: well past the source producer's `message.timeout.ms` (2 s).
+/// How long the broker stays down: well past the source producer's `message.timeout.ms` (3 s; its
+/// `request.timeout.ms` below that, as librdkafka expects).
 const DOWN_SECONDS: u64 = 12;
 
 #[tokio::test]
@@ -24,7 +28,7 @@ async fn a_kafka_outage_is_waited_out_reported_and_loses_no_event() {
     let topic = format!("cdc.{db}.orders");
     let config = format!(
         "type: mongodb-source\nconnector: {partition}\nnamespace: test\ntaskId: 0\ntasks: 1\n\
-         kafka: {{bootstrapServers: '{}', properties: {{message.timeout.ms: '2000'}}}}\n\
+         kafka: {{bootstrapServers: '{}', properties: {{message.timeout.ms: '3000', request.timeout.ms: '1500'}}}}\n\
          mongodb: {{database: {db}, collection: orders}}\n\
          source:\n  spec: {{topicPrefix: cdc, heartbeat: {{intervalMs: 0}}}}\n  offsetPartitionName: {partition}\n  \
          offsetStorageTopic: sluice-offsets\n  startupMode: latest\n\
@@ -80,7 +84,12 @@ async fn a_kafka_outage_is_waited_out_reported_and_loses_no_event() {
     );
 
     // Every event arrives once Kafka is back, and the outage clears.
+    let back = Instant::now();
     read_until(&consumer, &mut ids, 0..=20).await;
+    println!(
+        "every event arrived {:?} after the broker served again",
+        back.elapsed()
+    );
     wait_for("the outage to clear", WAIT, || async {
         let status = task.status().await.unwrap_or_default();
         match status.get("outage") {
