@@ -225,15 +225,7 @@ fn run_task(path: &std::path::Path) -> ExitCode {
     runtime.block_on(async move {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            stop_signal().await;
             tracing::info!("stopping: finishing the batch in flight");
             let _ = stop.send(true);
         });
@@ -273,15 +265,9 @@ fn run_replay(config: &str) -> ExitCode {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     runtime.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("stopping: committing the batch in flight");
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        stop_signal().await;
+        tracing::info!("stopping: committing the batch in flight");
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     // librdkafka's transactional calls block: run the replay on a blocking thread.
     let done = runtime.block_on(runtime.spawn_blocking(move || sluice::replay::run(config, stop)));

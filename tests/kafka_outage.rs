@@ -1,8 +1,8 @@
 //! A Kafka outage long enough that the source's produce calls fail (`message.timeout.ms` passes while the
 //! broker is down): the task waits it out as an outage of Kafka — reported on `/v1/status` as
 //! `KafkaUnavailable` material — and loses nothing. It stops the environment's only broker, so it runs in a
-//! test binary of its own, from `make chaos` (Cargo.toml: `test = false`): in about 1 run of 8 the source
-//! stays stalled after the broker is back (an open bug: its produce calls keep timing out, nothing is lost
+//! test binary of its own, from `make chaos` (Cargo.toml: `test = false`): in 3 of 17 runs here the source
+//! stayed stalled after the broker is back (an open bug: its produce calls keep timing out, nothing is lost
 //! — the token is stored only after an acknowledgement — but nothing moves until the task restarts), and
 //! this test fails then.
 

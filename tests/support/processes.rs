@@ -58,26 +58,13 @@ impl Operator {
             .is_some_and(|(_, body)| body.lines().any(|l| l == "sluice_operator_leader 1"))
     }
 
-    /// A GET on the operator's HTTP address: status code and body.
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.metrics_addr)
-            .await
-            .ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp).await;
-        let code = resp.split(' ').nth(1)?.parse().ok()?;
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        http_get(&self.metrics_addr, path).await
     }
 
     /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns its code.
     pub fn terminate(&mut self) -> Option<i32> {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        sigterm(&self.child);
         self.child.wait().ok()?.code()
     }
 
@@ -160,18 +147,9 @@ impl TaskProcess {
         self.child.id()
     }
 
-    /// GET a path of the task's HTTP server; `None` if it does not answer.
+    /// GET a path of the task's HTTP server: the body; `None` if it does not answer.
     pub async fn get(&self, path: &str) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.http).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.ok()?;
-        resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+        http_get(&self.http, path).await.map(|(_, body)| body)
     }
 
     /// The task's `/v1/status`.
@@ -197,9 +175,7 @@ impl TaskProcess {
 
     /// SIGTERM, then the exit code.
     pub async fn stop(&mut self) -> i32 {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        sigterm(&self.child);
         self.wait_exit(Duration::from_secs(30)).await
     }
 
@@ -236,4 +212,25 @@ pub fn spawn_marked(env: &Env, cmd: &mut std::process::Command) -> std::process:
         });
     }
     cmd.spawn().expect("start a sluice process")
+}
+
+/// SIGTERM to a child, as Kubernetes stops a pod.
+fn sigterm(child: &std::process::Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
+/// A GET over plain HTTP/1.1 (the operator's and tasks' own servers): status code and body; `None` if
+/// nothing answers.
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.ok()?;
+    let code = resp.split(' ').nth(1)?.parse().ok()?;
+    let (_, body) = resp.split_once("\r\n\r\n")?;
+    Some((code, body.to_string()))
 }

@@ -3,7 +3,7 @@
 //! every `offsetFlushIntervalMs` and when partitions are revoked or the consumer closes; a clean stop
 //! commits synchronously; `offsetFlushIntervalMs: 0` commits synchronously after every batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -117,11 +117,7 @@ pub fn batch_handled(
     }
     for ((key, counters), e) in ledgers.into_iter().zip(handled.elements()) {
         if e.error().is_ok() {
-            let position = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => -1,
-            };
-            ledger.stored(&key, position, counters);
+            ledger.stored(&key, position(e.offset()), counters);
         } else {
             // Revoked while its batch was written: the next owner handles and counts it again.
             ledger.forget(&key);
@@ -138,11 +134,12 @@ pub fn ledger_partitions(
     batch: &[OwnedMessage],
     ledger: &Ledger,
 ) -> KafkaResult<()> {
+    let partitions: BTreeSet<(&str, i32)> =
+        batch.iter().map(|m| (m.topic(), m.partition())).collect();
     let mut wanted = TopicPartitionList::new();
-    for m in batch {
-        let key = partition_key(m.topic(), m.partition());
-        if !ledger.is_loaded(&key) && wanted.find_partition(m.topic(), m.partition()).is_none() {
-            wanted.add_partition(m.topic(), m.partition());
+    for (topic, partition) in partitions {
+        if !ledger.is_loaded(&partition_key(topic, partition)) {
+            wanted.add_partition(topic, partition);
         }
     }
     if wanted.count() == 0 {
@@ -153,18 +150,22 @@ pub fn ledger_partitions(
         .elements()
     {
         e.error()?;
-        // Never committed: the start of the partition's history as far as the ledger goes.
-        let position = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => -1,
-        };
         ledger.load(
             &partition_key(e.topic(), e.partition()),
-            position,
+            position(e.offset()),
             from_metadata(e.metadata()),
         );
     }
     Ok(())
+}
+
+/// A ledger's position in a partition: the offset after what it counts (-1: never committed, the start of
+/// the partition's history as far as the ledger goes).
+fn position(offset: Offset) -> i64 {
+    match offset {
+        Offset::Offset(o) => o,
+        _ => -1,
+    }
 }
 
 /// How long reading committed offsets may take before it is retried.
