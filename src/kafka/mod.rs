@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod read;
+pub mod renewing;
 pub mod topics;
 
 use rdkafka::ClientConfig;
@@ -248,7 +249,8 @@ pub fn sasl_mechanism(m: SaslMechanism) -> &'static str {
     }
 }
 
-/// Broker errors that clear by themselves (Kafka's `RetriableException`s and librdkafka's transport errors).
+/// Broker errors that clear by themselves (Kafka's `RetriableException`s and librdkafka's transport errors),
+/// and the purge of a producer that sluice replaced ([`renewing`]): its record is sent again.
 pub fn is_retriable(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
@@ -268,6 +270,8 @@ pub fn is_retriable(code: RDKafkaErrorCode) -> bool {
             | UnknownTopicOrPartition
             | KafkaStorageError
             | OperationTimedOut
+            | PurgeQueue
+            | PurgeInflight
     )
 }
 

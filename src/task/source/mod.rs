@@ -21,7 +21,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio::sync::watch;
 
 use super::errors::{ErrorHandler, Halt, OutageClock, RetryEnd, ShutdownWait, TaskFailed};
@@ -29,6 +29,7 @@ use super::failure::{Failure, RecordContext, Stage};
 use super::metrics::TaskMetrics;
 use crate::crd::connector::{FullDocument, StartupMode};
 use crate::kafka::admin::{Admin, admin};
+use crate::kafka::renewing::RenewingProducer;
 use crate::kafka::topics::{self, WantedTopic};
 use crate::kafka::{Credentials, client_config};
 use crate::names;
@@ -63,7 +64,7 @@ pub struct Source {
     cfg: TaskConfig,
     source: TaskSource,
     mongo: mongodb::Client,
-    producer: FutureProducer,
+    producer: RenewingProducer,
     admin: Admin,
     handler: Arc<ErrorHandler>,
     metrics: Arc<TaskMetrics>,
@@ -94,12 +95,12 @@ impl Source {
         }
         let base = client_config(&cfg.kafka, Credentials::Env);
         let client_id = names::task_client_id(&cfg.connector, cfg.task_id);
-        let producer: FutureProducer = base
-            .clone()
+        let mut producer_config = base.clone();
+        producer_config
             .set("client.id", &client_id)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
+            .set("linger.ms", "5");
+        let producer = RenewingProducer::new(producer_config)
             .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))?;
         let admin =
             admin(&base, &client_id).map_err(|e| Failure::kafka(Stage::KafkaProduce, &e.source))?;
@@ -433,8 +434,7 @@ impl Source {
                         Duration::from_secs(30),
                     )
                     .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
+                    .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))
             })
             .await
             .map_err(|end| end.halt_with(TerminationReason::HeartbeatFailed, None))?;
@@ -501,8 +501,7 @@ impl Source {
                 self.producer
                     .send(record, Duration::from_secs(30))
                     .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
+                    .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))
             })
         });
         let results = futures::future::join_all(sends).await;

@@ -81,7 +81,7 @@ impl Source {
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))?;
+            .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))?;
         self.metrics.ledger.stored(partition, position, ledger);
         Ok(())
     }
