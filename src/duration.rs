@@ -1,16 +1,20 @@
-//! Durations as sluice's CRDs and flags write them: a whole number and one unit, `500ms`, `30s`, `5m`, `1h`.
+//! Durations as sluice's CRDs and flags write them: a whole number above 0 (at most 9 digits) and one unit,
+//! `500ms`, `30s`, `5m`, `1h`.
 //!
 //! Hand-written rather than taken from a crate such as humantime: the CRD schema's pattern
-//! (`^[0-9]+(ms|s|m|h)$`) defines the accepted form, and this parser accepts exactly that form, so a
+//! (`^[1-9][0-9]{0,8}(ms|s|m|h)$`) defines the accepted form, and this parser accepts exactly that form, so a
 //! flag and a CRD field never disagree on what is a duration. humantime would also accept `5min` or
 //! `1h 30m`, which the schema rejects.
 
 use std::time::Duration;
 
-/// `500ms`, `30s`, `5m`, `1h`; anything else is `None`.
+/// `500ms`, `30s`, `5m`, `1h`; anything else (`0s`, `05m`, ten digits) is `None`.
 pub fn parse(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
+    if n.is_empty() || n.starts_with('0') || n.len() > 9 {
+        return None;
+    }
     let n: u64 = n.parse().ok()?;
     match unit {
         "ms" => Some(Duration::from_millis(n)),
@@ -42,6 +46,13 @@ mod tests {
         assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse("5 minutes"), None);
         assert_eq!(parse("5min"), None, "what the CRD pattern rejects");
+        for degenerate in ["0s", "0ms", "05m", "1234567890s", "s"] {
+            assert_eq!(parse(degenerate), None, "{degenerate}");
+        }
+        assert_eq!(
+            parse("999999999h"),
+            Some(Duration::from_secs(999_999_999 * 3600))
+        );
     }
 
     #[test]

@@ -89,8 +89,7 @@ struct OperatorArgs {
 /// A duration like `10s`, `5m`, `1h`, `500ms`.
 fn duration(s: &str) -> Result<std::time::Duration, String> {
     sluice::duration::parse(s)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a duration like 10s, 5m or 500ms"))
+        .ok_or_else(|| format!("{s:?} is not a duration above 0 like 10s, 5m or 500ms"))
 }
 
 fn main() -> ExitCode {

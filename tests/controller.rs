@@ -336,6 +336,22 @@ async fn unknown_topics_and_dead_letter_queues_block_the_connector() {
         .wait_condition("late", "Ready", "False", "DeadLetterQueueNotFound")
         .await;
     assert!(condition(&blocked, "Ready").2.contains("missing-dlq"));
+
+    // A topicsRegex librdkafka can't compile: Ready=False naming the field, and no task starts.
+    let mut bad_regex = sink("bad-regex", &s.env, &topic, json!({}));
+    let spec = bad_regex.spec.sink.as_mut().unwrap();
+    spec.topics = None;
+    spec.topics_regex = Some("orders.(eu".into());
+    connectors
+        .create(&PostParams::default(), &bad_regex)
+        .await
+        .unwrap();
+    let blocked = s
+        .wait_condition("bad-regex", "Ready", "False", "ConfigInvalid")
+        .await;
+    let message = condition(&blocked, "Ready").2;
+    assert!(message.contains("spec.sink.topicsRegex"), "{message}");
+    assert!(task_pods(&s.client, &s.ns, "bad-regex").await.is_empty());
 }
 
 async fn kafka_topic(env: &Env, topic: &str) -> Option<(usize, BTreeMap<String, String>)> {
@@ -458,6 +474,35 @@ async fn a_dead_letter_queue_creates_and_grows_its_topic() {
     s.wait_condition("orders", "Ready", "True", "Paused").await;
     let cm = cms.get_opt("orders-tasks").await.unwrap();
     assert!(cm.is_some(), "the ConfigMap exists even while paused");
+
+    // A topic config the broker rejects: Ready=False naming the key (the broker's reply does not).
+    let bad: DeadLetterQueue = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterQueue",
+        "metadata": { "name": "bad-config" },
+        "spec": { "topicName": unique("bad-config"), "kafka": { "bootstrapServers": s.env.kafka_bootstrap },
+                  "config": { "retention.bytes": "lots", "max.message.bytes": "2097152" } }
+    }))
+    .unwrap();
+    dlqs.create(&PostParams::default(), &bad).await.unwrap();
+    wait_for("the DLQ to name its rejected config", WAIT, || async {
+        let d = dlqs.get("bad-config").await.map_err(|e| e.to_string())?;
+        let ready = d
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+        match ready {
+            Some((st, reason, message))
+                if st == "False"
+                    && reason == "TopicCreateFailed"
+                    && message.ends_with("(rejected: `retention.bytes=lots`)") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -118,11 +118,24 @@ async fn the_dead_letter_queue_shows_what_is_in_it_and_keeps_counting() {
     let data_exception = "org.apache.kafka.connect.errors.DataException";
     assert_eq!(
         first.by_error_class.get(data_exception),
-        Some(&3),
+        Some(3),
         "{first:#?}"
     );
-    assert_eq!(first.by_original_topic.get(&topic), Some(&3));
-    assert_eq!(first.by_connector.get("orders-sink"), Some(&3));
+    assert_eq!(first.by_original_topic.get(&topic), Some(3));
+    assert_eq!(first.by_connector.get("orders-sink"), Some(3));
+    // Counts are lists of {name, count}: kubectl describe shows the names as they are (it rewrites map keys,
+    // `orders-sink` into `Orders - Sink`).
+    let described = kubectl(
+        &env,
+        &["describe", "deadletterqueue", "orders-dlq", "-n", &ns],
+    );
+    assert!(
+        described
+            .lines()
+            .any(|l| l.trim_start().starts_with("Name:") && l.ends_with(" orders-sink"))
+            && !described.contains("Orders - Sink"),
+        "{described}"
+    );
     assert_eq!(first.partitions.iter().map(|p| p.depth).sum::<i64>(), 3);
     assert!(first.oldest_record_time.is_some() && first.newest_record_time.is_some());
     let last = first.last_errors.last().unwrap();
@@ -157,8 +170,8 @@ async fn the_dead_letter_queue_shows_what_is_in_it_and_keeps_counting() {
             |i| i.depth == want && i.records_scanned == want,
         )
         .await;
-        assert_eq!(next.by_error_class.get(data_exception), Some(&want));
-        assert_eq!(next.by_original_topic.get(&topic), Some(&want));
+        assert_eq!(next.by_error_class.get(data_exception), Some(want));
+        assert_eq!(next.by_original_topic.get(&topic), Some(want));
     }
     // Nothing new: the counts stay as they are over further refreshes (one a second).
     let api: Api<DeadLetterQueue> = Api::namespaced(client.clone(), &ns);

@@ -255,9 +255,9 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
         }
     })
     .await;
-    assert_eq!(inspection.by_error_class.get(DATA_EXCEPTION), Some(&5));
-    assert_eq!(inspection.by_original_topic.get(&orders), Some(&3));
-    assert_eq!(inspection.by_original_topic.get(&payments), Some(&2));
+    assert_eq!(inspection.by_error_class.get(DATA_EXCEPTION), Some(5));
+    assert_eq!(inspection.by_original_topic.get(&orders), Some(3));
+    assert_eq!(inspection.by_original_topic.get(&payments), Some(2));
 
     // A dry run counts and moves nothing.
     apply_replays(&s, "shop-dlq", json!([{ "id": "look", "dryRun": true }])).await;

@@ -15,8 +15,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use support::{
-    Env, TaskProcess, create_topic, create_topic_with, dead_letter_messages, topic_reader, unique,
-    wait_for,
+    Env, TaskProcess, create_topic, create_topic_with, dead_letter_messages, holds_for,
+    topic_reader, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -201,6 +201,55 @@ async fn records_land_as_documents_per_write_model() {
     })
     .await;
     assert_eq!(docs.len(), 1);
+    assert_eq!(task.stop().await, 0);
+}
+
+#[tokio::test]
+async fn topics_regex_matches_whole_topic_names_as_kafka_connect_does() {
+    let Some(env) = Env::get() else { return };
+    let base = unique("rx");
+    let (eu, us, archive) = (
+        format!("{base}.eu"),
+        format!("{base}.us"),
+        format!("{base}.eu-archive"),
+    );
+    for t in [&archive, &eu, &us] {
+        create_topic(&env, t, 1).await;
+    }
+    // The archive's record first: were it subscribed, it would land no later than the others.
+    produce(&env, &archive, &[("x", r#"{"_id": 0}"#)]).await;
+    produce(&env, &eu, &[("a", r#"{"_id": 1}"#)]).await;
+    produce(&env, &us, &[("b", r#"{"_id": 2}"#)]).await;
+    let db = unique("sink");
+    let cfg = config(
+        &env,
+        "unused",
+        &db,
+        "documentIdStrategy: providedInValue",
+        "",
+        None,
+    )
+    .replace(
+        "sink: {topics: [unused], ",
+        &format!(
+            "sink: {{topicsRegex: '{}\\.(eu|us)', ",
+            base.replace('-', "\\-")
+        ),
+    );
+    let mut task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    let docs = documents(&env, &db, 2).await;
+    assert_eq!(docs, [doc! { "_id": 1 }, doc! { "_id": 2 }]);
+    holds_for(
+        "only the two matching topics consumed",
+        Duration::from_secs(3),
+        || async {
+            match task.status().await {
+                Some(s) if s["recordsIn"] == 2 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(task.stop().await, 0);
 }
 

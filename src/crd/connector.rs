@@ -200,8 +200,8 @@ pub struct SourceSpec {
     /// connector: `topic.namespace.map`). Takes precedence over the prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 249}))]
-    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[a-zA-Z0-9._-]{1,249}$'))").message(
-        "spec.source.topicNamespaceMap values must be Kafka topic names: letters, digits, '.', '_' and '-', at most 249"
+    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[a-zA-Z0-9._-]{1,249}$') && !(self[k] in ['.', '..']))").message(
+        "spec.source.topicNamespaceMap values must be Kafka topic names: letters, digits, '.', '_' and '-', at most 249, not '.' or '..'"
     ))]
     pub topic_namespace_map: Option<BTreeMap<String, String>>,
     /// Aggregation pipeline stages appended to the change stream, as a JSON array (MongoDB connector:
@@ -283,7 +283,10 @@ pub struct Heartbeat {
     pub interval_ms: i64,
     /// Topic of the heartbeat records (MongoDB connector: `heartbeat.topic.name`).
     #[serde(default = "default_heartbeat_topic")]
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+    )]
     pub topic: String,
 }
 
@@ -316,7 +319,10 @@ pub struct OffsetsSpec {
     /// The compacted topic holding the offsets (Kafka Connect: `offset.storage.topic`); default
     /// `sluice-offsets`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+    )]
     pub storage_topic: Option<String>,
 }
 
@@ -383,10 +389,15 @@ pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 100),
-        inner(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))
+        inner(
+            length(min = 1, max = 249),
+            regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+        )
     )]
     pub topics: Option<Vec<String>>,
-    /// Regular expression of topics to consume (Kafka Connect: `topics.regex`).
+    /// Regular expression of topics to consume (Kafka Connect: `topics.regex`), matching whole topic
+    /// names. librdkafka compiles it: POSIX extended syntax, not Java's (no look-around; `[0-9]`, not
+    /// `\d`). One it can't compile makes the Connector `Ready=False` with reason `ConfigInvalid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub topics_regex: Option<String>,
@@ -513,9 +524,10 @@ pub struct ErrorsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_errors: Option<i64>,
-    /// The window of `maxErrors`, e.g. `5m`, `30s`, `1h`.
+    /// The window of `maxErrors`, e.g. `5m`, `30s`, `1h`: a whole number above 0 (at most 9 digits) and
+    /// a unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,8}(ms|s|m|h)$"))]
     pub window: Option<String>,
     /// Log each error with its context (Kafka Connect: `errors.log.enable`).
     #[serde(default)]
@@ -530,7 +542,10 @@ pub struct ErrorsSpec {
     /// A plain topic that receives failed records (Kafka Connect: `errors.deadletterqueue.topic.name`);
     /// it must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+    )]
     pub dead_letter_queue_topic: Option<String>,
     /// Add the `__connect.errors.*` context headers to dead-letter records (Kafka Connect:
     /// `errors.deadletterqueue.context.headers.enable`). Default: the DeadLetterQueue's

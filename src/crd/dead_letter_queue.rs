@@ -67,7 +67,10 @@ pub struct DeadLetterQueueSpec {
     /// The topic's name (Kafka Connect: `errors.deadletterqueue.topic.name`); default the resource's name.
     /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.topicName is immutable"))]
     pub topic_name: Option<String>,
     /// The Kafka cluster holding the topic.
@@ -127,7 +130,10 @@ pub struct Replay {
     /// Where replayed records go: absent = each record's original topic (`__connect.errors.topic`), in its
     /// original partition when the topic has it; or this topic, partitioned by key. The topic must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+    )]
     pub target_topic: Option<String>,
     /// The most records replayed per second; absent = as fast as the broker takes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,14 +306,14 @@ pub struct Inspection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_record_time: Option<String>,
     /// Records by `__connect.errors.exception.class.name`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub by_error_class: BTreeMap<String, i64>,
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    pub by_error_class: Counts,
     /// Records by `__connect.errors.topic` (the topic the record came from).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub by_original_topic: BTreeMap<String, i64>,
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    pub by_original_topic: Counts,
     /// Records by `__connect.errors.connector.name`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub by_connector: BTreeMap<String, i64>,
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    pub by_connector: Counts,
     /// The newest errors (never record contents), newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_errors: Vec<DeadLetterError>,
@@ -317,6 +323,67 @@ pub struct Inspection {
     /// Where the next read starts, per partition (the operator's cursor; a restart continues from here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scanned_offsets: BTreeMap<String, i64>,
+}
+
+/// Record counts by name, sorted by name: a list of `{name, count}` rather than a map, because
+/// `kubectl describe` rewrites map keys (`ux-sink` shows as `Ux - Sink`). Reads the map form that sluice
+/// wrote before too.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct Counts(pub Vec<NamedCount>);
+
+/// How many records came under one name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct NamedCount {
+    /// The error class, topic or connector.
+    pub name: String,
+    /// Records under that name.
+    pub count: i64,
+}
+
+impl Counts {
+    /// Counts one more record under `name`.
+    pub fn add(&mut self, name: &str) {
+        match self.0.binary_search_by(|c| c.name.as_str().cmp(name)) {
+            Ok(i) => self.0[i].count += 1,
+            Err(i) => self.0.insert(
+                i,
+                NamedCount {
+                    name: name.into(),
+                    count: 1,
+                },
+            ),
+        }
+    }
+
+    /// The count under `name`, if any record came under it.
+    pub fn get(&self, name: &str) -> Option<i64> {
+        self.0.iter().find(|c| c.name == name).map(|c| c.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            List(Vec<NamedCount>),
+            Map(BTreeMap<String, i64>),
+        }
+        let mut list = match Form::deserialize(d)? {
+            Form::List(l) => l,
+            Form::Map(m) => m
+                .into_iter()
+                .map(|(name, count)| NamedCount { name, count })
+                .collect(),
+        };
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self(list))
+    }
 }
 
 /// One partition of a dead-letter topic.
@@ -363,4 +430,29 @@ pub struct TopicStatus {
     /// Topic configs that are not the broker's defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod counts_tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_a_sorted_list_and_read_the_old_map_form() {
+        let mut c = Counts::default();
+        for name in ["ux-sink", "orders-sink", "ux-sink"] {
+            c.add(name);
+        }
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::json!([{"name": "orders-sink", "count": 1}, {"name": "ux-sink", "count": 2}])
+        );
+        let old: Counts =
+            serde_json::from_value(serde_json::json!({"ux-sink": 2, "a": 1})).unwrap();
+        assert_eq!(
+            (old.get("a"), old.get("ux-sink"), old.get("b")),
+            (Some(1), Some(2), None)
+        );
+        let back: Counts = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
 }

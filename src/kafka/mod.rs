@@ -249,6 +249,37 @@ pub fn sasl_mechanism(m: SaslMechanism) -> &'static str {
     }
 }
 
+/// The subscription pattern of a sink's `topicsRegex`: librdkafka treats a topic name starting with `^` as
+/// a regular expression and matches it anywhere in a name, while Kafka Connect matches the whole name; so
+/// the expression is anchored at both ends (`orders` matches `orders`, not `orders-eu`).
+pub fn subscription_pattern(topics_regex: &str) -> String {
+    let inner = topics_regex.strip_prefix('^').unwrap_or(topics_regex);
+    let inner = match inner.strip_suffix('$') {
+        Some(rest) if !rest.ends_with('\\') => rest,
+        _ => inner,
+    };
+    format!("^({inner})$")
+}
+
+/// Why librdkafka would refuse to subscribe to `topics_regex` (it compiles it with its own engine, POSIX
+/// extended syntax: no look-around, `{m,n}` with m ≤ n), or `None` when it compiles. Local: no connection
+/// is made.
+pub fn topics_regex_error(topics_regex: &str) -> Option<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = match ClientConfig::new()
+        .set("group.id", "sluice-topics-regex-check")
+        .set("log_level", "0")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    consumer
+        .subscribe(&[&subscription_pattern(topics_regex)])
+        .err()
+        .map(|_| "librdkafka cannot compile it as a regular expression".into())
+}
+
 /// Broker errors that clear by themselves (Kafka's `RetriableException`s and librdkafka's transport errors),
 /// and the purge of a producer that sluice replaced ([`renewing`]): its record is sent again.
 pub fn is_retriable(code: RDKafkaErrorCode) -> bool {
@@ -277,6 +308,19 @@ pub fn is_retriable(code: RDKafkaErrorCode) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn topics_regex_is_checked_by_librdkafka() {
+        for good in ["orders.*", "^orders\\.(eu|us)$", "orders[0-9]+"] {
+            assert_eq!(super::topics_regex_error(good), None, "{good}");
+        }
+        for bad in ["orders(", "a[", "(?=x)y", "a{2,1}", "*a"] {
+            assert!(super::topics_regex_error(bad).is_some(), "{bad}");
+        }
+        assert_eq!(super::subscription_pattern("orders.*"), "^(orders.*)$");
+        assert_eq!(super::subscription_pattern("^a|b$"), "^(a|b)$");
+        assert_eq!(super::subscription_pattern("price\\$"), "^(price\\$)$");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

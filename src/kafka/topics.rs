@@ -88,11 +88,12 @@ pub struct WantedTopic {
 /// Why the broker did not make a topic as wanted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refused {
-    Create(RDKafkaErrorCode),
+    /// The broker's code, and the configs it rejects on their own (`key=value`; see [`rejected_configs`]).
+    Create(RDKafkaErrorCode, Vec<String>),
     /// Created, but its metadata is not there yet.
     Pending,
     GrowPartitions(RDKafkaErrorCode),
-    Configs(RDKafkaErrorCode),
+    Configs(RDKafkaErrorCode, Vec<String>),
     /// It disappeared while being updated.
     Missing,
 }
@@ -124,7 +125,8 @@ pub async fn ensure(
     let opts = admin_options();
     let Some(current) = describe(admin, topic).await? else {
         if let Some(code) = create(admin, wanted).await? {
-            return Ok(Err(Refused::Create(code)));
+            let rejected = rejected_configs(admin, wanted).await?;
+            return Ok(Err(Refused::Create(code, rejected)));
         }
         return Ok(describe(admin, topic).await?.ok_or(Refused::Pending));
     };
@@ -148,11 +150,36 @@ pub async fn ensure(
             .await
             .map_err(failed("alter configs"))?;
         if let Some(Err((_, code))) = result.into_iter().next() {
-            return Ok(Err(Refused::Configs(code)));
+            let rejected = rejected_configs(admin, wanted).await?;
+            return Ok(Err(Refused::Configs(code, rejected)));
         }
     }
     Ok(describe(admin, topic).await?.ok_or(Refused::Missing))
 }
+
+/// The configs of `wanted` that the broker rejects on their own, as `key=value`: the broker's reply names
+/// no key (and librdkafka's result drops its message), so each config is tried alone in a validate-only
+/// create of a topic that is never made.
+pub async fn rejected_configs(admin: &Admin, wanted: &WantedTopic) -> Result<Vec<String>> {
+    let opts = admin_options().validate_only(true);
+    let mut rejected = Vec::new();
+    for (k, v) in &wanted.configs {
+        let new = NewTopic::new(CONFIG_CHECK_TOPIC, 1, TopicReplication::Fixed(-1)).set(k, v);
+        let result = admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(failed("validate topic config"))?;
+        if let Some(Err((_, code))) = result.into_iter().next()
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            rejected.push(format!("{k}={v}"));
+        }
+    }
+    Ok(rejected)
+}
+
+/// The topic name of [`rejected_configs`]' validate-only creates.
+const CONFIG_CHECK_TOPIC: &str = "__sluice-config-check";
 
 /// Creates the topic unless it exists; `Some(code)` when the broker refused.
 pub async fn create(admin: &Admin, wanted: &WantedTopic) -> Result<Option<RDKafkaErrorCode>> {

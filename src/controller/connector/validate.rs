@@ -1,5 +1,5 @@
-//! Whether a Connector's spec can be used now (pure): its Secrets and keys exist, its DeadLetterQueue
-//! exists, its pipeline is a JSON array, the topics it needs exist. The first thing that is wrong is a
+//! Whether a Connector's spec can be used now (no I/O): its Secrets and keys exist, its DeadLetterQueue
+//! exists, its pipeline is a JSON array, librdkafka compiles its topicsRegex, the topics it needs exist. The first thing that is wrong is a
 //! [`Problem`]; otherwise what the spec resolves to.
 
 use kube::ResourceExt;
@@ -74,6 +74,18 @@ pub fn validate(conn: &Connector, found: &Dereferenced) -> Result<Validated, Pro
                 ));
             }
         }
+    }
+    if let Some(r) = conn
+        .spec
+        .sink
+        .as_ref()
+        .and_then(|s| s.topics_regex.as_ref())
+        && let Some(why) = crate::kafka::topics_regex_error(r)
+    {
+        return Err(Problem::new(
+            reason::CONFIG_INVALID,
+            format!("spec.sink.topicsRegex {r:?}: {why}"),
+        ));
     }
     let servers = &conn.spec.kafka.bootstrap_servers;
     for lookup in &found.topics {
@@ -206,5 +218,23 @@ mod tests {
         conn.spec.source.as_mut().unwrap().pipeline = Some("[{".into());
         let p = validate(&conn, &everything()).err().unwrap();
         assert!(p.message.contains("not valid JSON"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_topics_regex_librdkafka_cannot_compile_names_the_field() {
+        let mut conn = connector(SINK);
+        let sink = conn.spec.sink.as_mut().unwrap();
+        sink.topics = None;
+        sink.topics_regex = Some("orders.(eu".into());
+        let p = validate(&conn, &everything()).err().unwrap();
+        assert_eq!(p.reason, reason::CONFIG_INVALID);
+        assert!(
+            p.message
+                .starts_with("spec.sink.topicsRegex \"orders.(eu\""),
+            "{}",
+            p.message
+        );
+        conn.spec.sink.as_mut().unwrap().topics_regex = Some("orders.(eu|us)".into());
+        assert!(validate(&conn, &everything()).is_ok());
     }
 }

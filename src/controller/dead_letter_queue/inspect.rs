@@ -78,12 +78,12 @@ pub fn apply_scan(old: &Inspection, scan: &Scan) -> Inspection {
                 .cloned()
         };
         let class = header("exception.class.name").unwrap_or_else(|| "(no context headers)".into());
-        *next.by_error_class.entry(class.clone()).or_default() += 1;
+        next.by_error_class.add(&class);
         if let Some(topic) = header("topic") {
-            *next.by_original_topic.entry(topic).or_default() += 1;
+            next.by_original_topic.add(&topic);
         }
         if let Some(connector) = header("connector.name") {
-            *next.by_connector.entry(connector).or_default() += 1;
+            next.by_connector.add(&connector);
         }
         let time = r.timestamp_ms.and_then(rfc3339_ms);
         if time.is_some() && time > next.newest_record_time {
@@ -214,9 +214,9 @@ mod tests {
         };
         let a = apply_scan(&Inspection::default(), &first);
         assert_eq!(a.depth, 3);
-        assert_eq!(a.by_error_class["DataException"], 2);
-        assert_eq!(a.by_original_topic["payments"], 1);
-        assert_eq!(a.by_connector["orders-sink"], 3);
+        assert_eq!(a.by_error_class.get("DataException"), Some(2));
+        assert_eq!(a.by_original_topic.get("payments"), Some(1));
+        assert_eq!(a.by_connector.get("orders-sink"), Some(3));
         assert_eq!(
             a.scanned_offsets,
             BTreeMap::from([("0".into(), 2), ("1".into(), 1)])
@@ -238,7 +238,7 @@ mod tests {
         let b = apply_scan(&a, &second);
         assert_eq!(b.depth, 3);
         assert_eq!(b.records_scanned, 4);
-        assert_eq!(b.by_error_class["DataException"], 3);
+        assert_eq!(b.by_error_class.get("DataException"), Some(3));
         assert_eq!(b.scanned_offsets["0"], 3);
         assert_eq!(
             b.oldest_record_time.as_deref(),

@@ -91,9 +91,12 @@ pub async fn feeding_max_message_bytes(
 pub fn refusal_problem(wanted: &WantedTopic, refused: &Refused) -> Problem {
     let topic = &wanted.name;
     match refused {
-        Refused::Create(code) => Problem::new(
+        Refused::Create(code, rejected) => Problem::new(
             reason::TOPIC_CREATE_FAILED,
-            format!("Kafka refused to create topic {topic}: {code}"),
+            format!(
+                "Kafka refused to create topic {topic}: {code}{}",
+                rejected_text(rejected)
+            ),
         ),
         Refused::Pending => Problem::new(
             reason::TOPIC_PENDING,
@@ -106,13 +109,26 @@ pub fn refusal_problem(wanted: &WantedTopic, refused: &Refused) -> Problem {
                 wanted.partitions
             ),
         ),
-        Refused::Configs(code) => Problem::new(
+        Refused::Configs(code, rejected) => Problem::new(
             reason::TOPIC_CONFIG_REJECTED,
-            format!("Kafka refused the configs of {topic}: {code}"),
+            format!(
+                "Kafka refused the configs of {topic}: {code}{}",
+                rejected_text(rejected)
+            ),
         ),
         Refused::Missing => {
             Problem::new(reason::TOPIC_MISSING, format!("topic {topic} disappeared"))
         }
+    }
+}
+
+/// The configs the broker rejects, for a message: `` (rejected: `retention.bytes=lots`)``.
+fn rejected_text(rejected: &[String]) -> String {
+    if rejected.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = rejected.iter().map(|r| format!("`{r}`")).collect();
+        format!(" (rejected: {})", list.join(", "))
     }
 }
 
@@ -281,6 +297,18 @@ spec:
         assert!(
             p.message
                 .starts_with("Kafka refused to grow orders-dlq to 3 partitions")
+        );
+        let p = refusal_problem(
+            &wanted,
+            &Refused::Configs(
+                rdkafka::types::RDKafkaErrorCode::InvalidConfig,
+                vec!["retention.bytes=lots".into()],
+            ),
+        );
+        assert!(
+            p.message.ends_with("(rejected: `retention.bytes=lots`)"),
+            "{}",
+            p.message
         );
     }
 }

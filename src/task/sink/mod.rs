@@ -88,11 +88,7 @@ impl Sink {
             .map_err(|e| fatal(Failure::kafka(Stage::KafkaConsume, &e)))?;
         let topics: Vec<String> = match (&self.spec.topics, &self.spec.topics_regex) {
             (Some(t), _) => t.clone(),
-            (None, Some(r)) => vec![if r.starts_with('^') {
-                r.clone()
-            } else {
-                format!("^{r}")
-            }],
+            (None, Some(r)) => vec![crate::kafka::subscription_pattern(r)],
             _ => vec![],
         };
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
