@@ -21,9 +21,10 @@ use kube::{Api, Client};
 use mongodb::bson::{Document, doc};
 use rdkafka::ClientConfig;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use sluice::crd::connector::ErrorCounters;
+use sluice::kafka::renewing::RenewingProducer;
 use support::{
     Env, Setup, condition, create_secret, create_topic, dead_letter_headers, events_for,
     restart_kafka, running_pid, setup, topic_reader, unique,
@@ -128,15 +129,16 @@ fn watch_degraded(
 }
 
 /// Produces `{"_id": i}` for every i in `ids`, keyed by i, at about `per_second`. A send that times out is
-/// sent again: librdkafka's idempotent producer can hold a partition's messages after a broker restart until
-/// they time out (one `make chaos` run saw 5 minutes), and the test's records must all get there.
+/// sent again, with the producer sluice's source uses: librdkafka's idempotent producer can keep timing out
+/// every send after a broker restart (a `make test` run saw 20 attempts of 30 s fail), and a replaced one
+/// delivers; the test's records must all get there.
 async fn produce_paced(env: &Env, topic: &str, ids: std::ops::Range<u64>, per_second: u64) {
-    let producer: FutureProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .unwrap();
+        .set("message.timeout.ms", "30000");
+    let producer = Arc::new(RenewingProducer::new(config).unwrap());
     let started = Instant::now();
     let mut sends = Vec::new();
     for i in ids.clone() {
@@ -153,9 +155,9 @@ async fn produce_paced(env: &Env, topic: &str, ids: std::ops::Range<u64>, per_se
                     )
                     .await;
                 match sent {
-                    Ok(_) => return,
-                    Err((e, _)) if attempt < 20 => eprintln!("record {key} sent again: {e}"),
-                    Err((e, _)) => panic!("the test's own record {key} is not produced: {e}"),
+                    Ok(()) => return,
+                    Err(e) if attempt < 20 => eprintln!("record {key} sent again: {e}"),
+                    Err(e) => panic!("the test's own record {key} is not produced: {e}"),
                 }
             }
         }));

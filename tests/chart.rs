@@ -365,4 +365,47 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
         }
     })
     .await;
+
+    // What uninstall leaves (README "Uninstall"): the resources and their task pods, which keep running;
+    // deleting the resources takes the pods with them, without an operator (no finalizers).
+    let task_pods = ListParams::default().labels("sluice.dev/connector");
+    let left = pods.list(&task_pods).await.unwrap().items;
+    assert!(!left.is_empty(), "task pods stay after uninstall");
+    assert!(
+        !connectors
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    ok(
+        &env,
+        "kubectl",
+        &[
+            "delete",
+            "connectors.sluice.dev,deadletterqueues.sluice.dev",
+            "--all",
+            "--namespace",
+            &ns,
+            "--wait",
+        ],
+        None,
+    );
+    wait_for("the task pods gone with their Connectors", WAIT, || async {
+        let left = pods
+            .list(&task_pods)
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}",
+                left.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
 }

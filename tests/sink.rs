@@ -427,6 +427,57 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
 }
 
 #[tokio::test]
+async fn every_failed_index_of_a_bulk_counts_as_a_record_failure_as_in_kafka_connect() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 1).await;
+    let db = unique("sink");
+    env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 1, "failIndexes": [0, 2, 3],
+                                "writeError": { "code": 121, "errmsg": "Document failed validation" } }))
+        .await;
+    // Produced before the task starts: one batch, one bulk insert, three of its four indexes fail.
+    let records: Vec<(String, String)> = (0..4)
+        .map(|n| (format!("k{n}"), format!(r#"{{"n": {n}}}"#)))
+        .collect();
+    let refs: Vec<(&str, &str)> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    produce(&env, &topic, &refs).await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all",
+        Some(&dlq),
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.fault_peer_uri);
+    let docs = documents(&env, &db, 1).await;
+    assert_eq!(docs[0].get_i32("n"), Ok(1));
+    let letters = dead_letters(&env, &dlq, 3).await;
+    let keys: Vec<_> = letters.iter().map(|l| l.key.clone().unwrap()).collect();
+    assert_eq!(keys, ["k0", "k2", "k3"]);
+    wait_for("the counters of three failed records", WAIT, || async {
+        let c = counters(&task).await;
+        let got = [
+            "totalRecordFailures",
+            "totalRecordErrors",
+            "totalRecordsSkipped",
+        ]
+        .map(|k| c[k].as_i64());
+        if got == [Some(3); 3] {
+            Ok(())
+        } else {
+            Err(format!("{c}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_retriable_error_that_clears_loses_nothing_and_counts_its_retries() {
     let Some(env) = Env::get() else { return };
     let topic = unique("orders");

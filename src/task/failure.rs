@@ -128,7 +128,7 @@ impl Failure {
         f
     }
 
-    /// A MongoDB driver error: network problems, timeouts, server selection, authentication, and the
+    /// A MongoDB driver error (its [`mongo_message`]): network problems, timeouts, server selection, authentication, and the
     /// codes and labels of an unavailable server are outages; other command errors belong to the command.
     pub fn mongo(stage: Stage, err: &mongodb::error::Error) -> Self {
         use mongodb::error::ErrorKind;
@@ -152,7 +152,7 @@ impl Failure {
             ErrorKind::Authentication { .. } => ("com.mongodb.MongoSecurityException", None, true),
             _ => ("com.mongodb.MongoException", None, false),
         };
-        let mut f = Self::new(stage, class, err.to_string(), outage || labelled);
+        let mut f = Self::new(stage, class, mongo_message(err), outage || labelled);
         f.code = code;
         if outage || labelled {
             f.outage = Some(Dependency::MongoDB);
@@ -244,9 +244,56 @@ impl RecordContext {
     }
 }
 
+/// A MongoDB driver error as people read it. The driver's own Display is `Kind: …, labels: {…}, source: …,
+/// server response: …` with Debug dumps inside, so the text comes from the kind: the server's code name,
+/// code and message for a command or write error.
+pub fn mongo_message(err: &mongodb::error::Error) -> String {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match err.kind.as_ref() {
+        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => format!(
+            "write concern not met: {} ({}): {}",
+            w.code_name, w.code, w.message
+        ),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => format!(
+            "{} ({}): {}",
+            w.code_name.as_deref().unwrap_or("WriteError"),
+            w.code,
+            w.message
+        ),
+        ErrorKind::Authentication { message, .. } => format!("authentication failed: {message}"),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mongodb_errors_read_as_text_not_debug_dumps() {
+        let command: mongodb::error::CommandError = mongodb::bson::from_document(mongodb::bson::doc! {
+            "code": 13, "codeName": "Unauthorized", "errmsg": "not authorized on shop to execute command insert"
+        })
+        .unwrap();
+        let err = mongodb::error::Error::from(mongodb::error::ErrorKind::Command(command));
+        assert!(
+            err.to_string().contains("labels: {}"),
+            "the driver's Display"
+        );
+        let f = Failure::mongo(Stage::TaskPut, &err);
+        assert_eq!(
+            f.message,
+            "Unauthorized (13): not authorized on shop to execute command insert"
+        );
+        let io = mongodb::error::Error::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        let f = Failure::mongo(Stage::TaskPut, &io);
+        assert_eq!(f.message, "I/O error: connection refused");
+        assert_eq!(f.outage, Some(Dependency::MongoDB));
+    }
 
     #[test]
     fn classification_and_not_retryable() {

@@ -249,17 +249,28 @@ pub async fn apply_pods(
                     desired.pods.len()
                 ),
             ),
+            // One text per task, so repeats fold into the Event's series count (the restart count and
+            // backoff are in status.tasks[] and the operator's log).
             DeleteReason::Restart {
                 task_id,
                 restart,
                 after,
-            } => (
-                reason::TASK_RESTARTED,
-                format!(
-                    "task {task_id} failed: restart {restart} after {}s backoff",
-                    after.as_secs()
-                ),
-            ),
+            } => {
+                info!(
+                    pod,
+                    task_id,
+                    restart,
+                    backoff_seconds = after.as_secs(),
+                    "restarting task"
+                );
+                (
+                    reason::TASK_RESTARTED,
+                    format!(
+                        "task {task_id} failed: restarted after the spec.restart backoff \
+                         (restarts so far in status.tasks[].restarts)"
+                    ),
+                )
+            }
         };
         info!(pod, reason, "deleting task pod");
         publish(ctx, conn, EventType::Normal, reason, note).await;
