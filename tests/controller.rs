@@ -262,13 +262,6 @@ async fn a_failed_task_is_restarted_after_its_backoff_until_max_restarts() {
         Some(2),
         "two restarts: {e:?}"
     );
-    // What kubectl get events shows and sorts by (--sort-by=.lastTimestamp) moves with the series.
-    assert_eq!(e.count, Some(2), "{e:?}");
-    let (first, last) = (e.first_timestamp.clone(), e.last_timestamp.clone());
-    assert!(
-        first.is_some() && last.is_some() && first.unwrap().0 < last.unwrap().0,
-        "{e:?}"
-    );
 }
 
 #[tokio::test]

@@ -1,10 +1,6 @@
 //! Events (`events.k8s.io/v1`) as client-go's recorder makes them: one Event per object, type, reason and
 //! message; the same Event again within [`SERIES_TTL`] bumps its series count instead of adding another.
 //!
-//! The core/v1 fields that `kubectl get events` and its `--sort-by=.lastTimestamp` read
-//! (`deprecatedFirstTimestamp`, `deprecatedLastTimestamp`, `deprecatedCount`, `deprecatedSource`) are
-//! filled too, and moved with the series, so sluice's Events sort among everyone else's.
-//!
 //! kube's `Recorder` keys repeats by reason alone and keeps the first message, so a second replay's or a
 //! second rotation's Event would show the first one's text; this one keys by the message too.
 
@@ -141,11 +137,7 @@ impl EventRecorder {
                 count: s.count + 1,
                 last_observed_time: MicroTime(now),
             };
-            let patch = json!({
-                "series": series,
-                "deprecatedLastTimestamp": now,
-                "deprecatedCount": s.count + 1,
-            });
+            let patch = json!({ "series": series });
             events
                 .patch(&s.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
@@ -168,10 +160,6 @@ impl EventRecorder {
             "note": note,
             "type": if warning { "Warning" } else { "Normal" },
             "regarding": regarding,
-            "deprecatedFirstTimestamp": now,
-            "deprecatedLastTimestamp": now,
-            "deprecatedCount": 1,
-            "deprecatedSource": { "component": self.controller },
         }))
         .map_err(kube::Error::SerdeError)?;
         events.create(&PostParams::default(), &event).await?;
