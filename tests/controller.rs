@@ -248,7 +248,7 @@ async fn a_failed_task_is_restarted_after_its_backoff_until_max_restarts() {
         "{events:?}"
     );
     assert!(events.iter().any(|e| e.1 == "TaskFailed"), "{events:?}");
-    // Repeats of an Event are one Event with a series count (as client-go's recorder does).
+    // Repeats of an Event are one Event with a count (as client-go's recorder does).
     let all: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
     let restarted = all
         .list(&ListParams::default().fields("involvedObject.name=flaky,reason=TaskRestarted"))
@@ -257,10 +257,17 @@ async fn a_failed_task_is_restarted_after_its_backoff_until_max_restarts() {
         .items;
     assert_eq!(restarted.len(), 1, "{restarted:?}");
     let e = &restarted[0];
-    assert_eq!(
-        e.series.as_ref().and_then(|s| s.count),
-        Some(2),
-        "two restarts: {e:?}"
+    assert_eq!(e.count, Some(2), "two restarts: {e:?}");
+    // What kubectl get events shows and sorts by (--sort-by=.lastTimestamp) moves with the count.
+    let (first, last) = (e.first_timestamp.clone(), e.last_timestamp.clone());
+    assert!(
+        first.is_some() && last.is_some() && first.unwrap().0 < last.unwrap().0,
+        "{e:?}"
+    );
+    let component = e.source.as_ref().and_then(|s| s.component.clone());
+    assert!(
+        component.is_some() && component == e.reporting_component,
+        "{e:?}"
     );
 }
 

@@ -1,5 +1,8 @@
-//! Events (`events.k8s.io/v1`) as client-go's recorder makes them: one Event per object, type, reason and
-//! message; the same Event again within [`SERIES_TTL`] bumps its series count instead of adding another.
+//! Events (core/v1) as client-go's `tools/record` recorder makes them: one Event per object, type, reason
+//! and message; the same Event again within [`SERIES_TTL`] bumps its `count` and `lastTimestamp` instead of
+//! adding another. core/v1 rather than `events.k8s.io/v1`: the fields `kubectl get events` shows and sorts by
+//! (`--sort-by=.lastTimestamp`) are core/v1's, and the apiserver refuses them on an `events.k8s.io/v1`
+//! Event ("needs to be unset"), whose Events then sort apart from everyone else's.
 //!
 //! kube's `Recorder` keys repeats by reason alone and keeps the first message, so a second replay's or a
 //! second rotation's Event would show the first one's text; this one keys by the message too.
@@ -7,9 +10,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::{Event, EventSeries};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 pub use kube::runtime::events::EventType;
@@ -133,11 +135,7 @@ impl EventRecorder {
         let ttl = jiff_ttl();
         seen.retain(|_, s| s.last + ttl > now);
         if let Some(s) = seen.get_mut(&key) {
-            let series = EventSeries {
-                count: s.count + 1,
-                last_observed_time: MicroTime(now),
-            };
-            let patch = json!({ "series": series });
+            let patch = json!({ "count": s.count + 1, "lastTimestamp": Time(now) });
             events
                 .patch(&s.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
@@ -152,14 +150,17 @@ impl EventRecorder {
         );
         let event: Event = serde_json::from_value(json!({
             "metadata": { "name": name, "namespace": namespace },
-            "eventTime": MicroTime(now),
-            "reportingController": self.controller,
+            "firstTimestamp": Time(now),
+            "lastTimestamp": Time(now),
+            "count": 1,
+            "source": { "component": self.controller },
+            "reportingComponent": self.controller,
             "reportingInstance": self.instance.clone().unwrap_or_else(|| self.controller.clone()),
             "action": "Reconcile",
             "reason": reason,
-            "note": note,
+            "message": note,
             "type": if warning { "Warning" } else { "Normal" },
-            "regarding": regarding,
+            "involvedObject": regarding,
         }))
         .map_err(kube::Error::SerdeError)?;
         events.create(&PostParams::default(), &event).await?;
