@@ -17,7 +17,7 @@ use serde_json::json;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
     Env, Operator, condition, create_secret, create_topic, events_for, holds_for, install_crds,
-    merge, namespace, setup, unique, wait_for,
+    merge, namespace, produce_values, setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -317,21 +317,12 @@ async fn a_mongodb_that_refuses_authentication_makes_the_connector_not_ready_and
     };
     let topic = unique("orders");
     create_topic(&s.env, &topic, 1).await;
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &s.env.kafka_bootstrap)
-        .create()
-        .unwrap();
-    for n in 0..3 {
-        let value = format!(r#"{{"n": {n}}}"#);
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::<str, str>::to(&topic).payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    produce_values(
+        &s.env,
+        &topic,
+        &[r#"{"n": 0}"#, r#"{"n": 1}"#, r#"{"n": 2}"#],
+    )
+    .await;
     // Credentials the fault peer refuses at every handshake (no other test authenticates).
     s.env
         .fault_peer_rule(json!({ "command": "saslStart", "times": 100000,
@@ -464,6 +455,14 @@ async fn kafka_topic(env: &Env, topic: &str) -> Option<(usize, BTreeMap<String, 
     ))
 }
 
+/// A DeadLetterQueue's Ready condition as (status, reason, message).
+fn dlq_ready(d: &DeadLetterQueue) -> Option<(String, String, String)> {
+    d.status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 #[tokio::test]
 async fn a_dead_letter_queue_creates_and_grows_its_topic() {
     let Some(s) = setup("ctl-dlq").await else {
@@ -482,13 +481,8 @@ async fn a_dead_letter_queue_creates_and_grows_its_topic() {
 
     wait_for("the DLQ Ready with its topic", WAIT, || async {
         let d = dlqs.get("orders-dlq").await.map_err(|e| e.to_string())?;
-        let ready = d
-            .status
-            .as_ref()
-            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| (c.status.clone(), c.message.clone()));
-        match ready {
-            Some((st, _)) if st == "True" => Ok(d),
+        match dlq_ready(&d) {
+            Some((st, _, _)) if st == "True" => Ok(d),
             other => Err(format!("{other:?}; {}", s.operator.log_tail())),
         }
     })
@@ -567,12 +561,7 @@ async fn a_dead_letter_queue_creates_and_grows_its_topic() {
     dlqs.create(&PostParams::default(), &bad).await.unwrap();
     wait_for("the DLQ to name its rejected config", WAIT, || async {
         let d = dlqs.get("bad-config").await.map_err(|e| e.to_string())?;
-        let ready = d
-            .status
-            .as_ref()
-            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-        match ready {
+        match dlq_ready(&d) {
             Some((st, reason, message))
                 if st == "False"
                     && reason == "TopicCreateFailed"

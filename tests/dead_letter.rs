@@ -8,34 +8,15 @@ use std::time::Duration;
 
 use kube::api::PostParams;
 use kube::{Api, Client};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sluice::crd::dead_letter_queue::Inspection;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
     Env, Operator, create_secret, create_topic, first_row, holds_for, install_crds, kubectl,
-    namespace, unique, wait_for,
+    namespace, produce_values, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn produce(env: &Env, topic: &str, values: &[&str]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .create()
-        .unwrap();
-    for value in values {
-        producer
-            .send(
-                FutureRecord::to(topic).key("k").payload(*value),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-}
 
 async fn wait_inspection<F>(
     client: &Client,
@@ -100,7 +81,7 @@ async fn the_dead_letter_queue_shows_what_is_in_it_and_keeps_counting() {
         .await
         .unwrap();
 
-    produce(
+    produce_values(
         &env,
         &topic,
         &["{poison", r#"{"ok": 1}"#, "not json either", "{poison"],
@@ -159,7 +140,7 @@ async fn the_dead_letter_queue_shows_what_is_in_it_and_keeps_counting() {
 
     // New errors keep arriving: counted once each, never re-read.
     for round in 0..3 {
-        produce(&env, &topic, &["{poison", r#"{"ok": 2}"#]).await;
+        produce_values(&env, &topic, &["{poison", r#"{"ok": 2}"#]).await;
         let want = 4 + round;
         let next = wait_inspection(
             &client,

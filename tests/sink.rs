@@ -343,22 +343,45 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_every_context_header
     );
 }
 
+/// A sink (`tolerance: all`, insert, a dead-letter topic) whose first bulk insert fails at `fail_indexes`
+/// with a validation error: `records` are produced before the task starts, so they arrive in one batch,
+/// one bulk insert. Returns the task, its database and its dead-letter topic.
+async fn failing_bulk(
+    env: &Env,
+    fail_indexes: &[usize],
+    errmsg: &str,
+    records: &[(&str, &str)],
+) -> (TaskProcess, String, String) {
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(env, &topic, 1).await;
+    create_topic(env, &dlq, 1).await;
+    let db = unique("sink");
+    env.fault_peer_rule(
+        json!({ "command": "insert", "database": db, "times": 1, "failIndexes": fail_indexes,
+                                "writeError": { "code": 121, "errmsg": errmsg } }),
+    )
+    .await;
+    produce(env, &topic, records).await;
+    let cfg = config(
+        env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all",
+        Some(&dlq),
+    );
+    let task = TaskProcess::start(env, &db, &cfg, &env.fault_peer_uri);
+    (task, db, dlq)
+}
+
 #[tokio::test]
 async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
     let Some(env) = Env::get() else { return };
-    let topic = unique("orders");
-    let dlq = unique("orders-dlq");
-    create_topic(&env, &topic, 1).await;
-    create_topic(&env, &dlq, 1).await;
-    let db = unique("sink");
-    env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 1, "failIndexes": [1],
-                                "writeError": { "code": 121,
-                                    "errmsg": "Document failed validation: { card: \"4111-1111\" }" } }))
-        .await;
-    // Produced before the task starts, so the three arrive in one batch, one bulk insert.
-    produce(
+    let (task, db, dlq) = failing_bulk(
         &env,
-        &topic,
+        &[1],
+        "Document failed validation: { card: \"4111-1111\" }",
         &[
             ("k0", r#"{"n": 0}"#),
             ("k1", r#"{"n": 1}"#),
@@ -366,15 +389,6 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
         ],
     )
     .await;
-    let cfg = config(
-        &env,
-        &topic,
-        &db,
-        "writeModel: insert",
-        "tolerance: all",
-        Some(&dlq),
-    );
-    let task = TaskProcess::start(&env, &db, &cfg, &env.fault_peer_uri);
 
     let docs = documents(&env, &db, 2).await;
     let ns: Vec<i32> = docs
@@ -429,32 +443,19 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
 #[tokio::test]
 async fn every_failed_index_of_a_bulk_counts_as_a_record_failure_as_in_kafka_connect() {
     let Some(env) = Env::get() else { return };
-    let topic = unique("orders");
-    let dlq = unique("orders-dlq");
-    create_topic(&env, &topic, 1).await;
-    create_topic(&env, &dlq, 1).await;
-    let db = unique("sink");
-    env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 1, "failIndexes": [0, 2, 3],
-                                "writeError": { "code": 121, "errmsg": "Document failed validation" } }))
-        .await;
-    // Produced before the task starts: one batch, one bulk insert, three of its four indexes fail.
-    let records: Vec<(String, String)> = (0..4)
-        .map(|n| (format!("k{n}"), format!(r#"{{"n": {n}}}"#)))
-        .collect();
-    let refs: Vec<(&str, &str)> = records
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    produce(&env, &topic, &refs).await;
-    let cfg = config(
+    // Three of the bulk's four indexes fail.
+    let (task, db, dlq) = failing_bulk(
         &env,
-        &topic,
-        &db,
-        "writeModel: insert",
-        "tolerance: all",
-        Some(&dlq),
-    );
-    let task = TaskProcess::start(&env, &db, &cfg, &env.fault_peer_uri);
+        &[0, 2, 3],
+        "Document failed validation",
+        &[
+            ("k0", r#"{"n": 0}"#),
+            ("k1", r#"{"n": 1}"#),
+            ("k2", r#"{"n": 2}"#),
+            ("k3", r#"{"n": 3}"#),
+        ],
+    )
+    .await;
     let docs = documents(&env, &db, 1).await;
     assert_eq!(docs[0].get_i32("n"), Ok(1));
     let letters = dead_letters(&env, &dlq, 3).await;

@@ -6,6 +6,10 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A Kafka topic name: letters, digits, '.', '_' and '-', but not `.` or `..` (Kafka refuses both); the
+/// length (at most 249) is checked beside it.
+pub const TOPIC_NAME_PATTERN: &str = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$";
+
 /// A key of a Secret in the resource's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

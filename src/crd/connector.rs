@@ -285,7 +285,7 @@ pub struct Heartbeat {
     #[serde(default = "default_heartbeat_topic")]
     #[schemars(
         length(min = 1, max = 249),
-        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+        regex(pattern = super::common::TOPIC_NAME_PATTERN)
     )]
     pub topic: String,
 }
@@ -321,7 +321,7 @@ pub struct OffsetsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
-        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+        regex(pattern = super::common::TOPIC_NAME_PATTERN)
     )]
     pub storage_topic: Option<String>,
 }
@@ -391,13 +391,13 @@ pub struct SinkSpec {
         length(min = 1, max = 100),
         inner(
             length(min = 1, max = 249),
-            regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+            regex(pattern = super::common::TOPIC_NAME_PATTERN)
         )
     )]
     pub topics: Option<Vec<String>>,
     /// Regular expression of topics to consume (Kafka Connect: `topics.regex`), matching whole topic
-    /// names. librdkafka compiles it: POSIX extended syntax, not Java's (no look-around; `[0-9]`, not
-    /// `\d`). One it can't compile makes the Connector `Ready=False` with reason `ConfigInvalid`.
+    /// names. librdkafka compiles it: POSIX extended syntax, not Java's (no look-around; write `[0-9]` for
+    /// a digit). One it can't compile makes the Connector `Ready=False` with reason `ConfigInvalid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub topics_regex: Option<String>,
@@ -544,7 +544,7 @@ pub struct ErrorsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
-        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+        regex(pattern = super::common::TOPIC_NAME_PATTERN)
     )]
     pub dead_letter_queue_topic: Option<String>,
     /// Add the `__connect.errors.*` context headers to dead-letter records (Kafka Connect:

@@ -69,7 +69,7 @@ pub struct DeadLetterQueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
-        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+        regex(pattern = super::common::TOPIC_NAME_PATTERN)
     )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.topicName is immutable"))]
     pub topic_name: Option<String>,
@@ -132,7 +132,7 @@ pub struct Replay {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
-        regex(pattern = r"^([a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,})$")
+        regex(pattern = super::common::TOPIC_NAME_PATTERN)
     )]
     pub target_topic: Option<String>,
     /// The most records replayed per second; absent = as fast as the broker takes them.
@@ -342,9 +342,13 @@ pub struct NamedCount {
 }
 
 impl Counts {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|c| c.name.as_str().cmp(name))
+    }
+
     /// Counts one more record under `name`.
     pub fn add(&mut self, name: &str) {
-        match self.0.binary_search_by(|c| c.name.as_str().cmp(name)) {
+        match self.position(name) {
             Ok(i) => self.0[i].count += 1,
             Err(i) => self.0.insert(
                 i,
@@ -358,7 +362,7 @@ impl Counts {
 
     /// The count under `name`, if any record came under it.
     pub fn get(&self, name: &str) -> Option<i64> {
-        self.0.iter().find(|c| c.name == name).map(|c| c.count)
+        self.position(name).ok().map(|i| self.0[i].count)
     }
 
     pub fn is_empty(&self) -> bool {

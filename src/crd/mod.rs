@@ -29,21 +29,22 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
 /// `kubectl explain` wraps by itself, so kept line breaks would show as ragged lines.
 fn with_paragraphs(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
-    reflow_descriptions(&mut value);
+    each_description(&mut value, &mut |text| *text = reflow(text));
     serde_json::from_value(value).expect("a reflowed CRD deserializes")
 }
 
-fn reflow_descriptions(v: &mut serde_json::Value) {
+/// Calls `f` with every `description` of a schema, however deep.
+fn each_description(v: &mut serde_json::Value, f: &mut impl FnMut(&mut String)) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, x) in map.iter_mut() {
                 match x {
-                    serde_json::Value::String(text) if k == "description" => *text = reflow(text),
-                    _ => reflow_descriptions(x),
+                    serde_json::Value::String(text) if k == "description" => f(text),
+                    _ => each_description(x, f),
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(reflow_descriptions),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|x| each_description(x, f)),
         _ => {}
     }
 }
@@ -84,39 +85,27 @@ mod tests {
             reflow("One sentence\nwrapped.\n\nSecond:\n- a\n- b"),
             "One sentence wrapped.\n\nSecond:\n- a\n- b"
         );
-        let mut raw = Vec::new();
-        find_ragged(&serde_json::to_value(Connector::crd()).unwrap(), &mut raw);
+        let raw = ragged(serde_json::to_value(Connector::crd()).unwrap());
         assert!(
             !raw.is_empty(),
             "doc comments wrap, so the raw CRD has ragged lines"
         );
         for (file, crd) in crds() {
             let yaml = to_yaml(&crd).unwrap();
-            let value: serde_json::Value = serde_json::to_value(&crd).unwrap();
-            let mut ragged = Vec::new();
-            find_ragged(&value, &mut ragged);
+            let ragged = ragged(serde_json::to_value(&crd).unwrap());
             assert!(ragged.is_empty(), "{file}: {ragged:?}");
             assert!(yaml.contains("description:"));
         }
     }
 
-    fn find_ragged(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, x) in map {
-                    match x {
-                        serde_json::Value::String(t) if k == "description" => {
-                            let stripped = t.replace("\n\n", "").replace("\n- ", "");
-                            if stripped.contains('\n') {
-                                out.push(t.clone());
-                            }
-                        }
-                        _ => find_ragged(x, out),
-                    }
-                }
+    /// The descriptions with a line break that is neither a paragraph's end nor a list item's start.
+    fn ragged(mut crd: serde_json::Value) -> Vec<String> {
+        let mut found = Vec::new();
+        each_description(&mut crd, &mut |t| {
+            if t.replace("\n\n", "").replace("\n- ", "").contains('\n') {
+                found.push(t.clone());
             }
-            serde_json::Value::Array(items) => items.iter().for_each(|x| find_ragged(x, out)),
-            _ => {}
-        }
+        });
+        found
     }
 }

@@ -263,21 +263,31 @@ pub fn subscription_pattern(topics_regex: &str) -> String {
 
 /// Why librdkafka would refuse to subscribe to `topics_regex` (it compiles it with its own engine, POSIX
 /// extended syntax: no look-around, `{m,n}` with m ≤ n), or `None` when it compiles. Local: no connection
-/// is made.
+/// is made. Compiling takes a librdkafka client (threads of its own) and a Connector is validated at every
+/// reconcile, so each expression's answer is kept for the life of the process.
 pub fn topics_regex_error(topics_regex: &str) -> Option<String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    static ANSWERS: std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut answers = ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(answer) = answers.get(topics_regex) {
+        return answer.clone();
+    }
     let consumer: BaseConsumer = match ClientConfig::new()
         .set("group.id", "sluice-topics-regex-check")
         .set("log_level", "0")
         .create()
     {
         Ok(c) => c,
+        // Not an answer about the expression: not kept.
         Err(e) => return Some(e.to_string()),
     };
-    consumer
+    let answer = consumer
         .subscribe(&[&subscription_pattern(topics_regex)])
         .err()
-        .map(|_| "librdkafka cannot compile it as a regular expression".into())
+        .map(|_| "librdkafka cannot compile it as a regular expression".to_string());
+    answers.insert(topics_regex.into(), answer.clone());
+    answer
 }
 
 /// Broker errors that clear by themselves (Kafka's `RetriableException`s and librdkafka's transport errors),

@@ -125,7 +125,7 @@ pub async fn ensure(
     let opts = admin_options();
     let Some(current) = describe(admin, topic).await? else {
         if let Some(code) = create(admin, wanted).await? {
-            let rejected = rejected_configs(admin, wanted).await?;
+            let rejected = rejected_configs(admin, wanted, code).await?;
             return Ok(Err(Refused::Create(code, rejected)));
         }
         return Ok(describe(admin, topic).await?.ok_or(Refused::Pending));
@@ -150,17 +150,25 @@ pub async fn ensure(
             .await
             .map_err(failed("alter configs"))?;
         if let Some(Err((_, code))) = result.into_iter().next() {
-            let rejected = rejected_configs(admin, wanted).await?;
+            let rejected = rejected_configs(admin, wanted, code).await?;
             return Ok(Err(Refused::Configs(code, rejected)));
         }
     }
     Ok(describe(admin, topic).await?.ok_or(Refused::Missing))
 }
 
-/// The configs of `wanted` that the broker rejects on their own, as `key=value`: the broker's reply names
-/// no key (and librdkafka's result drops its message), so each config is tried alone in a validate-only
-/// create of a topic that is never made.
-pub async fn rejected_configs(admin: &Admin, wanted: &WantedTopic) -> Result<Vec<String>> {
+/// The configs of `wanted` that the broker rejects on their own, as `key=value`, when it refused with
+/// `code` for an invalid config (none otherwise). The broker's reply names no key (and rdkafka's
+/// `TopicResult` keeps only its code), so each config is tried alone in a validate-only create of a topic
+/// that is never made.
+async fn rejected_configs(
+    admin: &Admin,
+    wanted: &WantedTopic,
+    code: RDKafkaErrorCode,
+) -> Result<Vec<String>> {
+    if code != RDKafkaErrorCode::InvalidConfig {
+        return Ok(Vec::new());
+    }
     let opts = admin_options().validate_only(true);
     let mut rejected = Vec::new();
     for (k, v) in &wanted.configs {

@@ -128,8 +128,9 @@ impl Failure {
         f
     }
 
-    /// A MongoDB driver error (its [`mongo_message`]): network problems, timeouts, server selection, authentication, and the
-    /// codes and labels of an unavailable server are outages; other command errors belong to the command.
+    /// A MongoDB driver error, with its [`mongo_message`]: network problems, timeouts, server selection,
+    /// authentication, and the codes and labels of an unavailable server are outages; other command errors
+    /// belong to the command.
     pub fn mongo(stage: Stage, err: &mongodb::error::Error) -> Self {
         use mongodb::error::ErrorKind;
         let labelled = err.contains_label("RetryableWriteError")
@@ -247,7 +248,7 @@ impl RecordContext {
 /// A MongoDB driver error as people read it. The driver's own Display is `Kind: …, labels: {…}, source: …,
 /// server response: …` with Debug dumps inside, so the text comes from the kind: the server's code name,
 /// code and message for a command or write error.
-pub fn mongo_message(err: &mongodb::error::Error) -> String {
+fn mongo_message(err: &mongodb::error::Error) -> String {
     use mongodb::error::{ErrorKind, WriteFailure};
     match err.kind.as_ref() {
         ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),

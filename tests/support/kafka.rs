@@ -2,6 +2,26 @@
 
 use super::{Env, unique};
 
+/// Produces each of `values` to `topic` under the key `k`, waiting for each acknowledgement.
+pub async fn produce_values(env: &Env, topic: &str, values: &[&str]) {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    for value in values {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key("k")
+                    .payload(*value),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
 /// Creates a Kafka topic for a test.
 pub async fn create_topic(env: &Env, topic: &str, partitions: i32) {
     create_topic_with(env, topic, partitions, &[]).await;

@@ -249,7 +249,7 @@ pub async fn apply_pods(
                     desired.pods.len()
                 ),
             ),
-            // One text per task, so repeats fold into the Event's series count (the restart count and
+            // One text per task, so repeats fold into one Event's count (the restart count and
             // backoff are in status.tasks[] and the operator's log).
             DeleteReason::Restart {
                 task_id,

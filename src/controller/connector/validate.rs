@@ -1,6 +1,6 @@
 //! Whether a Connector's spec can be used now (no I/O): its Secrets and keys exist, its DeadLetterQueue
-//! exists, its pipeline is a JSON array, librdkafka compiles its topicsRegex, the topics it needs exist. The first thing that is wrong is a
-//! [`Problem`]; otherwise what the spec resolves to.
+//! exists, its pipeline is a JSON array, librdkafka compiles its topicsRegex, the topics it needs exist.
+//! The first thing that is wrong is a [`Problem`]; otherwise what the spec resolves to.
 
 use kube::ResourceExt;
 
