@@ -1074,6 +1074,123 @@ async fn a_rebalance_during_an_outage_wait_leaves_no_partition_paused() {
 }
 
 #[tokio::test]
+async fn a_batch_whose_partitions_a_rebalance_took_and_gave_back_is_counted_once() {
+    let Some(env) = Env::get() else { return };
+    // Two partitions, each with three documents and a poison record, in the task's first batch. The batch
+    // waits out an outage while another member joins the group and leaves: an eager rebalance takes both
+    // partitions away and gives them back, and the task consumes them again from their last commit. The
+    // batch is handled twice (its poison records are dead-lettered twice: at least once), but a record
+    // handled again is counted once, so the ledgers say two record errors, not four.
+    let mut case = OutageCase::new(&env, 0, "tolerance: all, retryDelayMaxMs: 1000").await;
+    case.topic = unique("orders");
+    create_topic(&env, &case.topic, 2).await;
+    let connector = unique("regained");
+    case.cfg = config(
+        &env,
+        &case.topic,
+        &case.db,
+        "documentIdStrategy: providedInValue, offsetFlushIntervalMs: 0",
+        "tolerance: all, retryDelayMaxMs: 1000",
+        Some(&case.dlq),
+    )
+    .replace("connector: orders-sink", &format!("connector: {connector}"));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    for (n, partition) in [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)] {
+        for value in [format!(r#"{{"_id": {n}}}"#)]
+            .into_iter()
+            .chain((n % 3 == 2).then(|| "not json".to_string()))
+        {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&case.topic)
+                        .partition(partition)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+    env.fault_peer_rule(json!({ "command": "*", "database": case.db, "forMs": 25000,
+                                "closeConnection": true }))
+        .await;
+    let task = case.start(&env);
+    outage_reported(&task, "MongoDB").await;
+
+    let group = format!("sluice-test-{connector}");
+    let member: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    member.subscribe(&[&case.topic]).unwrap();
+    wait_for("the other member to get a partition", WAIT, || async {
+        let _ = tokio::time::timeout(Duration::from_millis(200), member.recv()).await;
+        match member.assignment() {
+            Ok(a) if a.count() > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    drop(member); // leaves the group: both partitions go back to the task
+    let inspector: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    wait_for("the task alone in a stable group", WAIT, || async {
+        let list = inspector
+            .fetch_group_list(Some(&group), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        match list.groups().first() {
+            Some(g) if g.state() == "Stable" && g.members().len() == 1 => Ok(()),
+            Some(g) => Err(format!("{} with {} members", g.state(), g.members().len())),
+            None => Err("no group".into()),
+        }
+    })
+    .await;
+    assert!(
+        task.status()
+            .await
+            .is_some_and(|s| s["outage"]["dependency"] == "MongoDB"),
+        "the rebalances came while the first batch waited out the outage: {}",
+        task.log_tail()
+    );
+
+    case.all_landed(&env, 6).await;
+    let letters = dead_letter_messages(&env, &case.dlq, Duration::from_secs(3)).await;
+    assert_eq!(letters.len(), 4, "each poison record twice: {letters:?}");
+    let ledgers = wait_for("both partitions' ledgers at their ends", WAIT, || async {
+        let s = task.status().await.ok_or("no answer")?;
+        let partitions = s["partitions"].clone();
+        let at_end = [0, 1]
+            .iter()
+            .all(|p| partitions[format!("{}-{p}", case.topic)]["position"].as_i64() == Some(4));
+        if at_end {
+            Ok(partitions)
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let record_errors: i64 = ledgers
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| {
+            p["errors"]["totalRecordErrors"]
+                .as_i64()
+                .unwrap_or_default()
+        })
+        .sum();
+    assert_eq!(record_errors, 2, "{ledgers}\n{}", task.log_tail());
+}
+
+#[tokio::test]
 async fn a_bulk_failing_as_a_whole_is_split_down_to_the_record_it_belongs_to() {
     let Some(env) = Env::get() else { return };
     // Three records in one bulk; the peer refuses the first two insert commands (not an outage): the

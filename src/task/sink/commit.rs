@@ -1,10 +1,12 @@
 //! When a sink's offsets move. A batch's positions are stored only after every record of it was written or
 //! handled by error handling, and only stored offsets are committed: at least once. librdkafka commits them
 //! every `offsetFlushIntervalMs` and when partitions are revoked or the consumer closes; a clean stop
-//! commits synchronously; `offsetFlushIntervalMs: 0` commits synchronously after every batch.
+//! commits synchronously; `offsetFlushIntervalMs: 0` commits synchronously after every batch. A batch holds
+//! records of one assignment; a partition a rebalance moved while its batch was written is not stored
+//! (it is consumed again from its last commit, and counted again only then).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -27,6 +29,15 @@ pub struct CommitReporter {
     pub waiting: std::sync::atomic::AtomicBool,
     /// Whose ledgers are read again for every partition a rebalance moves.
     metrics: Arc<TaskMetrics>,
+    moves: Mutex<Moves>,
+}
+
+/// The rebalances the consumer has seen, and per partition the one that last moved it (assigned or
+/// revoked).
+#[derive(Debug, Default)]
+struct Moves {
+    rebalances: u64,
+    last: BTreeMap<String, u64>,
 }
 
 impl CommitReporter {
@@ -34,8 +45,79 @@ impl CommitReporter {
         Self {
             waiting: Default::default(),
             metrics,
+            moves: Default::default(),
         }
     }
+
+    fn moves(&self) -> std::sync::MutexGuard<'_, Moves> {
+        self.moves.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many rebalances the consumer has seen. Read right after `recv` returns a record: librdkafka
+    /// runs the rebalance callback in the consumer's poll and hands out no record fetched before it, so
+    /// the record belongs to the assignment this count ends with.
+    pub fn rebalances(&self) -> u64 {
+        self.moves().rebalances
+    }
+
+    /// Whether a rebalance after the `rebalances`-th moved `key`.
+    fn moved_since(&self, key: &str, rebalances: u64) -> bool {
+        self.moves()
+            .last
+            .get(key)
+            .is_some_and(|&at| at > rebalances)
+    }
+}
+
+/// A batch's records, all of one assignment: they arrived after the same number of rebalances.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<OwnedMessage>,
+    rebalances: u64,
+}
+
+impl Batch {
+    /// Adds a record that arrived after `rebalances` rebalances; one of another assignment than the
+    /// batch's comes back, for the next batch.
+    pub fn push(
+        &mut self,
+        record: OwnedMessage,
+        rebalances: u64,
+    ) -> Result<(), (OwnedMessage, u64)> {
+        if self.records.is_empty() {
+            self.rebalances = rebalances;
+        } else if rebalances != self.rebalances {
+            return Err((record, rebalances));
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The batch's partitions a rebalance moved since its records arrived (see [`is_stale`]).
+    fn moved(&self, consumer: &SinkConsumer) -> BTreeSet<String> {
+        self.records
+            .iter()
+            .map(|m| partition_key(m.topic(), m.partition()))
+            .filter(|key| is_stale(consumer, key, self.rebalances))
+            .collect()
+    }
+}
+
+/// Whether a record of `key` that arrived after `rebalances` rebalances is of an assignment that has
+/// ended: a rebalance moved its partition since. Such a partition is consumed again from its last commit
+/// (by its new owner, or by this task if it came back: librdkafka fetches from the committed offset after
+/// an assignment), so the record's position is not the task's to store, and whoever handles it next
+/// counts it.
+pub fn is_stale(consumer: &SinkConsumer, key: &str, rebalances: u64) -> bool {
+    consumer.context().moved_since(key, rebalances)
 }
 
 impl ClientContext for CommitReporter {}
@@ -51,10 +133,13 @@ impl ConsumerContext for CommitReporter {
         if let rdkafka::consumer::Rebalance::Assign(moved)
         | rdkafka::consumer::Rebalance::Revoke(moved) = rebalance
         {
+            let mut moves = self.moves();
+            moves.rebalances += 1;
+            let at = moves.rebalances;
             for e in moved.elements() {
-                self.metrics
-                    .ledger
-                    .forget(&partition_key(e.topic(), e.partition()));
+                let key = partition_key(e.topic(), e.partition());
+                self.metrics.ledger.forget(&key);
+                moves.last.insert(key, at);
             }
         }
         if let rdkafka::consumer::Rebalance::Assign(assigned) = rebalance {
@@ -98,16 +183,39 @@ pub fn commit_settings(config: &mut ClientConfig, interval_ms: i64) {
 }
 
 /// Marks a handled batch: its positions are stored for the next interval commit, or committed now, each
-/// with its partition's ledger as the commit metadata ([`ledger_partitions`] read them first).
+/// with its partition's ledger as the commit metadata ([`ledger_partitions`] read them first). Partitions
+/// a rebalance moved while the batch was written are left out (see [`Batch::moved`]): storing them would
+/// take a position of the old assignment for the new one, and this task would count their records again
+/// when it consumes them again.
 pub fn batch_handled(
     consumer: &SinkConsumer,
-    batch: &[OwnedMessage],
+    batch: &Batch,
     interval_ms: i64,
     ledger: &Ledger,
 ) -> Result<(), TaskFailed> {
+    let moved = batch.moved(consumer);
+    if !moved.is_empty() {
+        tracing::warn!(
+            partitions = moved.len(),
+            "partitions moved by a rebalance while their batch was written; they are consumed again from \
+             their last commit"
+        );
+        for key in &moved {
+            ledger.forget(key);
+            ledger.drop_pending(key);
+        }
+    }
+    let kept: Vec<&OwnedMessage> = batch
+        .records
+        .iter()
+        .filter(|m| !moved.contains(&partition_key(m.topic(), m.partition())))
+        .collect();
+    if kept.is_empty() {
+        return Ok(());
+    }
     // Read already unless a rebalance came in between; a stored ledger is never made up.
-    ledger_partitions(consumer, batch, ledger).map_err(commit_failed)?;
-    let (handled, ledgers) = positions_after(batch, ledger).map_err(commit_failed)?;
+    ledger_partitions(consumer, kept.iter().copied(), ledger).map_err(commit_failed)?;
+    let (handled, ledgers) = positions_after(&kept, ledger).map_err(commit_failed)?;
     if interval_ms > 0 {
         store(consumer, &handled).map_err(commit_failed)?;
     } else {
@@ -129,13 +237,15 @@ pub fn batch_handled(
 
 /// Reads the committed ledger of every partition of the batch whose ledger the task has not read since
 /// it got the partition (blocking; an error is Kafka's, to retry).
-pub fn ledger_partitions(
+pub fn ledger_partitions<'a>(
     consumer: &SinkConsumer,
-    batch: &[OwnedMessage],
+    batch: impl IntoIterator<Item = &'a OwnedMessage>,
     ledger: &Ledger,
 ) -> KafkaResult<()> {
-    let partitions: BTreeSet<(&str, i32)> =
-        batch.iter().map(|m| (m.topic(), m.partition())).collect();
+    let partitions: BTreeSet<(&str, i32)> = batch
+        .into_iter()
+        .map(|m| (m.topic(), m.partition()))
+        .collect();
     let mut wanted = TopicPartitionList::new();
     for (topic, partition) in partitions {
         if !ledger.is_loaded(&partition_key(topic, partition)) {
@@ -192,7 +302,7 @@ fn commit_failed(e: KafkaError) -> TaskFailed {
 /// The position after every record of the batch, per partition, with the partition's ledger as its
 /// metadata: what a commit records as handled. The ledgers come along in the list's order.
 fn positions_after(
-    batch: &[OwnedMessage],
+    batch: &[&OwnedMessage],
     ledger: &Ledger,
 ) -> KafkaResult<(TopicPartitionList, Vec<(String, ErrorCounters)>)> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
@@ -227,5 +337,32 @@ fn store(consumer: &SinkConsumer, handled: &TopicPartitionList) -> KafkaResult<(
             Ok(())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn record(partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "orders".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_batch_takes_records_of_one_assignment_only() {
+        let mut batch = Batch::default();
+        assert!(batch.push(record(0, 7), 2).is_ok());
+        assert!(batch.push(record(1, 3), 2).is_ok());
+        let (back, at) = batch.push(record(0, 0), 4).unwrap_err();
+        assert_eq!((back.offset(), at, batch.len()), (0, 4, 2));
     }
 }

@@ -26,7 +26,7 @@ use crate::crd::connector::SinkSpec;
 use crate::kafka::{Credentials, consumer_config};
 use crate::names;
 use crate::wire::{TaskConfig, TerminationReason};
-use commit::{CommitReporter, SinkConsumer};
+use commit::{Batch, CommitReporter, SinkConsumer};
 
 /// The sink task.
 pub struct Sink {
@@ -107,8 +107,8 @@ impl Sink {
             held: Default::default(),
         };
         loop {
-            // Held records come first; more are only read once none is left (held ones only arrive
-            // during a wait, never while the batch fills).
+            // Held records come first; more are only read once none is left (held ones arrive during a
+            // wait, or end a batch's filling when a rebalance came in between).
             let (mut batch, more_held) = waiter.take_held(max);
             if batch.is_empty() {
                 let first = tokio::select! {
@@ -116,7 +116,10 @@ impl Sink {
                     _ = shutdown.changed() => break,
                 };
                 match first {
-                    Ok(m) => batch.push(m.detach()),
+                    Ok(m) => {
+                        let pushed = batch.push(m.detach(), consumer.context().rebalances());
+                        debug_assert!(pushed.is_ok(), "the first record of a batch always fits");
+                    }
                     Err(e) => {
                         // Consumer errors (rebalances, broker hiccups) are librdkafka's to recover from.
                         tracing::warn!(error = %e, "consume");
@@ -126,20 +129,26 @@ impl Sink {
             }
             while batch.len() < max && !more_held {
                 match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Ok(m)) => {
+                        // A rebalance came in between: the record starts the next batch.
+                        if let Err(next) = batch.push(m.detach(), consumer.context().rebalances()) {
+                            waiter.hold(next);
+                            break;
+                        }
+                    }
                     _ => break,
                 }
             }
             let started = Instant::now();
             let ledger = &self.metrics.ledger;
-            if let Some(first) = batch.first() {
+            if let Some(first) = batch.records.first() {
                 ledger.work_on(&partition_key(first.topic(), first.partition()));
             }
             let handled = async {
-                self.write_batch(&batch, &waiter).await?;
+                self.write_batch(&batch.records, &waiter).await?;
                 self.handler
                     .retry(&waiter, || async {
-                        commit::ledger_partitions(&consumer, &batch, ledger)
+                        commit::ledger_partitions(&consumer, &batch.records, ledger)
                             .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))
                     })
                     .await
@@ -170,16 +179,38 @@ impl Sink {
 struct PausedWait<'a> {
     consumer: &'a SinkConsumer,
     shutdown: watch::Receiver<bool>,
-    held: std::sync::Mutex<std::collections::VecDeque<OwnedMessage>>,
+    /// Records held, each with the consumer's rebalance count when it arrived.
+    held: std::sync::Mutex<std::collections::VecDeque<(OwnedMessage, u64)>>,
 }
 
 impl PausedWait<'_> {
     /// Up to `max` held records, and whether more are left.
-    fn take_held(&self, max: usize) -> (Vec<OwnedMessage>, bool) {
+    /// Up to `max` held records of one assignment, and whether more are left. Held records whose
+    /// partition a rebalance moved since are dropped: they are consumed again (see [`commit::is_stale`]).
+    fn take_held(&self, max: usize) -> (Batch, bool) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.len().min(max);
-        let taken = held.drain(..n).collect();
+        held.retain(|(m, at)| {
+            !commit::is_stale(self.consumer, &partition_key(m.topic(), m.partition()), *at)
+        });
+        let mut taken = Batch::default();
+        while taken.len() < max {
+            let Some((record, rebalances)) = held.pop_front() else {
+                break;
+            };
+            if let Err(other) = taken.push(record, rebalances) {
+                held.push_front(other);
+                break;
+            }
+        }
         (taken, !held.is_empty())
+    }
+
+    /// Keeps a record for the next batch.
+    fn hold(&self, (record, rebalances): (OwnedMessage, u64)) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((record, rebalances));
     }
 
     /// Pauses (or resumes) the assigned partitions; a rebalance meanwhile follows the same state (see
@@ -218,11 +249,7 @@ impl PausedWait<'_> {
     async fn hold_arriving(&self) -> std::convert::Infallible {
         loop {
             match self.consumer.recv().await {
-                Ok(m) => self
-                    .held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(m.detach()),
+                Ok(m) => self.hold((m.detach(), self.consumer.context().rebalances())),
                 Err(e) => tracing::debug!(error = %e, "consume while paused"),
             }
         }
