@@ -28,6 +28,12 @@ pub const CONFIG_DIR: &str = "/etc/sluice";
 pub const DEFAULT_OFFSET_TOPIC: &str = "sluice-offsets";
 /// The prefix of the context headers of a dead-letter record (Kafka Connect's `__connect.errors.*`).
 pub const DEAD_LETTER_HEADER_PREFIX: &str = "__connect.errors.";
+
+/// The header sluice adds to every dead letter: when it was dead-lettered (milliseconds since the epoch,
+/// as decimal text). A dead letter keeps its record's timestamp, as Kafka Connect's do, so this is what
+/// DeadLetterQueue inspection and replay `from`/`to` filters go by.
+pub const DEAD_LETTERED_AT_HEADER: &str = "sluice.deadletter.timestamp";
+
 /// The most bytes the context headers of one dead-letter record take (tasks cut them to it; a
 /// DeadLetterQueue's topic makes room for it).
 pub const CONTEXT_HEADERS_MAX_BYTES: usize = 16 * 1024;

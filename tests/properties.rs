@@ -106,7 +106,8 @@ fn value_and_key_converters_never_panic_on_arbitrary_bytes() {
     for_a_while("value/key converters", bytes, |bytes| {
         for converter in CONVERTERS {
             if let Err(f) = value_document(&bytes, converter) {
-                is_record_error(&f, &[Stage::ValueConverter])?;
+                // TASK_PUT: JSON that is no document.
+                is_record_error(&f, &[Stage::ValueConverter, Stage::TaskPut])?;
             }
             if let Err(f) = key_value(&bytes, converter) {
                 is_record_error(&f, &[Stage::KeyConverter])?;
@@ -209,7 +210,7 @@ fn every_document_becomes_a_write_under_every_model_or_a_record_error() {
             offset: i64::MAX,
         };
         if let Err(f) = build_write(value, key, model, ids, at) {
-            is_record_error(&f, &[Stage::KeyConverter, Stage::ValueConverter])?;
+            is_record_error(&f, &[Stage::TaskPut])?;
         }
         Ok(())
     });

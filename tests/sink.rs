@@ -64,6 +64,7 @@ struct DeadLetter {
     key: Option<String>,
     value: Option<String>,
     headers: BTreeMap<String, String>,
+    timestamp: rdkafka::Timestamp,
 }
 
 /// Reads `n` records of a dead-letter topic from its start.
@@ -77,6 +78,7 @@ async fn dead_letters(env: &Env, topic: &str, n: usize) -> Vec<DeadLetter> {
             .unwrap();
         let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
         out.push(DeadLetter {
+            timestamp: m.timestamp(),
             key: text(m.key()),
             value: text(m.payload()),
             headers: m
@@ -288,6 +290,24 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_every_context_header
     assert_eq!(d.value.as_deref(), Some("{not json"), "original value");
     let h = &d.headers;
     assert_eq!(h["trace-id"], "t-1", "original headers kept");
+    // The original record's timestamp, as Kafka Connect keeps it; when it was dead-lettered in a header.
+    let reader = topic_reader(&env, &topic);
+    let original = loop {
+        let m = tokio::time::timeout(WAIT, reader.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.offset() == 1 {
+            break m.timestamp();
+        }
+    };
+    assert!(
+        matches!(original, rdkafka::Timestamp::CreateTime(_)),
+        "{original:?}"
+    );
+    assert_eq!(d.timestamp, original, "the record's timestamp");
+    let at: i64 = h["sluice.deadletter.timestamp"].parse().unwrap();
+    assert!(at >= original.to_millis().unwrap(), "{at} {original:?}");
     assert_eq!(h["__connect.errors.topic"], topic);
     assert_eq!(h["__connect.errors.partition"], "0");
     assert_eq!(h["__connect.errors.offset"], "1");
@@ -340,6 +360,195 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_every_context_header
             .unwrap()
             .contains("not json"),
         "contents are not logged unless logIncludeMessages"
+    );
+}
+
+/// Produces `records` (key, value; `None` is a tombstone) to partition 0 of `topic`, in order.
+async fn produce_maybe_null(env: &Env, topic: &str, records: &[(&str, Option<&str>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        let mut record = FutureRecord::to(topic).key(*key).partition(0);
+        if let Some(v) = value {
+            record = record.payload(*v);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tombstones_and_json_that_is_no_document_are_task_put_record_errors_as_in_kafka_connect() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 1).await;
+    let db = unique("sink");
+    produce_maybe_null(
+        &env,
+        &topic,
+        &[
+            ("k0", Some(r#"{"_id": 0}"#)),
+            ("k1", None),
+            ("k2", Some("[1, 2]")),
+            ("k3", Some(r#"{"no": "id"}"#)),
+            ("k4", Some(r#"{"_id": 4}"#)),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "documentIdStrategy: providedInValue",
+        "tolerance: all",
+        Some(&dlq),
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    documents(&env, &db, 2).await;
+    let letters = dead_letters(&env, &dlq, 3).await;
+    let got: Vec<(Option<&str>, &str, &str, &str)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.key.as_deref(),
+                l.headers["__connect.errors.stage"].as_str(),
+                l.headers["__connect.errors.exception.class.name"].as_str(),
+                l.headers["__connect.errors.exception.message"].as_str(),
+            )
+        })
+        .collect();
+    let data = "org.apache.kafka.connect.errors.DataException";
+    assert_eq!(
+        got,
+        [
+            (Some("k1"), "TASK_PUT", data, "Could not create write model"),
+            (
+                Some("k2"),
+                "TASK_PUT",
+                data,
+                "value is a JSON array, not an object"
+            ),
+            (
+                Some("k3"),
+                "TASK_PUT",
+                data,
+                "Provided id strategy is used but the document structure either contained no _id \
+                 field or it was null"
+            ),
+        ]
+    );
+    assert_eq!(letters[0].value, None, "the tombstone stays a tombstone");
+    let c = counters(&task).await;
+    assert_eq!(c["totalRecordErrors"].as_i64(), Some(3), "{c}");
+}
+
+#[tokio::test]
+async fn delete_on_null_values_deletes_the_document_of_the_tombstone_s_key_in_record_order() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    // k1 is deleted; k3 is deleted and written again after, in the same batch.
+    produce_maybe_null(
+        &env,
+        &topic,
+        &[
+            ("k1", Some(r#"{"n": 1}"#)),
+            ("k2", Some(r#"{"n": 2}"#)),
+            ("k3", Some(r#"{"n": 3}"#)),
+            ("k1", None),
+            ("k3", None),
+            ("k3", Some(r#"{"n": 33}"#)),
+            ("k9", None),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "documentIdStrategy: providedInKey, deleteOnNullValues: true",
+        "tolerance: none",
+        None,
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    wait_for("every record handled", WAIT, || async {
+        let s = task.status().await.ok_or("no answer")?;
+        if s["recordsOut"].as_i64() == Some(7) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let docs = documents(&env, &db, 2).await;
+    assert_eq!(
+        docs,
+        [doc! { "_id": "k2", "n": 2 }, doc! { "_id": "k3", "n": 33 }],
+        "a tombstone for a missing document (k9) deletes nothing and is no error"
+    );
+    let c = counters(&task).await;
+    assert_eq!(c["totalRecordErrors"].as_i64(), Some(0), "{c}");
+}
+
+#[test]
+fn murmur2_gives_kafka_s_values() {
+    // Kafka's own UtilsTest vectors.
+    assert_eq!(support::murmur2(b"21"), -973932308);
+    assert_eq!(support::murmur2(b"foobar"), -790332482);
+    assert_eq!(support::murmur2(b"a-little-bit-long-string"), -985981536);
+    assert_eq!(support::murmur2(b"a-little-bit-longer-string"), -1486304829);
+    assert_eq!(support::murmur2(b"abc"), 479470107);
+}
+
+#[tokio::test]
+async fn dead_letters_land_in_the_partition_kafka_s_java_producer_picks_for_their_key() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 4).await;
+    let db = unique("sink");
+    let keys: Vec<String> = (0..12).map(|n| format!("order-{n}")).collect();
+    let records: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "not json")).collect();
+    produce(&env, &topic, &records).await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all",
+        Some(&dlq),
+    );
+    let _task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    let consumer = support::topic_reader(&env, &dlq);
+    let mut placed = BTreeMap::new();
+    while placed.len() < keys.len() {
+        let m = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("dead letters in time")
+            .unwrap();
+        let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+        placed.insert(key, m.partition());
+    }
+    for (key, partition) in &placed {
+        let java = (support::murmur2(key.as_bytes()) & 0x7fff_ffff) % 4;
+        assert_eq!(*partition, java, "{key}: {placed:?}");
+    }
+    assert!(
+        placed
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1,
+        "keys spread over partitions: {placed:?}"
     );
 }
 
@@ -409,18 +618,21 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
     assert_eq!(letters[0].headers["__connect.errors.stage"], "TASK_PUT");
     assert_eq!(
         letters[0].headers["__connect.errors.exception.class.name"],
-        "com.mongodb.MongoBulkWriteException"
+        "com.mongodb.kafka.connect.sink.dlq.WriteException",
+        "Kafka Connect's MongoDB sink's class"
     );
     assert_eq!(
         letters[0].headers["__connect.errors.exception.message"],
-        "Document failed validation: { card: \"4111-1111\" }",
-        "the dead letter carries the server's message as it is (it holds the record anyway)"
+        "v=1, code=121, message=Document failed validation: { card: \"4111-1111\" }, details={}",
+        "Connect's versioned format, with the server's message as it is (the dead letter holds the \
+         record anyway)"
     );
     assert_eq!(letters[0].headers["__connect.errors.offset"], "1");
     // What the server quoted of the record stays out of status and the log.
     let status = task.status().await.unwrap();
     assert_eq!(
-        status["lastError"]["message"], "Document failed validation: {…}",
+        status["lastError"]["message"],
+        "v=1, code=121, message=Document failed validation: {…}, details={…}",
         "{status}"
     );
     assert!(
@@ -529,7 +741,10 @@ async fn tolerance_none_ends_the_task_with_a_termination_message_and_no_commit()
     assert_eq!(task.wait_exit(WAIT).await, 1, "{}", task.log_tail());
     let m = task.termination_message();
     assert_eq!(m["reason"], "RecordFailed");
-    assert_eq!(m["stage"], "VALUE_CONVERTER");
+    assert_eq!(
+        m["stage"], "TASK_PUT",
+        "JSON, but no document: a write-model error as in Kafka Connect"
+    );
     assert_eq!(
         m["errorClass"],
         "org.apache.kafka.connect.errors.DataException"

@@ -429,6 +429,13 @@ pub struct SinkSpec {
     #[serde(default = "default_offset_flush_interval_ms")]
     #[schemars(range(min = 0, max = 3_600_000))]
     pub offset_flush_interval_ms: i64,
+    /// A record with a null value (a tombstone) deletes the document whose `_id` its key gives: the key's
+    /// `_id` field when the key is a document that has one, else the whole key, read by `keyConverter`
+    /// (MongoDB connector: `delete.on.null.values`). Off, a tombstone is a record error at `TASK_PUT`
+    /// ("Could not create write model", as Kafka Connect reports it), handled by `spec.errors`. A
+    /// tombstone without a key is a record error either way. Never dropped silently.
+    #[serde(default)]
+    pub delete_on_null_values: bool,
 }
 
 fn default_key_converter() -> Converter {
@@ -552,7 +559,7 @@ pub struct ErrorsSpec {
     /// `contextHeadersEnable`, or false for a plain topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_headers_enable: Option<bool>,
-    /// Errors never retried: error class names (`MongoBulkWriteException`) or MongoDB error codes
+    /// Errors never retried: error class names (`MongoCommandException`) or MongoDB error codes
     /// (`11000`). Spring Kafka: `addNotRetryableExceptions`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]

@@ -153,8 +153,9 @@ fn default_max_replay_count() -> i32 {
     3
 }
 
-/// Which dead-letter records a replay takes: every non-empty list must contain the record's value, and its
-/// timestamp must be within `from`..`to`.
+/// Which dead-letter records a replay takes: every non-empty list must contain the record's value, and the
+/// time it was dead-lettered must be within `from`..`to` (the `sluice.deadletter.timestamp` header; the
+/// record's timestamp for a dead letter without it, such as Kafka Connect's).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.from) || !has(self.to) || timestamp(self.from) < timestamp(self.to)")
@@ -299,10 +300,11 @@ pub struct Inspection {
     /// Per partition: start and end offsets and depth.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionDepth>,
-    /// Timestamp of the oldest record still in the topic (RFC 3339).
+    /// When the oldest record still in the topic was dead-lettered (RFC 3339; see the replay filter's
+    /// `from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_record_time: Option<String>,
-    /// Timestamp of the newest record (RFC 3339).
+    /// When the newest record was dead-lettered (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_record_time: Option<String>,
     /// Records by `__connect.errors.exception.class.name`.
@@ -418,7 +420,7 @@ pub struct DeadLetterError {
     pub offset: Option<i64>,
     /// Where it is in the dead-letter topic: `<partition>@<offset>`.
     pub position: String,
-    /// The dead-letter record's timestamp (RFC 3339).
+    /// When the record was dead-lettered (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
 }

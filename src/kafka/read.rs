@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use crate::names;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// A consumer for these reads: it is assigned partitions, joins no group's rebalances and never commits
@@ -165,4 +167,47 @@ pub fn read_ranges(
         }
     }
     Ok(())
+}
+
+/// When a dead letter was dead-lettered: its [`names::DEAD_LETTERED_AT_HEADER`], else (a dead letter Kafka
+/// Connect or an older sluice wrote) the record's own timestamp.
+pub fn dead_lettered_at(m: &impl Message) -> Option<i64> {
+    m.headers()
+        .and_then(|hs| hs.iter().find(|h| h.key == names::DEAD_LETTERED_AT_HEADER))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .or_else(|| m.timestamp().to_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+
+    #[test]
+    fn a_dead_letter_s_time_is_its_header_else_its_timestamp() {
+        let letter = |headers: Option<OwnedHeaders>| {
+            OwnedMessage::new(
+                None,
+                None,
+                "dlq".into(),
+                Timestamp::CreateTime(1_000),
+                0,
+                0,
+                headers,
+            )
+        };
+        let marked = OwnedHeaders::new().insert(Header {
+            key: names::DEAD_LETTERED_AT_HEADER,
+            value: Some("2000"),
+        });
+        assert_eq!(dead_lettered_at(&letter(Some(marked))), Some(2_000));
+        assert_eq!(
+            dead_lettered_at(&letter(None)),
+            Some(1_000),
+            "Kafka Connect's"
+        );
+    }
 }

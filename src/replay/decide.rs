@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::crd::dead_letter_queue::{Replay, ReplayCounts};
-use crate::names::DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX;
+use crate::names::{DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER};
 
 /// Header naming the replay that sent a record back.
 pub const HEADER_REPLAY_ID: &str = "sluice.replay.id";
@@ -107,8 +107,9 @@ pub fn decide(
     }
 }
 
-/// The headers of a replayed record: the original ones without the error context and earlier replay
-/// marks, then this replay's id and count.
+/// The headers of a replayed record: the original ones without the error context (the
+/// `__connect.errors.*` headers and the time it was dead-lettered) and earlier replay marks, then this
+/// replay's id and count.
 pub fn replay_headers(
     original: &[(String, Option<Vec<u8>>)],
     id: &str,
@@ -117,7 +118,13 @@ pub fn replay_headers(
     let mut out: Vec<(String, Option<Vec<u8>>)> = original
         .iter()
         .filter(|(k, _)| {
-            !k.starts_with(HEADER_PREFIX) && k != HEADER_REPLAY_ID && k != HEADER_REPLAY_COUNT
+            !k.starts_with(HEADER_PREFIX)
+                && ![
+                    HEADER_REPLAY_ID,
+                    HEADER_REPLAY_COUNT,
+                    DEAD_LETTERED_AT_HEADER,
+                ]
+                .contains(&k.as_str())
         })
         .cloned()
         .collect();

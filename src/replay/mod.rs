@@ -317,7 +317,7 @@ fn handle(
         return Ok(false);
     }
     let record = DeadLetterRecord {
-        timestamp_ms: m.timestamp().to_millis(),
+        timestamp_ms: crate::kafka::read::dead_lettered_at(m),
         headers: m
             .headers()
             .map(|hs| {

@@ -18,8 +18,10 @@ pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Document, Fa
                 .map_err(|e| Failure::conversion(stage, format!("value is not JSON: {e}")))?;
             match Bson::try_from(json) {
                 Ok(Bson::Document(d)) => Ok(d),
+                // The converter succeeded; what fails is making a document of it: Kafka Connect's
+                // MongoDB sink reports that at TASK_PUT.
                 Ok(other) => Err(Failure::conversion(
-                    stage,
+                    Stage::TaskPut,
                     format!("value is a JSON {}, not an object", bson_kind(&other)),
                 )),
                 Err(e) => Err(Failure::conversion(
@@ -100,12 +102,55 @@ fn bson_kind(b: &Bson) -> &'static str {
     }
 }
 
-/// One write of a bulk: the statement for MongoDB's `insert` or `update` command.
+/// One write of a bulk: the statement for MongoDB's `insert`, `update` or `delete` command.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     Insert(Document),
     /// An `update` statement (`{q, u, upsert}`); `u` is a replacement or a `$set`.
     Update(Document),
+    /// A `delete` statement (`{q: {_id}, limit: 1}`).
+    Delete(Document),
+}
+
+impl Write {
+    /// The command the statement belongs to.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Write::Insert(_) => "insert",
+            Write::Update(_) => "update",
+            Write::Delete(_) => "delete",
+        }
+    }
+
+    /// The statement, as the command's array holds it.
+    pub fn statement(&self) -> &Document {
+        match self {
+            Write::Insert(d) | Write::Update(d) | Write::Delete(d) => d,
+        }
+    }
+}
+
+/// The write for a tombstone (a record without a value) with `key` (read by the key converter): with
+/// `delete_on_null`, a delete of the document whose `_id` the key gives (its `_id` field when it is a
+/// document with one, else the whole key); otherwise the record error Kafka Connect's MongoDB sink reports.
+pub fn tombstone_write(key: Option<Bson>, delete_on_null: bool) -> Result<Write, Failure> {
+    let Some(key) = key else {
+        return Err(Failure::conversion(
+            Stage::TaskPut,
+            "Invalid Sink Record neither key doc nor value doc were present",
+        ));
+    };
+    if !delete_on_null {
+        return Err(Failure::conversion(
+            Stage::TaskPut,
+            "Could not create write model",
+        ));
+    }
+    let id = match key {
+        Bson::Document(mut d) if d.contains_key("_id") => d.remove("_id").unwrap_or(Bson::Null),
+        other => other,
+    };
+    Ok(Write::Delete(doc! { "q": { "_id": id }, "limit": 1 }))
 }
 
 /// Where a record came from, for `kafkaCoordinates` ids.
@@ -131,16 +176,22 @@ pub fn build_write(
             .unwrap_or_else(|| Bson::ObjectId(ObjectId::new())),
         DocumentIdStrategy::ProvidedInKey => key.ok_or_else(|| {
             Failure::conversion(
-                Stage::KeyConverter,
+                Stage::TaskPut,
                 "documentIdStrategy providedInKey needs a record key",
             )
         })?,
-        DocumentIdStrategy::ProvidedInValue => value.get("_id").cloned().ok_or_else(|| {
-            Failure::conversion(
-                Stage::ValueConverter,
-                "documentIdStrategy providedInValue needs an _id field in the value",
-            )
-        })?,
+        // Kafka Connect's MongoDB sink fails the write model (TASK_PUT) with this text.
+        DocumentIdStrategy::ProvidedInValue => value
+            .get("_id")
+            .filter(|id| **id != Bson::Null)
+            .cloned()
+            .ok_or_else(|| {
+                Failure::conversion(
+                    Stage::TaskPut,
+                    "Provided id strategy is used but the document structure either contained no _id \
+                     field or it was null",
+                )
+            })?,
         DocumentIdStrategy::KafkaCoordinates => Bson::Document(
             doc! { "topic": at.topic, "partition": at.partition, "offset": at.offset },
         ),
@@ -179,17 +230,43 @@ mod tests {
         let bad = value_document(b"{not json", Converter::Json).unwrap_err();
         assert_eq!((bad.stage, bad.retriable), (Stage::ValueConverter, false));
         assert!(bad.class.ends_with("DataException"));
-        assert!(
-            value_document(b"[1,2]", Converter::Json)
-                .unwrap_err()
-                .message
-                .contains("array")
-        );
+        let array = value_document(b"[1,2]", Converter::Json).unwrap_err();
+        assert!(array.message.contains("array"), "{}", array.message);
+        assert_eq!(array.stage, Stage::TaskPut, "JSON, but no document");
         let raw = mongodb::bson::to_vec(&doc! { "a": 1 }).unwrap();
         assert_eq!(
             value_document(&raw, Converter::Bson).unwrap(),
             doc! { "a": 1 }
         );
+    }
+
+    #[test]
+    fn tombstones_delete_by_the_key_s_id_when_asked_and_are_record_errors_otherwise() {
+        let delete = |key| match tombstone_write(Some(key), true).unwrap() {
+            Write::Delete(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            delete(Bson::Document(doc! { "_id": 7, "region": "eu" })),
+            doc! { "q": { "_id": 7 }, "limit": 1 }
+        );
+        assert_eq!(
+            delete(Bson::String("k1".into())),
+            doc! { "q": { "_id": "k1" }, "limit": 1 }
+        );
+        assert_eq!(
+            delete(Bson::Document(doc! { "sku": 1 })),
+            doc! { "q": { "_id": { "sku": 1 } }, "limit": 1 },
+            "a key without _id is the id"
+        );
+        let off = tombstone_write(Some(Bson::String("k1".into())), false).unwrap_err();
+        assert_eq!(
+            (off.stage, off.message.as_str(), off.retriable),
+            (Stage::TaskPut, "Could not create write model", false)
+        );
+        assert!(off.class.ends_with("DataException"));
+        let keyless = tombstone_write(None, true).unwrap_err();
+        assert!(keyless.message.contains("neither key doc nor value doc"));
     }
 
     #[test]
@@ -252,6 +329,21 @@ mod tests {
             AT,
         )
         .unwrap_err();
-        assert_eq!(err.stage, Stage::ValueConverter);
+        assert_eq!(
+            err.stage,
+            Stage::TaskPut,
+            "a write model that can't be built"
+        );
+        assert!(
+            build_write(
+                doc! { "_id": Bson::Null },
+                None,
+                WriteModel::Insert,
+                DocumentIdStrategy::ProvidedInValue,
+                AT,
+            )
+            .is_err(),
+            "a null _id is no id"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The dead-letter queue: failed records with their original key, value and headers, plus (when enabled)
 //! the `__connect.errors.*` context headers exactly as Kafka Connect's `DeadLetterQueueReporter` writes
-//! them, so tools that read Connect dead-letter topics read sluice's.
+//! them, so tools that read Connect dead-letter topics read sluice's. A dead letter keeps its record's
+//! timestamp, as Connect's do; sluice adds one header of its own, the time it was dead-lettered
+//! ([`DEAD_LETTERED_AT_HEADER`]).
 
 use std::time::Duration;
 
@@ -8,7 +10,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::failure::{Failure, RecordContext, Stage};
-use crate::names::{CONTEXT_HEADERS_MAX_BYTES, DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX};
+use crate::names::{
+    CONTEXT_HEADERS_MAX_BYTES, DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER,
+};
 
 /// The class that ran the stage (`__connect.errors.class.name`).
 pub fn operation_class(stage: Stage) -> &'static str {
@@ -119,6 +123,9 @@ impl DeadLetterQueue {
     ) -> FutureRecord<'a, [u8], [u8]> {
         let headers = self.headers(record, failure, connector, task_id);
         let mut out: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(ts) = record.timestamp_ms {
+            out = out.timestamp(ts);
+        }
         if let Some(k) = &record.key {
             out = out.key(k.as_slice());
         }
@@ -150,7 +157,13 @@ impl DeadLetterQueue {
                 });
             }
         }
-        headers
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .as_millisecond()
+            .to_string();
+        headers.insert(Header {
+            key: DEAD_LETTERED_AT_HEADER,
+            value: Some(now.as_bytes()),
+        })
     }
 
     /// Writes one failed record and waits for the broker's acknowledgement.

@@ -214,6 +214,8 @@ pub struct RecordContext {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// A sink record's timestamp (milliseconds since the epoch), which its dead letter keeps.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl RecordContext {

@@ -118,6 +118,10 @@ pub async fn run_with_metrics(
                     names::dead_letter_client_id(&cfg.connector, cfg.task_id),
                 )
                 .set("enable.idempotence", "true")
+                // Kafka's Java producer partitions a keyed record by murmur2 of its key (librdkafka's
+                // default is CRC32): the same key lands in the same dead-letter partition as from Kafka
+                // Connect, so both can share a DLQ during a migration.
+                .set("partitioner", "murmur2_random")
                 // Records as large as the topics they come from: the broker enforces the dead-letter
                 // topic's max.message.bytes (a DeadLetterQueue sets it from the topics that feed it).
                 .set("message.max.bytes", dlq::PRODUCER_MESSAGE_MAX_BYTES)

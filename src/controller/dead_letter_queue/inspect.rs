@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Headers, Message};
 
 use crate::crd::dead_letter_queue::{DeadLetterError, Inspection, PartitionDepth};
-use crate::kafka::read::{self, Next, Range};
+use crate::kafka::read::{self, Next, Range, dead_lettered_at};
 use crate::names;
 use crate::text::without_record_contents;
 
@@ -133,7 +133,7 @@ pub fn scan(
     // The first record of every non-empty partition gives the oldest time.
     let whole: Vec<Range> = watermarks.iter().copied().map(Range::from).collect();
     read::read_ranges(&consumer, topic, &whole, TIMEOUT, POLL, |m| {
-        if let Some(ts) = m.timestamp().to_millis() {
+        if let Some(ts) = dead_lettered_at(m) {
             out.oldest_ms = Some(out.oldest_ms.map_or(ts, |o| o.min(ts)));
         }
         Next::PartitionDone
@@ -165,7 +165,7 @@ pub fn scan(
         out.records.push(ScannedRecord {
             partition: m.partition(),
             offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
+            timestamp_ms: dead_lettered_at(m),
             headers,
         });
         if out.records.len() >= max_records {

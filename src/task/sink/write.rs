@@ -17,7 +17,9 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::Sink;
 use crate::crd::connector::{DocumentIdStrategy, SinkSpec};
-use crate::task::convert::{Coordinates, Write, build_write, key_value, value_document};
+use crate::task::convert::{
+    Coordinates, Write, build_write, key_value, tombstone_write, value_document,
+};
 use crate::task::errors::{Halt, OutageClock, RetryEnd, Wait};
 use crate::task::failure::{Dependency, Failure, RecordContext, Stage, is_outage_code};
 
@@ -43,14 +45,19 @@ fn record_context(msg: &OwnedMessage) -> RecordContext {
                     .collect()
             })
             .unwrap_or_default(),
+        timestamp_ms: msg.timestamp().to_millis(),
     }
 }
 
 /// The write for one record, or the conversion failure.
-fn convert(sink: &SinkSpec, msg: &OwnedMessage) -> Result<Option<Write>, Failure> {
+fn convert(sink: &SinkSpec, msg: &OwnedMessage) -> Result<Write, Failure> {
     let Some(value) = msg.payload() else {
-        return Ok(None);
-    }; // a tombstone: nothing to write
+        let key = msg
+            .key()
+            .map(|k| key_value(k, sink.key_converter))
+            .transpose()?;
+        return tombstone_write(key, sink.delete_on_null_values);
+    };
     let key = match (sink.document_id_strategy, msg.key()) {
         (DocumentIdStrategy::ProvidedInKey, Some(k)) => Some(key_value(k, sink.key_converter)?),
         _ => None,
@@ -61,7 +68,7 @@ fn convert(sink: &SinkSpec, msg: &OwnedMessage) -> Result<Option<Write>, Failure
         partition: msg.partition(),
         offset: msg.offset(),
     };
-    build_write(value, key, sink.write_model, sink.document_id_strategy, at).map(Some)
+    build_write(value, key, sink.write_model, sink.document_id_strategy, at)
 }
 
 /// A per-index write error from a bulk reply.
@@ -70,6 +77,71 @@ pub struct WriteError {
     pub index: usize,
     pub code: i32,
     pub message: String,
+    /// The server's `errInfo` (a validation failure's details), empty without one.
+    pub details: Document,
+}
+
+impl WriteError {
+    /// The error as Kafka Connect's MongoDB sink reports it: class
+    /// `com.mongodb.kafka.connect.sink.dlq.WriteException`, message `v=1, code=<code>, message=<server
+    /// message>, details=<errInfo as JSON>` (a versioned format tools parse the code out of).
+    pub fn failure(&self) -> Failure {
+        Failure::new(
+            Stage::TaskPut,
+            "com.mongodb.kafka.connect.sink.dlq.WriteException",
+            format!(
+                "v=1, code={}, message={}, details={}",
+                self.code,
+                self.message,
+                java_json(&self.details)
+            ),
+            false,
+        )
+        .with_code(self.code)
+    }
+}
+
+/// A document as the Java driver's `BsonDocument.toJson()` writes it: relaxed extended JSON with `": "`
+/// and `", "` between names, values and elements.
+pub fn java_json(document: &Document) -> String {
+    struct Spaced;
+    fn separator<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            separator(writer, first)
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+        ) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            separator(writer, first)
+        }
+    }
+    let json = Bson::Document(document.clone()).into_relaxed_extjson();
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    use serde::Serialize;
+    match json.serialize(&mut serializer) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => "{}".into(),
+    }
 }
 
 /// A reply's write concern error (`ok: 1`, but the writes are not known to be durable as asked): the
@@ -108,6 +180,7 @@ pub fn parse_write_reply(reply: &Document) -> (u64, Vec<WriteError>) {
                     index: e.get("index").and_then(bson_usize).unwrap_or(0),
                     code: e.get_i32("code").unwrap_or(0),
                     message: e.get_str("errmsg").unwrap_or_default().to_string(),
+                    details: e.get_document("errInfo").cloned().unwrap_or_default(),
                 })
                 .collect()
         })
@@ -135,11 +208,10 @@ impl Sink {
         let mut pending = Vec::with_capacity(batch.len());
         for msg in batch {
             match convert(&self.spec, msg) {
-                Ok(Some(write)) => pending.push(Item {
+                Ok(write) => pending.push(Item {
                     record: record_context(msg),
                     write,
                 }),
-                Ok(None) => {}
                 Err(failure) => {
                     let record = record_context(msg);
                     self.metrics.record_failure(record.ledger_key().as_deref());
@@ -151,7 +223,7 @@ impl Sink {
             self.metrics.records_out(pending.len() as u64);
             return self.handler.flush_dead_letters(waiter).await;
         }
-        let mut groups = VecDeque::from([pending]);
+        let mut groups = runs_of_one_command(pending);
         let mut outage = OutageClock::default();
         while let Some(group) = groups.pop_front() {
             if group.is_empty() {
@@ -175,28 +247,14 @@ impl Sink {
         waiter: &W,
     ) -> Result<Vec<Vec<Item>>, Halt> {
         let ordered = self.spec.bulk_write_ordered;
-        let command = match &items[0].write {
-            Write::Insert(_) => {
-                let docs: Vec<Document> = items
-                    .iter()
-                    .filter_map(|i| match &i.write {
-                        Write::Insert(d) => Some(d.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                doc! { "insert": &self.collection, "documents": docs, "ordered": ordered }
-            }
-            Write::Update(_) => {
-                let stmts: Vec<Document> = items
-                    .iter()
-                    .filter_map(|i| match &i.write {
-                        Write::Update(u) => Some(u.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                doc! { "update": &self.collection, "updates": stmts, "ordered": ordered }
-            }
+        let name = items[0].write.command();
+        let statements: Vec<Document> = items.iter().map(|i| i.write.statement().clone()).collect();
+        let array = match name {
+            "insert" => "documents",
+            "update" => "updates",
+            _ => "deletes",
         };
+        let command = doc! { name: &self.collection, array: statements, "ordered": ordered };
         let reply = self
             .handler
             .retry(waiter, || async {
@@ -229,24 +287,19 @@ impl Sink {
                 return Ok(Vec::new());
             }
         };
-        let (written, errors) = parse_write_reply(&reply);
-        self.metrics.records_out(written);
+        let (_, errors) = parse_write_reply(&reply);
         let first_error = errors.iter().map(|e| e.index).min();
         let by_index: BTreeMap<usize, WriteError> =
             errors.into_iter().map(|e| (e.index, e)).collect();
         let mut again = Vec::new();
         let mut unavailable = None;
+        // What the server took (a delete of a missing document too: it is gone, as asked).
+        let mut accepted = 0;
         for (index, item) in items.into_iter().enumerate() {
             if let Some(err) = by_index.get(&index) {
                 self.metrics
                     .record_failure(item.record.ledger_key().as_deref());
-                let failure = Failure::new(
-                    Stage::TaskPut,
-                    "com.mongodb.MongoBulkWriteException",
-                    err.message.clone(),
-                    false,
-                )
-                .with_code(err.code);
+                let failure = err.failure();
                 if is_outage_code(err.code) {
                     unavailable = Some(failure.outage_of(Dependency::MongoDB));
                     again.push(item);
@@ -257,8 +310,11 @@ impl Sink {
                 }
             } else if ordered && first_error.is_some_and(|f| index > f) {
                 again.push(item); // never attempted: an ordered bulk stops at its first error
+            } else {
+                accepted += 1;
             }
         }
+        self.metrics.records_out(accepted);
         match unavailable {
             Some(failure) => self.handler.wait_out(&failure, outage, waiter).await?,
             None => self.handler.outage_over(outage),
@@ -267,9 +323,38 @@ impl Sink {
     }
 }
 
+/// The writes in order, in runs of one command each (a bulk is one `insert`, `update` or `delete`): a
+/// tombstone's delete between two replaces of the same document stays between them.
+fn runs_of_one_command(items: Vec<Item>) -> VecDeque<Vec<Item>> {
+    let mut runs: VecDeque<Vec<Item>> = VecDeque::new();
+    for item in items {
+        match runs.back_mut() {
+            Some(run) if run[0].write.command() == item.write.command() => run.push(item),
+            _ => runs.push_back(vec![item]),
+        }
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_go_in_runs_of_one_command_in_their_order() {
+        let item = |write| Item {
+            record: RecordContext::default(),
+            write,
+        };
+        let update = || item(Write::Update(doc! {}));
+        let delete = || item(Write::Delete(doc! {}));
+        let runs = runs_of_one_command(vec![update(), update(), delete(), update()]);
+        let shape: Vec<(&str, usize)> = runs
+            .iter()
+            .map(|r| (r[0].write.command(), r.len()))
+            .collect();
+        assert_eq!(shape, [("update", 2), ("delete", 1), ("update", 1)]);
+    }
 
     #[test]
     fn write_replies_give_count_and_per_index_errors() {
@@ -286,6 +371,33 @@ mod tests {
         assert_eq!(
             parse_write_reply(&doc! { "ok": 1, "n": 5_i64 }),
             (5, vec![])
+        );
+    }
+
+    #[test]
+    fn write_errors_read_as_kafka_connect_s_write_exception() {
+        let reply = doc! { "ok": 1, "n": 0, "writeErrors": [
+            { "index": 0, "code": 121, "errmsg": "Document failed validation",
+              "errInfo": { "failingDocumentId": 5, "details": { "rules": [1, "a"], "ok": true } } },
+            { "index": 1, "code": 11000, "errmsg": "E11000 duplicate key" },
+        ]};
+        let (_, errors) = parse_write_reply(&reply);
+        let validation = errors[0].failure();
+        assert_eq!(
+            validation.class,
+            "com.mongodb.kafka.connect.sink.dlq.WriteException"
+        );
+        assert_eq!(
+            validation.message,
+            r#"v=1, code=121, message=Document failed validation, details={"failingDocumentId": 5, "details": {"rules": [1, "a"], "ok": true}}"#
+        );
+        assert_eq!(
+            (validation.code, validation.stage),
+            (Some(121), Stage::TaskPut)
+        );
+        assert_eq!(
+            errors[1].failure().message,
+            "v=1, code=11000, message=E11000 duplicate key, details={}"
         );
     }
 
