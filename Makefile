@@ -7,14 +7,14 @@ HELM := .cache/bin/helm
 APT_PACKAGES := cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
 TOOLS := cargo go java mvn python3 openssl
 
-.PHONY: demo test chaos properties deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
+.PHONY: connect-build demo test chaos properties deps build lint crds docs deploy bench bench-task env-build env-up env-down env-status
 
 ## demo: bring up the loopback cluster, run sluice on it, show it working (KEEP=1 leaves it running)
 demo: deps build env-build
 	@KEEP=$(KEEP) bash tests/env/demo.sh
 
 ## test: set up what is missing, run every test against the real loopback environment, tear it down
-test: deps build env-build
+test: deps build env-build connect-build
 	cd tests/env/kube && GOFLAGS=-mod=mod go test ./cmd/localnode
 	SLUICE_REQUIRE_ENV=1 $(ENVCTL) run -- cargo test --all-targets --locked
 	$(VENV_PY) -m pytest -q tests/env
@@ -72,11 +72,18 @@ lint:
 ## bench: sluice side by side with Kafka Connect + the MongoDB connector (prints a table; see docs/benchmarks.md).
 ## Release builds only: the comparison, the recovery test for figure 6, and the sluice binary the local node
 ## runs for task pods (SLUICE_BINARY), so no debug build is needed.
-bench: deps env-build
+bench: deps env-build connect-build
 	cargo bench --locked --bench versus_connect --no-run
 	cargo test --release --locked --test recovery --no-run
-	mvn -B -q -f benches/connect/pom.xml package
 	SLUICE_BINARY=$(CURDIR)/target/release/sluice $(ENVCTL) run -- bash benches/versus_connect.sh
+
+## connect-build: the standalone Kafka Connect worker with the MongoDB connector (Maven; the dead-letter parity
+## test and make bench compare sluice with it). Rebuilt when its sources change.
+CONNECT_JAR := benches/connect/target/connect-1.jar
+connect-build: $(CONNECT_JAR)
+$(CONNECT_JAR): benches/connect/pom.xml $(wildcard benches/connect/src/main/java/dev/sluice/bench/*.java)
+	mvn -B -q -f benches/connect/pom.xml package
+	touch $@
 
 ## bench-task: sink and source records/s of one task process on this machine (prints figures)
 bench-task: deps env-build

@@ -11,7 +11,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,20 +19,10 @@ use mongodb::bson::{Document, doc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::connect::{ConnectWorker, JVM, free_port};
 use support::{Env, TaskProcess, create_topic, spawn_marked, unique};
 
 const LIMIT: Duration = Duration::from_secs(600);
-/// The JVM as Kafka's scripts start a Connect worker: connect-distributed.sh's heap and kafka-run-class.sh's
-/// G1 settings.
-const JVM: &[&str] = &[
-    "-Xms256M",
-    "-Xmx2G",
-    "-XX:+UseG1GC",
-    "-XX:MaxGCPauseMillis=20",
-    "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent",
-    "-Djava.awt.headless=true",
-];
 /// Heap of the MongoDB peer each run gets (200,000 documents and their oplog entries fit).
 const PEER_HEAP: &str = "-Xmx2g";
 /// Records per bulk write / poll on both sides.
@@ -102,18 +92,14 @@ struct Run {
 /// A process under measurement: sluice's task or Connect's worker.
 enum Proc {
     Sluice(TaskProcess),
-    Connect {
-        child: std::process::Child,
-        log: PathBuf,
-        _dir: tempfile::TempDir,
-    },
+    Connect(ConnectWorker),
 }
 
 impl Proc {
     fn pid(&self) -> u32 {
         match self {
             Proc::Sluice(t) => t.pid(),
-            Proc::Connect { child, .. } => child.id(),
+            Proc::Connect(w) => w.child.id(),
         }
     }
 
@@ -145,7 +131,7 @@ impl Proc {
     /// How many records the drop connector reported (Connect no-op runs).
     fn dropped(&self) -> u64 {
         match self {
-            Proc::Connect { log, .. } => std::fs::read_to_string(log)
+            Proc::Connect(w) => std::fs::read_to_string(&w.log)
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| l.strip_prefix("sluice-bench dropped "))
@@ -163,7 +149,7 @@ impl Proc {
                 .await
                 .and_then(|s| s["recordsOut"].as_u64())
                 .unwrap_or(0),
-            Proc::Connect { .. } => self.dropped(),
+            Proc::Connect(_) => self.dropped(),
         }
     }
 
@@ -171,7 +157,7 @@ impl Proc {
     fn assert_alive(&mut self, what: &str) {
         let exited = match self {
             Proc::Sluice(t) => t.exited(),
-            Proc::Connect { child, .. } => child.try_wait().ok().flatten().is_some(),
+            Proc::Connect(w) => w.exited(),
         };
         assert!(!exited, "{what}: the process ended:\n{}", self.log_tail());
     }
@@ -179,93 +165,16 @@ impl Proc {
     fn log_tail(&self) -> String {
         match self {
             Proc::Sluice(t) => t.log_tail(),
-            Proc::Connect { log, .. } => {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            }
+            Proc::Connect(w) => w.log_tail(),
         }
     }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Proc::Connect { child, .. } = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn connect_classpath() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/connect/target");
-    assert!(
-        dir.join("lib").is_dir(),
-        "{} is missing: run `make bench` (it builds benches/connect with Maven)",
-        dir.display()
-    );
-    format!(
-        "{}:{}/*",
-        dir.join("connect-1.jar").display(),
-        dir.join("lib").display()
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts a standalone Connect worker with one connector.
 fn start_connect(env: &Env, name: &str, connector: &str) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let worker = format!(
-        "bootstrap.servers={}\nkey.converter=org.apache.kafka.connect.storage.StringConverter\n\
-         value.converter=org.apache.kafka.connect.json.JsonConverter\nvalue.converter.schemas.enable=false\n\
-         offset.storage.file.filename={}\noffset.flush.interval.ms={FLUSH_MS}\nlisteners=http://127.0.0.1:{}\n\
-         plugin.discovery=only_scan\nconsumer.max.poll.records={BATCH}\n",
-        env.kafka_bootstrap,
-        dir.path().join("offsets").display(),
-        free_port()
-    );
-    std::fs::write(dir.path().join("worker.properties"), worker).unwrap();
-    std::fs::write(
-        dir.path().join("connector.properties"),
-        format!("name={name}\ntasks.max=1\n{connector}"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("log4j2.properties"),
-        "rootLogger.level = WARN\nrootLogger.appenderRef.stdout.ref = STDOUT\nappender.stdout.type = Console\n\
-         appender.stdout.name = STDOUT\nappender.stdout.layout.type = PatternLayout\n\
-         appender.stdout.layout.pattern = %d %p %c{1} %m%n\n",
-    )
-    .unwrap();
-    let log = Path::new(&env.dir)
-        .join("logs")
-        .join(format!("connect-{name}.log"));
-    let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new("java");
-    cmd.args(JVM)
-        .arg(format!(
-            "-Dlog4j2.configurationFile={}",
-            dir.path().join("log4j2.properties").display()
-        ))
-        .args(["-cp", &connect_classpath()])
-        .arg("org.apache.kafka.connect.cli.ConnectStandalone")
-        .arg(dir.path().join("worker.properties"))
-        .arg(dir.path().join("connector.properties"))
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
-    let child = spawn_marked(env, &mut cmd);
-    Proc::Connect {
-        child,
-        log,
-        _dir: dir,
-    }
+    let worker =
+        format!("offset.flush.interval.ms={FLUSH_MS}\nconsumer.max.poll.records={BATCH}\n");
+    Proc::Connect(ConnectWorker::start(env, name, &worker, connector))
 }
 
 fn start_sluice(env: &Env, name: &str, config: &str, mongodb_uri: &str) -> Proc {

@@ -30,12 +30,24 @@ pub fn cut_with_marker(text: &str, max_bytes: usize, marker: &str) -> String {
 pub fn without_record_contents(message: &str) -> String {
     let text = match message.find("dup key:") {
         Some(i) => format!("{}dup key: (omitted)", &message[..i]),
-        None => without_braced(message),
+        None => without_braced(&without_quoted_value(message)),
     };
     if text.len() > 300 {
         format!("{}…", cut(&text, 300))
     } else {
         text
+    }
+}
+
+/// Kafka Connect's "Could not convert value '<the value>' (<class>) …" with the value left out.
+fn without_quoted_value(text: &str) -> String {
+    const OPEN: &str = "Could not convert value '";
+    let Some(start) = text.find(OPEN).map(|i| i + OPEN.len()) else {
+        return text.to_string();
+    };
+    match text[start..].rfind("' (") {
+        Some(end) => format!("{}…{}", &text[..start], &text[start + end..]),
+        None => format!("{}…", &text[..start]),
     }
 }
 
@@ -89,6 +101,12 @@ mod tests {
             "Document failed validation: {…}"
         );
         assert_eq!(without_record_contents("no braces here"), "no braces here");
+        assert_eq!(
+            without_record_contents(
+                "Could not convert value '[4111-1111, x' (y)]' (java.util.ArrayList) into a BsonDocument."
+            ),
+            "Could not convert value '…' (java.util.ArrayList) into a BsonDocument."
+        );
     }
 
     #[test]

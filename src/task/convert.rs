@@ -7,23 +7,36 @@ use super::failure::{Failure, Stage};
 use crate::crd::connector::{Converter, DocumentIdStrategy, WriteModel};
 
 /// A record's value as a document. JSON and string values must hold a JSON object (MongoDB extended JSON is
-/// understood); bson and bytes values must be one BSON document.
-pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Document, Failure> {
+/// understood), or JSON `null` or nothing at all, which are no value (`None`: a tombstone, as Kafka
+/// Connect's JsonConverter reads them); bson and bytes values must be one BSON document.
+pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Option<Document>, Failure> {
     let stage = Stage::ValueConverter;
     match converter {
+        Converter::Json | Converter::String if bytes.is_empty() => Ok(None),
         Converter::Json | Converter::String => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| Failure::conversion(stage, format!("value is not UTF-8: {e}")))?;
             let json: serde_json::Value = serde_json::from_str(text)
                 .map_err(|e| Failure::conversion(stage, format!("value is not JSON: {e}")))?;
-            match Bson::try_from(json) {
-                Ok(Bson::Document(d)) => Ok(d),
+            match json {
+                serde_json::Value::Null => return Ok(None),
+                serde_json::Value::Object(_) => {}
                 // The converter succeeded; what fails is making a document of it: Kafka Connect's
-                // MongoDB sink reports that at TASK_PUT.
-                Ok(other) => Err(Failure::conversion(
-                    Stage::TaskPut,
-                    format!("value is a JSON {}, not an object", bson_kind(&other)),
-                )),
+                // MongoDB sink reports that at TASK_PUT, in these words.
+                other => {
+                    return Err(Failure::conversion(
+                        Stage::TaskPut,
+                        format!(
+                            "Could not convert value '{}' ({}) into a BsonDocument.",
+                            java_string(&other),
+                            java_class(&other)
+                        ),
+                    ));
+                }
+            }
+            match Bson::try_from(json) {
+                Ok(Bson::Document(d)) => Ok(Some(d)),
+                Ok(_) => unreachable!("a JSON object is a document"),
                 Err(e) => Err(Failure::conversion(
                     stage,
                     format!("value is not valid extended JSON: {e}"),
@@ -31,6 +44,7 @@ pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Document, Fa
             }
         }
         Converter::Bson | Converter::Bytes => bson_document(bytes)
+            .map(Some)
             .map_err(|e| Failure::conversion(stage, format!("value is not a BSON document: {e}"))),
     }
 }
@@ -92,13 +106,59 @@ pub fn key_value(bytes: &[u8], converter: Converter) -> Result<Bson, Failure> {
     }
 }
 
-fn bson_kind(b: &Bson) -> &'static str {
-    match b {
-        Bson::Array(_) => "array",
-        Bson::String(_) => "string",
-        Bson::Null => "null",
-        Bson::Boolean(_) => "boolean",
-        _ => "scalar",
+/// The Java class Kafka Connect's schemaless JsonConverter makes of a JSON value.
+fn java_class(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Array(_) => "java.util.ArrayList",
+        Value::String(_) => "java.lang.String",
+        Value::Bool(_) => "java.lang.Boolean",
+        Value::Number(n) if n.is_f64() => "java.lang.Double",
+        Value::Number(_) => "java.lang.Long",
+        Value::Object(_) => "java.util.HashMap",
+        Value::Null => "null",
+    }
+}
+
+/// A JSON value as Java's `toString` of what the JsonConverter makes of it (`[1, 2]`, `{a=1}`, `1.0E10`).
+/// Objects keep their JSON order, where Java's HashMap has its own.
+fn java_string(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let join = |items: Vec<String>| items.join(", ");
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(d) => java_double(d),
+            None => n.to_string(),
+        },
+        Value::Array(a) => format!("[{}]", join(a.iter().map(java_string).collect())),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            join(
+                o.iter()
+                    .map(|(k, v)| format!("{k}={}", java_string(v)))
+                    .collect()
+            )
+        ),
+    }
+}
+
+/// Java's `Double.toString`: plain between 10^-3 and 10^7 (always with a fraction), else `d.dddE±n`.
+fn java_double(d: f64) -> String {
+    if d == 0.0 || (1e-3..1e7).contains(&d.abs()) {
+        let s = d.to_string();
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        let s = format!("{d:e}");
+        let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+        let mantissa = if mantissa.contains('.') {
+            mantissa.to_string()
+        } else {
+            format!("{mantissa}.0")
+        };
+        format!("{mantissa}E{exponent}")
     }
 }
 
@@ -225,18 +285,44 @@ mod tests {
             br#"{"_id": 1, "qty": {"$numberLong": "5"}}"#,
             Converter::Json,
         )
+        .unwrap()
         .unwrap();
         assert_eq!(d.get_i64("qty").unwrap(), 5, "extended JSON understood");
         let bad = value_document(b"{not json", Converter::Json).unwrap_err();
         assert_eq!((bad.stage, bad.retriable), (Stage::ValueConverter, false));
         assert!(bad.class.ends_with("DataException"));
         let array = value_document(b"[1,2]", Converter::Json).unwrap_err();
-        assert!(array.message.contains("array"), "{}", array.message);
+        assert_eq!(
+            array.message,
+            "Could not convert value '[1, 2]' (java.util.ArrayList) into a BsonDocument."
+        );
         assert_eq!(array.stage, Stage::TaskPut, "JSON, but no document");
+        let no_document = |json: &str| {
+            value_document(json.as_bytes(), Converter::Json)
+                .unwrap_err()
+                .message
+        };
+        assert_eq!(
+            no_document(r#"[1.5, 1e10, 0.0001, "a", true, {"b": 2}]"#),
+            "Could not convert value '[1.5, 1.0E10, 1.0E-4, a, true, {b=2}]' (java.util.ArrayList) into a \
+             BsonDocument."
+        );
+        assert!(no_document("42").contains("'42' (java.lang.Long)"));
+        assert!(no_document("2.5").contains("'2.5' (java.lang.Double)"));
+        assert_eq!(
+            value_document(b"null", Converter::Json).unwrap(),
+            None,
+            "JSON null is no value, as Connect's JsonConverter reads it"
+        );
+        assert_eq!(
+            value_document(b"", Converter::Json).unwrap(),
+            None,
+            "nor is nothing"
+        );
         let raw = mongodb::bson::to_vec(&doc! { "a": 1 }).unwrap();
         assert_eq!(
             value_document(&raw, Converter::Bson).unwrap(),
-            doc! { "a": 1 }
+            Some(doc! { "a": 1 })
         );
     }
 

@@ -62,7 +62,9 @@ impl TaskError {
                 t
             }
             TaskError::Failed(f) => {
-                let mut t = TerminationMessage::new(f.reason.clone(), f.failure.message.clone());
+                // Pod status is no place for record contents a server message quotes.
+                let message = crate::text::without_record_contents(&f.failure.message);
+                let mut t = TerminationMessage::new(f.reason.clone(), message);
                 t.stage = Some(f.failure.stage.connect_name().into());
                 t.error_class = Some(f.failure.class.clone());
                 t.code = f.failure.code;

@@ -3,10 +3,12 @@
 //! - [`kube`]: CRDs, kubectl, Secrets, Events, and the harness that gives each test a namespace of its own
 //!   ([`kube::setup`], [`kube::namespace`]): always deleted, with the pods' state and output printed on failure;
 //! - [`kafka`]: topics and readers;
+//! - [`connect`]: a standalone Kafka Connect worker with the MongoDB connector (the comparisons with Connect);
 //! - [`processes`]: the operator and task processes a test runs;
 //! - [`waiting`]: polling with a deadline, and checking that something keeps holding.
 #![allow(dead_code, unused_imports)] // each test crate uses a different part of this module
 
+pub mod connect;
 pub mod env;
 pub mod kafka;
 pub mod kube;

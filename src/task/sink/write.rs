@@ -51,18 +51,28 @@ fn record_context(msg: &OwnedMessage) -> RecordContext {
 
 /// The write for one record, or the conversion failure.
 fn convert(sink: &SinkSpec, msg: &OwnedMessage) -> Result<Write, Failure> {
-    let Some(value) = msg.payload() else {
-        let key = msg
-            .key()
+    let read_key = || {
+        msg.key()
             .map(|k| key_value(k, sink.key_converter))
-            .transpose()?;
-        return tombstone_write(key, sink.delete_on_null_values);
+            .transpose()
     };
-    let key = match (sink.document_id_strategy, msg.key()) {
-        (DocumentIdStrategy::ProvidedInKey, Some(k)) => Some(key_value(k, sink.key_converter)?),
+    // The key first, as Connect converts it before the value.
+    let key = match sink.document_id_strategy {
+        DocumentIdStrategy::ProvidedInKey => read_key()?,
         _ => None,
     };
-    let value = value_document(value, sink.value_converter)?;
+    // No value: a tombstone, or JSON null (no value, as Connect's JsonConverter reads it).
+    let value = match msg.payload() {
+        Some(bytes) => value_document(bytes, sink.value_converter)?,
+        None => None,
+    };
+    let Some(value) = value else {
+        let key = match key {
+            Some(k) => Some(k),
+            None => read_key()?,
+        };
+        return tombstone_write(key, sink.delete_on_null_values);
+    };
     let at = Coordinates {
         topic: msg.topic(),
         partition: msg.partition(),
