@@ -36,7 +36,18 @@ pub fn value_document(bytes: &[u8], converter: Converter) -> Result<Option<Docum
             }
             match Bson::try_from(json) {
                 Ok(Bson::Document(d)) => Ok(Some(d)),
-                Ok(_) => unreachable!("a JSON object is a document"),
+                // An object that is one extended JSON value (`{"$numberLong": "5"}`): no document.
+                Ok(other) => {
+                    let json = other.into_relaxed_extjson();
+                    Err(Failure::conversion(
+                        Stage::TaskPut,
+                        format!(
+                            "Could not convert value '{}' ({}) into a BsonDocument.",
+                            java_string(&json),
+                            java_class(&json)
+                        ),
+                    ))
+                }
                 Err(e) => Err(Failure::conversion(
                     stage,
                     format!("value is not valid extended JSON: {e}"),
@@ -318,6 +329,11 @@ mod tests {
             value_document(b"", Converter::Json).unwrap(),
             None,
             "nor is nothing"
+        );
+        assert_eq!(
+            no_document(r#"{"$numberLong": "5"}"#),
+            "Could not convert value '5' (java.lang.Long) into a BsonDocument.",
+            "an object that is one extended JSON value"
         );
         let raw = mongodb::bson::to_vec(&doc! { "a": 1 }).unwrap();
         assert_eq!(
