@@ -450,6 +450,90 @@ async fn tombstones_and_json_that_is_no_document_are_task_put_record_errors_as_i
 }
 
 #[tokio::test]
+async fn spring_kafka_s_dead_letter_headers_come_in_spring_s_encodings_beside_connect_s() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 1).await;
+    let db = unique("sink");
+    produce(&env, &topic, &[("k0", r#"{"n": 0}"#), ("k1", "{not json")]).await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert",
+        "tolerance: all, contextHeadersFormat: both",
+        Some(&dlq),
+    );
+    let _task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    let reader = topic_reader(&env, &dlq);
+    let letter = tokio::time::timeout(WAIT, reader.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    let original = tokio::time::timeout(WAIT, async {
+        let r = topic_reader(&env, &topic);
+        loop {
+            let m = r.recv().await.unwrap();
+            if m.offset() == 1 {
+                break m.timestamp().to_millis().unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let headers: Vec<(String, Vec<u8>)> = letter
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} in {headers:?}"))
+    };
+    assert_eq!(get("__connect.errors.offset"), b"1", "Connect's, as text");
+    assert_eq!(
+        get("kafka_dlt-exception-fqcn"),
+        b"org.apache.kafka.connect.errors.DataException"
+    );
+    assert!(
+        String::from_utf8(get("kafka_dlt-exception-message"))
+            .unwrap()
+            .starts_with("value is not JSON")
+    );
+    assert_eq!(get("kafka_dlt-original-topic"), topic.as_bytes());
+    assert_eq!(
+        i32::from_be_bytes(get("kafka_dlt-original-partition").try_into().unwrap()),
+        0
+    );
+    assert_eq!(
+        i64::from_be_bytes(get("kafka_dlt-original-offset").try_into().unwrap()),
+        1
+    );
+    assert_eq!(
+        i64::from_be_bytes(get("kafka_dlt-original-timestamp").try_into().unwrap()),
+        original
+    );
+    assert_eq!(get("kafka_dlt-original-timestamp-type"), b"CreateTime");
+    assert_eq!(
+        get("kafka_dlt-original-consumer-group"),
+        b"sluice-test-orders-sink"
+    );
+    let first_spring = headers
+        .iter()
+        .position(|(k, _)| k.starts_with("kafka_dlt-"));
+    let last_connect = headers
+        .iter()
+        .rposition(|(k, _)| k.starts_with("__connect."));
+    assert!(first_spring > last_connect, "Connect's first: {headers:?}");
+}
+
+#[tokio::test]
 async fn delete_on_null_values_deletes_the_document_of_the_tombstone_s_key_in_record_order() {
     let Some(env) = Env::get() else { return };
     let topic = unique("orders");

@@ -560,6 +560,14 @@ pub struct ErrorsSpec {
     /// `contextHeadersEnable`, or false for a plain topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_headers_enable: Option<bool>,
+    /// Which context headers dead-letter records get when `contextHeadersEnable` is on: `connect`
+    /// (Kafka Connect's `__connect.errors.*`), `spring` (Spring Kafka's `DeadLetterPublishingRecoverer`
+    /// headers, `kafka_dlt-exception-fqcn`, `kafka_dlt-original-partition`, …, in Spring's encodings:
+    /// partition a 4-byte and offset and timestamp 8-byte big-endian numbers) or `both`. DeadLetterQueue
+    /// inspection and replay read Connect's headers, else Spring's (Spring's have no connector name: a
+    /// replay's `connectors` filter takes none of them).
+    #[serde(default)]
+    pub context_headers_format: ContextHeadersFormat,
     /// Errors never retried: error class names (`MongoCommandException`) or MongoDB error codes
     /// (`11000`). Spring Kafka: `addNotRetryableExceptions`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -589,9 +597,23 @@ impl Default for ErrorsSpec {
             dead_letter_queue_ref: None,
             dead_letter_queue_topic: None,
             context_headers_enable: None,
+            context_headers_format: ContextHeadersFormat::Connect,
             not_retryable: Vec::new(),
         }
     }
+}
+
+/// Dead-letter context header formats.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ContextHeadersFormat {
+    /// Kafka Connect's `__connect.errors.*` strings.
+    #[default]
+    Connect,
+    /// Spring Kafka's `kafka_dlt-*` headers.
+    Spring,
+    /// Both, Connect's first.
+    Both,
 }
 
 /// `errors.tolerance` values.

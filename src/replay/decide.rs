@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::crd::dead_letter_queue::{Replay, ReplayCounts};
 use crate::names::{DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER};
+use crate::wire::dead_letter::{SPRING_PREFIX, context_from_spring};
 
 /// Header naming the replay that sent a record back.
 pub const HEADER_REPLAY_ID: &str = "sluice.replay.id";
@@ -28,8 +29,15 @@ impl DeadLetterRecord {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// Connect's context header `name`, else the Spring header that stands for it.
     fn context(&self, name: &str) -> Option<String> {
-        self.header(&format!("{HEADER_PREFIX}{name}"))
+        self.header(&format!("{HEADER_PREFIX}{name}")).or_else(|| {
+            self.headers.iter().rev().find_map(|(k, v)| {
+                context_from_spring(k, v.as_deref()?)
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, value)| value)
+            })
+        })
     }
 
     /// How often the record was replayed before.
@@ -108,8 +116,8 @@ pub fn decide(
 }
 
 /// The headers of a replayed record: the original ones without the error context (the
-/// `__connect.errors.*` headers and the time it was dead-lettered) and earlier replay marks, then this
-/// replay's id and count.
+/// `__connect.errors.*` and Spring's `kafka_dlt-*` headers and the time it was dead-lettered) and earlier
+/// replay marks, then this replay's id and count.
 pub fn replay_headers(
     original: &[(String, Option<Vec<u8>>)],
     id: &str,
@@ -119,6 +127,7 @@ pub fn replay_headers(
         .iter()
         .filter(|(k, _)| {
             !k.starts_with(HEADER_PREFIX)
+                && !k.starts_with(SPRING_PREFIX)
                 && ![
                     HEADER_REPLAY_ID,
                     HEADER_REPLAY_COUNT,
@@ -220,6 +229,42 @@ mod tests {
         assert_eq!(names, ["trace", HEADER_REPLAY_ID, HEADER_REPLAY_COUNT]);
         assert_eq!(headers[1].1.as_deref(), Some(&b"fix-1"[..]));
         assert_eq!(headers[2].1.as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_dead_letter_with_only_spring_headers_goes_back_too() {
+        let spring = DeadLetterRecord {
+            timestamp_ms: Some(1),
+            headers: vec![
+                ("trace".into(), Some(b"abc".to_vec())),
+                (
+                    "kafka_dlt-exception-fqcn".into(),
+                    Some(b"org.apache.kafka.connect.errors.DataException".to_vec()),
+                ),
+                ("kafka_dlt-original-topic".into(), Some(b"orders".to_vec())),
+                (
+                    "kafka_dlt-original-partition".into(),
+                    Some(1_i32.to_be_bytes().to_vec()),
+                ),
+                (
+                    "kafka_dlt-original-offset".into(),
+                    Some(7_i64.to_be_bytes().to_vec()),
+                ),
+            ],
+        };
+        let mut r = replay("fix-1");
+        r.filter.error_classes = vec!["org.apache.kafka.connect.errors.DataException".into()];
+        let Decision::Replay {
+            topic,
+            partition,
+            headers,
+        } = decide(&r, &spring, &mut two_partitions)
+        else {
+            panic!("not replayed")
+        };
+        assert_eq!((topic.as_str(), partition), ("orders", Some(1)));
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["trace", HEADER_REPLAY_ID, HEADER_REPLAY_COUNT]);
     }
 
     #[test]

@@ -10,9 +10,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::failure::{Failure, RecordContext, Stage};
+use crate::crd::connector::ContextHeadersFormat;
 use crate::names::{
     CONTEXT_HEADERS_MAX_BYTES, DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER,
 };
+use crate::wire::dead_letter::{Consumed, SpringContext};
 
 /// The class that ran the stage (`__connect.errors.class.name`).
 pub fn operation_class(stage: Stage) -> &'static str {
@@ -94,6 +96,10 @@ fn within_budget(headers: &mut [(String, String)], budget: usize) {
 pub struct DeadLetterQueue {
     pub topic: String,
     pub context_headers: bool,
+    /// Connect's context headers, Spring's, or both (when `context_headers`).
+    pub format: ContextHeadersFormat,
+    /// A sink's consumer group (Spring's `kafka_dlt-original-consumer-group`).
+    pub consumer_group: Option<String>,
     pub producer: FutureProducer,
 }
 
@@ -150,11 +156,47 @@ impl DeadLetterQueue {
             });
         }
         if self.context_headers {
-            for (k, v) in dead_letter_headers(record, failure, connector, task_id) {
-                headers = headers.insert(Header {
-                    key: &k,
-                    value: Some(v.as_bytes()),
-                });
+            let connect = dead_letter_headers(record, failure, connector, task_id);
+            if self.format != ContextHeadersFormat::Spring {
+                for (k, v) in &connect {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+            }
+            if self.format != ContextHeadersFormat::Connect {
+                // The message and stack trace as cut for Connect's headers: the same budget.
+                let cut = |name: &str| {
+                    let key = format!("{HEADER_PREFIX}{name}");
+                    connect
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or_default()
+                };
+                let spring = SpringContext {
+                    exception_class: &failure.class,
+                    message: cut("exception.message"),
+                    stacktrace: cut("exception.stacktrace"),
+                    key_failure: failure.stage == Stage::KeyConverter,
+                    topic: &record.topic,
+                    consumed: record
+                        .partition
+                        .zip(record.offset)
+                        .map(|(partition, offset)| Consumed {
+                            partition,
+                            offset,
+                            timestamp: record.timestamp_ms.map(|t| (t, record.log_append_time)),
+                        }),
+                    consumer_group: self.consumer_group.as_deref(),
+                };
+                for (k, v) in spring.headers() {
+                    headers = headers.insert(Header {
+                        key: &k,
+                        value: Some(v.as_slice()),
+                    });
+                }
             }
         }
         let now = k8s_openapi::jiff::Timestamp::now()

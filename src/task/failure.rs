@@ -216,6 +216,8 @@ pub struct RecordContext {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// A sink record's timestamp (milliseconds since the epoch), which its dead letter keeps.
     pub timestamp_ms: Option<i64>,
+    /// Whether that timestamp is the broker's (`LogAppendTime`) rather than the producer's.
+    pub log_append_time: bool,
 }
 
 impl RecordContext {

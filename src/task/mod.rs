@@ -114,6 +114,11 @@ pub async fn run_with_metrics(
         Some(topic) => Some(dlq::DeadLetterQueue {
             topic: topic.clone(),
             context_headers: cfg.errors.context_headers_enable,
+            format: cfg.errors.spec.context_headers_format,
+            consumer_group: cfg
+                .sink
+                .is_some()
+                .then(|| names::sink_consumer_group(&cfg.namespace, &cfg.connector)),
             producer: client_config(&cfg.kafka, Credentials::Env)
                 .set(
                     "client.id",

@@ -5,7 +5,10 @@
 //! - [`replay_config`]: a replay pod's config, and the progress it commits that the operator reads.
 //! - [`status_report`]: what a task serves on `/v1/status`, read into the Connector's status.
 //! - [`termination`]: the termination message a process leaves when it ends, with a typed reason.
+//! - [`dead_letter`]: the error context a dead letter carries (Connect's headers, or Spring's), read by
+//!   DeadLetterQueue inspection and replay.
 
+pub mod dead_letter;
 pub mod replay_config;
 pub mod status_report;
 pub mod task_config;

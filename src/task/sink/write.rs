@@ -46,6 +46,7 @@ fn record_context(msg: &OwnedMessage) -> RecordContext {
             })
             .unwrap_or_default(),
         timestamp_ms: msg.timestamp().to_millis(),
+        log_append_time: matches!(msg.timestamp(), rdkafka::Timestamp::LogAppendTime(_)),
     }
 }
 
