@@ -370,6 +370,10 @@ async fn poison_records_replayed_after_the_fix_land_in_mongodb() {
     for (_, h) in &replayed {
         assert_eq!(h["sluice.replay.id"], "orders");
         assert_eq!(h["sluice.replay.count"], "1");
+        assert_eq!(
+            h["kafka_deliveryAttempt"], "\0\0\0\u{2}",
+            "Spring's delivery attempt: a 4-byte big-endian 2"
+        );
         assert!(h["trace-id"].starts_with("t-o"), "{h:?}");
         assert!(
             !h.keys().any(|k| k.starts_with("__connect.errors.")),

@@ -737,6 +737,53 @@ async fn a_failed_bulk_index_sends_only_that_record_to_the_dead_letter_topic() {
 }
 
 #[tokio::test]
+async fn an_ordered_bulk_writes_again_what_it_never_attempted_where_connect_dead_letters_it() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    let dlq = unique("orders-dlq");
+    create_topic(&env, &topic, 1).await;
+    create_topic(&env, &dlq, 1).await;
+    let db = unique("sink");
+    // The first ordered bulk fails at index 1, so the server never attempts 2 and 3 (Connect dead-letters
+    // them as WriteSkippedException); sluice writes them in the next bulk.
+    env.fault_peer_rule(json!({ "command": "insert", "database": db, "times": 1, "failIndexes": [1],
+                                "writeError": { "code": 121, "errmsg": "Document failed validation" } }))
+        .await;
+    produce(
+        &env,
+        &topic,
+        &[
+            ("k0", r#"{"n": 0}"#),
+            ("k1", r#"{"n": 1}"#),
+            ("k2", r#"{"n": 2}"#),
+            ("k3", r#"{"n": 3}"#),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insert, bulkWriteOrdered: true",
+        "tolerance: all",
+        Some(&dlq),
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.fault_peer_uri);
+    let docs = documents(&env, &db, 3).await;
+    let mut ns: Vec<i32> = docs.iter().map(|d| d.get_i32("n").unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, [0, 2, 3], "the unattempted rest is written");
+    let letters = dead_letters(&env, &dlq, 1).await;
+    assert_eq!(
+        letters[0].key.as_deref(),
+        Some("k1"),
+        "only the failed record"
+    );
+    let c = counters(&task).await;
+    assert_eq!(c["totalRecordErrors"].as_i64(), Some(1), "{c}");
+}
+
+#[tokio::test]
 async fn every_failed_index_of_a_bulk_counts_as_a_record_failure_as_in_kafka_connect() {
     let Some(env) = Env::get() else { return };
     // Three of the bulk's four indexes fail.

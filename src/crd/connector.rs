@@ -568,6 +568,13 @@ pub struct ErrorsSpec {
     /// replay's `connectors` filter takes none of them).
     #[serde(default)]
     pub context_headers_format: ContextHeadersFormat,
+    /// How a converter's failure reads in a dead letter: `sluice` (the default: the parser's own words,
+    /// e.g. `value is not JSON: expected ident at line 1 column 2`) or `connect`, Kafka Connect's
+    /// JsonConverter form: the message `Converting byte[] to Kafka Connect data failed due to
+    /// serialization error: ` and sluice's words on the stack trace's `Caused by:` line, for tools that
+    /// match Connect's text. Status, Events and logs keep sluice's words.
+    #[serde(default)]
+    pub converter_messages: ConverterMessages,
     /// Errors never retried: error class names (`MongoCommandException`) or MongoDB error codes
     /// (`11000`). Spring Kafka: `addNotRetryableExceptions`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -598,9 +605,21 @@ impl Default for ErrorsSpec {
             dead_letter_queue_topic: None,
             context_headers_enable: None,
             context_headers_format: ContextHeadersFormat::Connect,
+            converter_messages: ConverterMessages::Sluice,
             not_retryable: Vec::new(),
         }
     }
+}
+
+/// How a converter's failure reads in a dead letter.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ConverterMessages {
+    /// The parser's own words.
+    #[default]
+    Sluice,
+    /// Kafka Connect's JsonConverter text, with sluice's words on a `Caused by:` line.
+    Connect,
 }
 
 /// Dead-letter context header formats.

@@ -11,6 +11,9 @@ use crate::wire::dead_letter::{SPRING_PREFIX, context_from_spring};
 pub const HEADER_REPLAY_ID: &str = "sluice.replay.id";
 /// Header counting how often a record was replayed.
 pub const HEADER_REPLAY_COUNT: &str = "sluice.replay.count";
+/// Spring Kafka's delivery attempt (`KafkaHeaders.DELIVERY_ATTEMPT`, a 4-byte big-endian int from 1): a
+/// replayed record's is its replay count + 1, so a Spring consumer sees it as a redelivery.
+pub const HEADER_DELIVERY_ATTEMPT: &str = "kafka_deliveryAttempt";
 
 /// A dead-letter record as replay decides on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,7 +120,7 @@ pub fn decide(
 
 /// The headers of a replayed record: the original ones without the error context (the
 /// `__connect.errors.*` and Spring's `kafka_dlt-*` headers and the time it was dead-lettered) and earlier
-/// replay marks, then this replay's id and count.
+/// replay marks, then this replay's id and count and the delivery attempt.
 pub fn replay_headers(
     original: &[(String, Option<Vec<u8>>)],
     id: &str,
@@ -131,6 +134,7 @@ pub fn replay_headers(
                 && ![
                     HEADER_REPLAY_ID,
                     HEADER_REPLAY_COUNT,
+                    HEADER_DELIVERY_ATTEMPT,
                     DEAD_LETTERED_AT_HEADER,
                 ]
                 .contains(&k.as_str())
@@ -141,6 +145,11 @@ pub fn replay_headers(
     out.push((
         HEADER_REPLAY_COUNT.into(),
         Some(count.to_string().into_bytes()),
+    ));
+    let attempt = i32::try_from(count + 1).unwrap_or(i32::MAX);
+    out.push((
+        HEADER_DELIVERY_ATTEMPT.into(),
+        Some(attempt.to_be_bytes().to_vec()),
     ));
     out
 }
@@ -226,9 +235,19 @@ mod tests {
         };
         assert_eq!((topic.as_str(), partition), ("orders", Some(1)));
         let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["trace", HEADER_REPLAY_ID, HEADER_REPLAY_COUNT]);
+        assert_eq!(
+            names,
+            [
+                "trace",
+                HEADER_REPLAY_ID,
+                HEADER_REPLAY_COUNT,
+                HEADER_DELIVERY_ATTEMPT
+            ]
+        );
         assert_eq!(headers[1].1.as_deref(), Some(&b"fix-1"[..]));
         assert_eq!(headers[2].1.as_deref(), Some(&b"1"[..]));
+        // The second delivery, as Spring's ByteBuffer.getInt() reads it.
+        assert_eq!(headers[3].1.as_deref(), Some(&[0u8, 0, 0, 2][..]));
     }
 
     #[test]
@@ -264,7 +283,15 @@ mod tests {
         };
         assert_eq!((topic.as_str(), partition), ("orders", Some(1)));
         let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["trace", HEADER_REPLAY_ID, HEADER_REPLAY_COUNT]);
+        assert_eq!(
+            names,
+            [
+                "trace",
+                HEADER_REPLAY_ID,
+                HEADER_REPLAY_COUNT,
+                HEADER_DELIVERY_ATTEMPT
+            ]
+        );
     }
 
     #[test]

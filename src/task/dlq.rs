@@ -10,7 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::failure::{Failure, RecordContext, Stage};
-use crate::crd::connector::ContextHeadersFormat;
+use crate::crd::connector::{ContextHeadersFormat, ConverterMessages};
 use crate::names::{
     CONTEXT_HEADERS_MAX_BYTES, DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER,
 };
@@ -34,14 +34,20 @@ pub fn operation_class(stage: Stage) -> &'static str {
 /// plus its context headers before the broker sees it).
 pub const PRODUCER_MESSAGE_MAX_BYTES: &str = "67108864";
 
+/// Kafka Connect's JsonConverter message for a record it can't read (its cause follows in the trace).
+pub const CONNECT_CONVERTER_MESSAGE: &str =
+    "Converting byte[] to Kafka Connect data failed due to serialization error: ";
+
 /// The `__connect.errors.*` headers for a failed record, in Connect's order and string encodings, within
 /// [`CONTEXT_HEADERS_MAX_BYTES`]: past it, the stack trace is cut first, then the exception message (each
-/// with a `...` marker), so a long server message never makes the record too large for its topic.
+/// with a `...` marker), so a long server message never makes the record too large for its topic. With
+/// `ConverterMessages::Connect`, a converter's failure reads as Connect's JsonConverter writes it.
 pub fn dead_letter_headers(
     record: &RecordContext,
     failure: &Failure,
     connector: &str,
     task_id: u32,
+    converter_messages: ConverterMessages,
 ) -> Vec<(String, String)> {
     let mut h = vec![("topic", record.topic.clone())];
     if let Some(p) = record.partition {
@@ -55,20 +61,33 @@ pub fn dead_letter_headers(
     h.push(("stage", failure.stage.connect_name().to_string()));
     h.push(("class.name", operation_class(failure.stage).to_string()));
     h.push(("exception.class.name", failure.class.clone()));
-    h.push(("exception.message", failure.message.clone()));
     let code = failure
         .code
         .map(|c| format!(" (code {c})"))
         .unwrap_or_default();
-    h.push((
-        "exception.stacktrace",
-        format!(
-            "{}: {}{code}\n\tat {}",
-            failure.class,
-            failure.message,
-            operation_class(failure.stage)
-        ),
-    ));
+    let at = operation_class(failure.stage);
+    let connect_form = converter_messages == ConverterMessages::Connect
+        && matches!(
+            failure.stage,
+            Stage::KeyConverter | Stage::ValueConverter | Stage::HeaderConverter
+        );
+    if connect_form {
+        h.push(("exception.message", CONNECT_CONVERTER_MESSAGE.to_string()));
+        h.push((
+            "exception.stacktrace",
+            format!(
+                "{}: {CONNECT_CONVERTER_MESSAGE}\n\tat {at}\nCaused by: \
+                 org.apache.kafka.common.errors.SerializationException: {}",
+                failure.class, failure.message
+            ),
+        ));
+    } else {
+        h.push(("exception.message", failure.message.clone()));
+        h.push((
+            "exception.stacktrace",
+            format!("{}: {}{code}\n\tat {at}", failure.class, failure.message),
+        ));
+    }
     let mut headers: Vec<(String, String)> = h
         .into_iter()
         .map(|(k, v)| (format!("{HEADER_PREFIX}{k}"), v))
@@ -100,6 +119,8 @@ pub struct DeadLetterQueue {
     pub format: ContextHeadersFormat,
     /// A sink's consumer group (Spring's `kafka_dlt-original-consumer-group`).
     pub consumer_group: Option<String>,
+    /// How converter failures read.
+    pub converter_messages: ConverterMessages,
     pub producer: FutureProducer,
 }
 
@@ -156,7 +177,8 @@ impl DeadLetterQueue {
             });
         }
         if self.context_headers {
-            let connect = dead_letter_headers(record, failure, connector, task_id);
+            let connect =
+                dead_letter_headers(record, failure, connector, task_id, self.converter_messages);
             if self.format != ContextHeadersFormat::Spring {
                 for (k, v) in &connect {
                     headers = headers.insert(Header {
@@ -230,6 +252,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn converter_failures_can_read_as_kafka_connect_s_json_converter() {
+        let record = RecordContext {
+            topic: "orders".into(),
+            ..Default::default()
+        };
+        let bad_json = Failure::conversion(Stage::ValueConverter, "value is not JSON: EOF");
+        let h = dead_letter_headers(&record, &bad_json, "c", 0, ConverterMessages::Connect);
+        let get = |h: &[(String, String)], n: &str| {
+            h.iter()
+                .find(|(k, _)| k == &format!("{HEADER_PREFIX}{n}"))
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            get(&h, "exception.message"),
+            "Converting byte[] to Kafka Connect data failed due to serialization error: "
+        );
+        assert!(
+            get(&h, "exception.stacktrace").ends_with(
+                "\nCaused by: org.apache.kafka.common.errors.SerializationException: value is not JSON: EOF"
+            ),
+            "{h:?}"
+        );
+        // Only converters: a write error keeps its words.
+        let write = Failure::conversion(Stage::TaskPut, "Could not create write model");
+        let h = dead_letter_headers(&record, &write, "c", 0, ConverterMessages::Connect);
+        assert_eq!(get(&h, "exception.message"), "Could not create write model");
+    }
+
+    #[test]
     fn headers_follow_kafka_connect() {
         let record = RecordContext {
             topic: "orders".into(),
@@ -238,7 +290,13 @@ mod tests {
             ..Default::default()
         };
         let failure = Failure::conversion(Stage::ValueConverter, "Unexpected character ('x')");
-        let h = dead_letter_headers(&record, &failure, "orders-sink", 1);
+        let h = dead_letter_headers(
+            &record,
+            &failure,
+            "orders-sink",
+            1,
+            ConverterMessages::Sluice,
+        );
         let names: Vec<&str> = h
             .iter()
             .map(|(k, _)| k.strip_prefix(HEADER_PREFIX).unwrap())
@@ -292,7 +350,7 @@ mod tests {
         };
         // A message that fits once the stack trace (which repeats it) is cut.
         let medium = Failure::new(Stage::TaskPut, "X", "m".repeat(10_000), false);
-        let h = dead_letter_headers(&record, &medium, "c", 0);
+        let h = dead_letter_headers(&record, &medium, "c", 0, ConverterMessages::Sluice);
         assert!(size(&h) <= CONTEXT_HEADERS_MAX_BYTES, "{}", size(&h));
         assert_eq!(
             get(&h, "exception.message").len(),
@@ -302,7 +360,7 @@ mod tests {
         assert!(get(&h, "exception.stacktrace").ends_with("..."));
         // A message larger than the budget is cut too.
         let huge = Failure::new(Stage::TaskPut, "X", "é".repeat(40_000), false);
-        let h = dead_letter_headers(&record, &huge, "c", 0);
+        let h = dead_letter_headers(&record, &huge, "c", 0, ConverterMessages::Sluice);
         assert!(size(&h) <= CONTEXT_HEADERS_MAX_BYTES, "{}", size(&h));
         assert!(get(&h, "exception.message").ends_with("..."));
         assert_eq!(get(&h, "topic"), "orders", "the coordinates stay");
@@ -321,7 +379,7 @@ mod tests {
             "message too large",
             false,
         );
-        let h = dead_letter_headers(&record, &failure, "src", 0);
+        let h = dead_letter_headers(&record, &failure, "src", 0, ConverterMessages::Sluice);
         assert!(
             h.iter()
                 .all(|(k, _)| !k.ends_with(".partition") && !k.ends_with(".offset"))

@@ -115,6 +115,7 @@ pub async fn run_with_metrics(
             topic: topic.clone(),
             context_headers: cfg.errors.context_headers_enable,
             format: cfg.errors.spec.context_headers_format,
+            converter_messages: cfg.errors.spec.converter_messages,
             consumer_group: cfg
                 .sink
                 .is_some()
