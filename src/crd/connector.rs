@@ -429,8 +429,8 @@ pub struct SinkSpec {
     #[serde(default = "default_offset_flush_interval_ms")]
     #[schemars(range(min = 0, max = 3_600_000))]
     pub offset_flush_interval_ms: i64,
-    /// A record with a null value (a tombstone; with the JSON converter also a JSON `null` or an empty value,
-    /// as Kafka Connect's JsonConverter reads them) deletes the document whose `_id` its key gives: the key's
+    /// A record with a null value (a tombstone; with the json and string converters also a JSON `null` or
+    /// an empty value, as Kafka Connect's JsonConverter reads them) deletes the document whose `_id` its key gives: the key's
     /// `_id` field when the key is a document that has one, else the whole key, read by `keyConverter`
     /// (MongoDB connector: `delete.on.null.values`). Off, a tombstone is a record error at `TASK_PUT`
     /// ("Could not create write model", as Kafka Connect reports it), handled by `spec.errors`. A

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::names;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// A consumer for these reads: it is assigned partitions, joins no group's rebalances and never commits
 /// (`group` names it to the broker, and is the group whose committed offsets it can look up).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::crd::dead_letter_queue::{Replay, ReplayCounts};
 use crate::names::{DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER};
-use crate::wire::dead_letter::{SPRING_PREFIX, context_from_spring};
+use crate::wire::dead_letter::{SPRING_PREFIX, error_context};
 
 /// Header naming the replay that sent a record back.
 pub const HEADER_REPLAY_ID: &str = "sluice.replay.id";
@@ -32,15 +32,10 @@ impl DeadLetterRecord {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
-    /// Connect's context header `name`, else the Spring header that stands for it.
+    /// Connect's context header `name`, else the Spring header that stands for it ([`error_context`]).
     fn context(&self, name: &str) -> Option<String> {
-        self.header(&format!("{HEADER_PREFIX}{name}")).or_else(|| {
-            self.headers.iter().rev().find_map(|(k, v)| {
-                context_from_spring(k, v.as_deref()?)
-                    .filter(|(n, _)| *n == name)
-                    .map(|(_, value)| value)
-            })
-        })
+        error_context(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+            .remove(&format!("{HEADER_PREFIX}{name}"))
     }
 
     /// How often the record was replayed before.

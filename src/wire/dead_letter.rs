@@ -15,7 +15,7 @@
 //! | `kafka_dlt-original-timestamp-type` | `CreateTime`, `LogAppendTime` or `NoTimestampType`, UTF-8 |
 //! | `kafka_dlt-original-consumer-group` | the sink's consumer group, UTF-8 |
 //!
-//! Readers take Connect's header where there is one and Spring's otherwise ([`context_from_spring`]).
+//! Readers take Connect's header where there is one and Spring's otherwise ([`error_context`]).
 
 /// Spring Kafka's prefix of dead-letter headers (`KafkaHeaders.PREFIX` + `dlt-`).
 pub const SPRING_PREFIX: &str = "kafka_dlt-";
@@ -126,6 +126,31 @@ pub fn context_from_spring(name: &str, value: &[u8]) -> Option<(&'static str, St
     })
 }
 
+/// A dead letter's error context, keyed by Connect's header names (`__connect.errors.topic`, …): Connect's
+/// headers (the last of a repeated one), and for what they lack, the Spring headers that stand for it. What
+/// DeadLetterQueue inspection and replay read.
+pub fn error_context<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut connect = std::collections::BTreeMap::new();
+    let mut spring = std::collections::BTreeMap::new();
+    for (key, value) in headers {
+        if key.starts_with(crate::names::DEAD_LETTER_HEADER_PREFIX) {
+            let text = value.map(|v| String::from_utf8_lossy(v).into_owned());
+            connect.insert(key.to_string(), text.unwrap_or_default());
+        } else if let Some((name, text)) = value.and_then(|v| context_from_spring(key, v)) {
+            spring.insert(
+                format!("{}{name}", crate::names::DEAD_LETTER_HEADER_PREFIX),
+                text,
+            );
+        }
+    }
+    for (k, v) in spring {
+        connect.entry(k).or_insert(v);
+    }
+    connect
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +235,15 @@ mod tests {
             None
         );
         assert_eq!(context_from_spring("trace-id", b"t"), None);
+        let both = error_context([
+            ("__connect.errors.topic", Some(&b"orders"[..])),
+            ("kafka_dlt-original-topic", Some(&b"other"[..])),
+            ("kafka_dlt-original-offset", Some(&7_i64.to_be_bytes()[..])),
+        ]);
+        assert_eq!(both["__connect.errors.topic"], "orders", "Connect's first");
+        assert_eq!(
+            both["__connect.errors.offset"], "7",
+            "Spring's for what Connect's lack"
+        );
     }
 }

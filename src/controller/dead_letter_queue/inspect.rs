@@ -14,7 +14,7 @@ use crate::crd::dead_letter_queue::{DeadLetterError, Inspection, PartitionDepth}
 use crate::kafka::read::{self, Next, Range, dead_lettered_at};
 use crate::names;
 use crate::text::without_record_contents;
-use crate::wire::dead_letter::context_from_spring;
+use crate::wire::dead_letter::error_context;
 
 /// How many records one refresh reads at most.
 pub const MAX_RECORDS_PER_REFRESH: usize = 20_000;
@@ -154,24 +154,10 @@ pub fn scan(
         })
         .collect();
     read::read_ranges(&consumer, topic, &after_cursor, TIMEOUT, POLL, |m| {
-        let mut headers = BTreeMap::new();
-        let mut spring = BTreeMap::new();
-        if let Some(hs) = m.headers() {
-            for h in hs.iter() {
-                if h.key.starts_with(names::DEAD_LETTER_HEADER_PREFIX) {
-                    let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                    headers.insert(h.key.to_string(), value.unwrap_or_default());
-                } else if let Some((name, value)) =
-                    h.value.and_then(|v| context_from_spring(h.key, v))
-                {
-                    spring.insert(format!("{}{name}", names::DEAD_LETTER_HEADER_PREFIX), value);
-                }
-            }
-        }
-        // Spring's headers stand in for Connect's that are missing.
-        for (k, v) in spring {
-            headers.entry(k).or_insert(v);
-        }
+        let headers = m
+            .headers()
+            .map(|hs| error_context(hs.iter().map(|h| (h.key, h.value))))
+            .unwrap_or_default();
         out.records.push(ScannedRecord {
             partition: m.partition(),
             offset: m.offset(),

@@ -53,9 +53,11 @@ impl CommitReporter {
         self.moves.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many rebalances the consumer has seen. Read right after `recv` returns a record: librdkafka
-    /// runs the rebalance callback in the consumer's poll and hands out no record fetched before it, so
-    /// the record belongs to the assignment this count ends with.
+    /// How many rebalances the consumer has seen. Read right after `recv` returns a record: rust-rdkafka
+    /// runs the rebalance callback in the consumer's poll (`BaseConsumer::poll_queue`), and librdkafka
+    /// hands out no record fetched before an assignment (`rd_kafka_toppar_fetch_start` bumps the
+    /// partition's op version; older fetch ops are dropped as outdated), so the record belongs to the
+    /// assignment this count ends with.
     pub fn rebalances(&self) -> u64 {
         self.moves().rebalances
     }
@@ -102,11 +104,15 @@ impl Batch {
     }
 
     /// The batch's partitions a rebalance moved since its records arrived (see [`is_stale`]).
-    fn moved(&self, consumer: &SinkConsumer) -> BTreeSet<String> {
-        self.records
+    fn moved(&self, consumer: &SinkConsumer) -> BTreeSet<(&str, i32)> {
+        let partitions: BTreeSet<(&str, i32)> = self
+            .records
             .iter()
-            .map(|m| partition_key(m.topic(), m.partition()))
-            .filter(|key| is_stale(consumer, key, self.rebalances))
+            .map(|m| (m.topic(), m.partition()))
+            .collect();
+        partitions
+            .into_iter()
+            .filter(|(t, p)| is_stale(consumer, &partition_key(t, *p), self.rebalances))
             .collect()
     }
 }
@@ -200,15 +206,16 @@ pub fn batch_handled(
             "partitions moved by a rebalance while their batch was written; they are consumed again from \
              their last commit"
         );
-        for key in &moved {
-            ledger.forget(key);
-            ledger.drop_pending(key);
+        for (topic, partition) in &moved {
+            let key = partition_key(topic, *partition);
+            ledger.forget(&key);
+            ledger.drop_pending(&key);
         }
     }
     let kept: Vec<&OwnedMessage> = batch
         .records
         .iter()
-        .filter(|m| !moved.contains(&partition_key(m.topic(), m.partition())))
+        .filter(|m| !moved.contains(&(m.topic(), m.partition())))
         .collect();
     if kept.is_empty() {
         return Ok(());
