@@ -118,6 +118,13 @@ pub fn task_client_id(connector: &str, task_id: u32) -> String {
     format!("sluice-{connector}-{task_id}")
 }
 
+/// The `transactional.id` of an exactly-once source task: stable across restarts, pods and offset
+/// rotations, so a new instance of the task fences every older one (Kafka Connect's is
+/// `<group.id>-<connector>-<task>`).
+pub fn transactional_id(namespace: &str, connector: &str, task_id: u32) -> String {
+    format!("sluice/{namespace}/{connector}/{task_id}")
+}
+
 /// The Kafka client id of task `task_id`'s dead-letter producer.
 pub fn dead_letter_client_id(connector: &str, task_id: u32) -> String {
     format!("sluice-{connector}-{task_id}-dlq")

@@ -230,6 +230,26 @@ pub struct SourceSpec {
     /// cousins).
     #[serde(default)]
     pub resume_token_recovery: ResumeTokenRecovery,
+    /// Exactly-once delivery (KIP-618's idea for change streams): `required` writes each batch of change
+    /// events, its dead letters and its resume token in one Kafka transaction, and fences older instances
+    /// of the task (`transactional.id` `sluice/<namespace>/<connector>/<task>`); `read_committed`
+    /// consumers see each event once. `disabled` (the default, as Kafka Connect's
+    /// `exactly.once.source.support`): at least once, without the transaction per batch, the
+    /// `TransactionalId` ACLs and the transaction state topic transactions need.
+    #[serde(default)]
+    pub exactly_once: ExactlyOnce,
+}
+
+/// A source's delivery guarantee.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ExactlyOnce {
+    /// At least once: a batch is produced, then its resume token stored.
+    #[default]
+    Disabled,
+    /// Each batch and its resume token in one transaction (Kafka Connect: `exactly.once.support=required`,
+    /// `transaction.boundary=poll`).
+    Required,
 }
 
 /// `change.stream.full.document` values.
@@ -788,6 +808,28 @@ pub struct TaskStatus {
     /// Set while the task waits out MongoDB or Kafka being unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage: Option<OutageStatus>,
+    /// A source task's delivery guarantee and its last committed transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
+}
+
+/// How a source task delivers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStatus {
+    /// `exactlyOnce` or `atLeastOnce`.
+    pub mode: String,
+    /// The task's `transactional.id` (exactly once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id: Option<String>,
+    /// When the task's last transaction committed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_time: Option<String>,
+    /// Transactions committed and aborted (then retried) by the task's pod.
+    #[serde(default)]
+    pub committed: i64,
+    #[serde(default)]
+    pub aborted: i64,
 }
 
 /// A dependency a task waits for.

@@ -6,11 +6,13 @@
 //! - [`admin`]: the admin client and the offset calls the operator makes (group deletion, tombstones).
 //! - [`topics`]: describe, create, grow and alter topics.
 //! - [`read`]: watermarks, and reading partition ranges up to end offsets.
+//! - [`transactional`]: a transactional producer (an exactly-once source's).
 
 pub mod admin;
 pub mod read;
 pub mod renewing;
 pub mod topics;
+pub mod transactional;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

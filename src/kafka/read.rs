@@ -88,6 +88,9 @@ impl From<Watermarks> for Range {
     }
 }
 
+/// The last value of each key (`None`: a tombstone).
+pub type Latest = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// The last value of each key that `wanted` keeps, over the whole topic as it is now (`None`: a tombstone):
 /// what a compacted topic says about those keys (blocking).
 pub fn latest_values(
@@ -95,16 +98,42 @@ pub fn latest_values(
     topic: &str,
     timeout: Duration,
     wanted: impl Fn(&[u8]) -> bool,
-) -> KafkaResult<BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+) -> KafkaResult<Latest> {
     let ranges = whole_topic(consumer, topic, METADATA_TIMEOUT)?;
+    Ok(latest_in(consumer, topic, &ranges, timeout, wanted)?.0)
+}
+
+/// [`latest_values`] as `committed`, a `read_committed` consumer, sees them, up to the end `watermarks`
+/// (a `read_uncommitted` consumer) sees now: past every record written so far, once each transaction it is
+/// part of has ended (a `read_committed` consumer's own end stops at the first open transaction). `None`
+/// when that end was not reached within `timeout` (a transaction still open).
+pub fn latest_committed_values(
+    watermarks: &BaseConsumer,
+    committed: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> KafkaResult<Option<Latest>> {
+    let ranges = whole_topic(watermarks, topic, METADATA_TIMEOUT)?;
+    let (latest, complete) = latest_in(committed, topic, &ranges, timeout, wanted)?;
+    Ok(complete.then_some(latest))
+}
+
+fn latest_in(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[Range],
+    timeout: Duration,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> KafkaResult<(Latest, bool)> {
     let mut latest = BTreeMap::new();
-    read_ranges(consumer, topic, &ranges, timeout, POLL, |m| {
+    let complete = read_ranges(consumer, topic, ranges, timeout, POLL, |m| {
         if let Some(key) = m.key().filter(|k| wanted(k)) {
             latest.insert(key.to_vec(), m.payload().map(<[u8]>::to_vec));
         }
         Next::Continue
     })?;
-    Ok(latest)
+    Ok((latest, complete))
 }
 
 /// How long a metadata or watermark call of [`latest_values`] may take.
@@ -123,7 +152,9 @@ pub enum Next {
 
 /// Reads the records of `ranges` in order per partition, handing each to `each`, until every range is
 /// read, `each` says stop, or `timeout` passes (then what was read is all there is). Empty ranges are
-/// skipped. The consumer is assigned the ranges (replacing any assignment).
+/// skipped. The consumer is assigned the ranges (replacing any assignment). Returns whether every range
+/// was read to its end (or `each` said stop): a range also ends when the consumer's position reaches its
+/// end without a record there, as after a transaction's commit marker, which no consumer is handed.
 pub fn read_ranges(
     consumer: &BaseConsumer,
     topic: &str,
@@ -131,7 +162,7 @@ pub fn read_ranges(
     timeout: Duration,
     poll: Duration,
     mut each: impl FnMut(&BorrowedMessage<'_>) -> Next,
-) -> KafkaResult<()> {
+) -> KafkaResult<bool> {
     let mut ends = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for r in ranges.iter().filter(|r| r.from < r.end) {
@@ -139,12 +170,19 @@ pub fn read_ranges(
         assignment.add_partition_offset(topic, r.partition, Offset::Offset(r.from))?;
     }
     if ends.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
     while !ends.is_empty() && Instant::now() < deadline {
         let Some(message) = consumer.poll(poll) else {
+            let position = consumer.position()?;
+            ends.retain(|&partition, end| {
+                position
+                    .find_partition(topic, partition)
+                    .and_then(|p| p.offset().to_raw())
+                    .is_none_or(|at| at < *end)
+            });
             continue;
         };
         let message = message?;
@@ -156,7 +194,7 @@ pub fn read_ranges(
             continue;
         }
         match each(&message) {
-            Next::Stop => break,
+            Next::Stop => return Ok(true),
             Next::PartitionDone => {
                 ends.remove(&message.partition());
             }
@@ -166,7 +204,7 @@ pub fn read_ranges(
             Next::Continue => {}
         }
     }
-    Ok(())
+    Ok(ends.is_empty())
 }
 
 /// When a dead letter was dead-lettered: its [`names::DEAD_LETTERED_AT_HEADER`], else (a dead letter Kafka

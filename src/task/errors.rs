@@ -18,7 +18,7 @@ use crate::text::without_record_contents;
 use crate::wire::TerminationReason;
 
 use super::dlq::DeadLetterQueue;
-use super::failure::{Dependency, Failure, RecordContext, is_retriable};
+use super::failure::{Dependency, Failure, RecordContext, Stage, is_retriable};
 use super::metrics::TaskMetrics;
 
 /// Kafka Connect's backoff: 300 ms doubled per attempt; once that passes the maximum, a random delay below
@@ -450,6 +450,31 @@ impl ErrorHandler {
             }
         }
         Ok(())
+    }
+
+    /// Waits for every dead-letter record handed to the producer, without sending any again: inside an
+    /// exactly-once source's transaction, a failed one fails the transaction, which is retried whole.
+    pub async fn dead_letters_delivered(&self) -> Result<(), Failure> {
+        let pending = std::mem::take(&mut *self.pending.lock().await);
+        let mut first = None;
+        for p in pending {
+            let failed = match p.delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) => Failure::kafka(Stage::KafkaProduce, &e),
+                Err(_) => {
+                    Failure::kafka(Stage::KafkaProduce, &rdkafka::error::KafkaError::Canceled)
+                }
+            };
+            self.metrics
+                .record_dlq_failure(p.record.ledger_key().as_deref());
+            first.get_or_insert(failed);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Forgets the dead-letter records handed to the producer (an aborted transaction took them back).
+    pub async fn discard_dead_letters(&self) {
+        self.pending.lock().await.clear();
     }
 
     /// Sends one dead-letter record and waits, retrying per the spec (and waiting out a Kafka outage).

@@ -87,6 +87,21 @@ impl Ledger {
         self.inner().pending.remove(key);
     }
 
+    /// What was counted against `key` and not stored yet (for [`Self::restore_pending`]).
+    pub fn pending(&self, key: &str) -> Option<ErrorCounters> {
+        self.inner().pending.get(key).cloned()
+    }
+
+    /// Puts back what [`Self::pending`] returned: the counts since are dropped (an exactly-once source's
+    /// aborted transaction, whose records are handled again and counted then).
+    pub fn restore_pending(&self, key: &str, pending: Option<ErrorCounters>) {
+        let mut inner = self.inner();
+        match pending {
+            Some(p) => inner.pending.insert(key.to_string(), p),
+            None => inner.pending.remove(key),
+        };
+    }
+
     /// `key`'s ledger with what is pending added: the value to store with its next offset. `None` when the
     /// committed ledger was not read ([`Self::load`] first).
     pub fn to_store(&self, key: &str) -> Option<ErrorCounters> {

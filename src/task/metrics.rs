@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::crd::connector::{ErrorCounters, LastError, OutageStatus, ResumeTokenStatus};
+use crate::crd::connector::{
+    DeliveryStatus, ErrorCounters, LastError, OutageStatus, ResumeTokenStatus,
+};
 use crate::task::failure::Dependency;
 use crate::task::ledger::Ledger;
 use crate::wire::StatusReport;
@@ -70,6 +72,7 @@ pub struct TaskMetrics {
     running: AtomicBool,
     last_error_detail: Mutex<Option<LastError>>,
     resume_token: Mutex<Option<ResumeTokenStatus>>,
+    delivery: Mutex<Option<DeliveryStatus>>,
     unavailable: Family<DependencyLabels, Gauge>,
     outage: Mutex<Option<(Dependency, OutageStatus)>>,
     /// The same counts per input partition, kept with the offsets.
@@ -170,6 +173,7 @@ impl TaskMetrics {
             running: AtomicBool::new(false),
             last_error_detail: Mutex::new(None),
             resume_token: Mutex::new(None),
+            delivery: Mutex::new(None),
             unavailable,
             outage: Mutex::new(None),
             ledger: Ledger::default(),
@@ -257,6 +261,11 @@ impl TaskMetrics {
         let mut guard = self.resume_token.lock().unwrap_or_else(|e| e.into_inner());
         update(guard.get_or_insert_with(Default::default));
     }
+    /// Updates what a source reports about its delivery guarantee and transactions.
+    pub fn update_delivery(&self, update: impl FnOnce(&mut DeliveryStatus)) {
+        let mut guard = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        update(guard.get_or_insert_with(Default::default));
+    }
     /// The task waits out an outage of `dependency` (the message must not carry record contents).
     pub fn set_outage(&self, dependency: Dependency, error: &str) {
         let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
@@ -332,6 +341,11 @@ impl TaskMetrics {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .map(|(_, o)| o.clone()),
+            delivery: self
+                .delivery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             partitions: self.ledger.snapshot(),
         }
     }

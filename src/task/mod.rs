@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::crd::connector::ExactlyOnce;
+use crate::kafka::transactional::Transactional;
 use crate::kafka::{Credentials, client_config};
 use crate::names;
 use crate::wire::task_config::ConnectorType;
@@ -110,6 +112,14 @@ pub async fn run_with_metrics(
             e.kind
         ))
     })?;
+    // An exactly-once source writes its dead letters with its transactional producer, in its transactions.
+    let transactional = match &cfg.source {
+        Some(s) if s.spec.exactly_once == ExactlyOnce::Required => Some(
+            Transactional::new(&source::transactional_config(&cfg))
+                .map_err(|e| TaskError::Config(format!("transactional producer: {e}")))?,
+        ),
+        _ => None,
+    };
     let dlq = match &cfg.errors.dead_letter_topic {
         Some(topic) => Some(dlq::DeadLetterQueue {
             topic: topic.clone(),
@@ -120,21 +130,10 @@ pub async fn run_with_metrics(
                 .sink
                 .is_some()
                 .then(|| names::sink_consumer_group(&cfg.namespace, &cfg.connector)),
-            producer: client_config(&cfg.kafka, Credentials::Env)
-                .set(
-                    "client.id",
-                    names::dead_letter_client_id(&cfg.connector, cfg.task_id),
-                )
-                .set("enable.idempotence", "true")
-                // Kafka's Java producer partitions a keyed record by murmur2 of its key (librdkafka's
-                // default is CRC32): the same key lands in the same dead-letter partition as from Kafka
-                // Connect, so both can share a DLQ during a migration.
-                .set("partitioner", "murmur2_random")
-                // Records as large as the topics they come from: the broker enforces the dead-letter
-                // topic's max.message.bytes (a DeadLetterQueue sets it from the topics that feed it).
-                .set("message.max.bytes", dlq::PRODUCER_MESSAGE_MAX_BYTES)
-                .create()
-                .map_err(|e| TaskError::Config(format!("dead-letter producer: {e}")))?,
+            producer: match &transactional {
+                Some(t) => t.producer().clone(),
+                None => dead_letter_producer(&cfg)?,
+            },
         }),
         None => None,
     };
@@ -152,7 +151,7 @@ pub async fn run_with_metrics(
             sink.run(shutdown.clone()).await.map_err(TaskError::from)
         }
         ConnectorType::MongodbSource => {
-            let source = source::Source::new(cfg, mongo, handler, metrics.clone())
+            let source = source::Source::new(cfg, mongo, handler, metrics.clone(), transactional)
                 .map_err(|f| TaskError::Config(f.message))?;
             source.run(shutdown.clone()).await.map_err(TaskError::from)
         }
@@ -163,4 +162,23 @@ pub async fn run_with_metrics(
     }
     server.abort();
     result
+}
+
+/// The dead-letter producer of a task that does not run exactly once.
+fn dead_letter_producer(cfg: &TaskConfig) -> Result<rdkafka::producer::FutureProducer, TaskError> {
+    client_config(&cfg.kafka, Credentials::Env)
+        .set(
+            "client.id",
+            names::dead_letter_client_id(&cfg.connector, cfg.task_id),
+        )
+        .set("enable.idempotence", "true")
+        // Kafka's Java producer partitions a keyed record by murmur2 of its key (librdkafka's
+        // default is CRC32): the same key lands in the same dead-letter partition as from Kafka
+        // Connect, so both can share a DLQ during a migration.
+        .set("partitioner", "murmur2_random")
+        // Records as large as the topics they come from: the broker enforces the dead-letter
+        // topic's max.message.bytes (a DeadLetterQueue sets it from the topics that feed it).
+        .set("message.max.bytes", dlq::PRODUCER_MESSAGE_MAX_BYTES)
+        .create()
+        .map_err(|e| TaskError::Config(format!("dead-letter producer: {e}")))
 }

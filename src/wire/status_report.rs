@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::connector::{
-    ErrorCounters, LastError, OutageStatus, PartitionTotals, ResumeTokenStatus,
+    DeliveryStatus, ErrorCounters, LastError, OutageStatus, PartitionTotals, ResumeTokenStatus,
 };
 
 /// A task's counters and state, as `/v1/status` returns them.
@@ -27,6 +27,9 @@ pub struct StatusReport {
     /// Set while the task waits out MongoDB or Kafka being unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage: Option<OutageStatus>,
+    /// A source's delivery guarantee and its last committed transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
     /// The error counters kept with the offsets, per input partition the task holds (sink:
     /// `<topic>-<partition>`; source: its offset partition name): each record counted once, however often
     /// a task was killed. The Connector's `status.totals` is their sum.

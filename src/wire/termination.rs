@@ -44,6 +44,11 @@ pub enum TerminationReason {
     HeartbeatFailed,
     /// A source's `copyExisting` start failed.
     CopyExistingFailed,
+    /// A newer instance of an exactly-once source task took over its `transactional.id`: this one stops
+    /// without writing anything more.
+    TaskFenced,
+    /// An exactly-once source's transaction failed for good (a fatal producer error).
+    TransactionFailed,
     /// MongoDB stayed unavailable longer than `errors.outageTimeoutMs`.
     MongoDBUnavailable,
     /// Kafka stayed unavailable longer than `errors.outageTimeoutMs`.
@@ -71,7 +76,7 @@ pub enum TerminationReason {
 }
 
 impl TerminationReason {
-    const KNOWN: [TerminationReason; 23] = [
+    const KNOWN: [TerminationReason; 25] = [
         Self::ConfigInvalid,
         Self::Unsupported,
         Self::ResumeTokenLost,
@@ -84,6 +89,8 @@ impl TerminationReason {
         Self::OffsetStoreFailed,
         Self::HeartbeatFailed,
         Self::CopyExistingFailed,
+        Self::TaskFenced,
+        Self::TransactionFailed,
         Self::MongoDBUnavailable,
         Self::KafkaUnavailable,
         Self::ReplayCompleted,
@@ -111,6 +118,8 @@ impl TerminationReason {
             Self::OffsetStoreFailed => "OffsetStoreFailed",
             Self::HeartbeatFailed => "HeartbeatFailed",
             Self::CopyExistingFailed => "CopyExistingFailed",
+            Self::TaskFenced => "TaskFenced",
+            Self::TransactionFailed => "TransactionFailed",
             Self::MongoDBUnavailable => "MongoDBUnavailable",
             Self::KafkaUnavailable => "KafkaUnavailable",
             Self::ReplayCompleted => "ReplayCompleted",
@@ -135,7 +144,8 @@ impl TerminationReason {
     }
 
     /// The exit status of a process that ends for this reason: 2 for a bad config, 3 for something
-    /// unsupported, 4 for a lost resume token, 5 for an interrupted replay, 0 for a completed replay, else 1.
+    /// unsupported, 4 for a lost resume token, 5 for an interrupted replay, 6 for a fenced task, 0 for a
+    /// completed replay, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::ReplayCompleted => 0,
@@ -143,6 +153,7 @@ impl TerminationReason {
             Self::Unsupported => 3,
             Self::ResumeTokenLost => 4,
             Self::ReplayInterrupted => 5,
+            Self::TaskFenced => 6,
             _ => 1,
         }
     }

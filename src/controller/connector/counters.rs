@@ -34,6 +34,7 @@ pub fn merge_task_reports(
             task.records_out = prev.records_out;
             task.resume_token = prev.resume_token.clone();
             task.outage = prev.outage.clone();
+            task.delivery = prev.delivery.clone();
         }
     }
     for task in tasks.iter_mut() {
@@ -55,6 +56,7 @@ pub fn merge_task_reports(
             }
             task.resume_token = r.resume_token.clone();
             task.outage = r.outage.clone();
+            task.delivery = r.delivery.clone();
         }
         // A pod that ended (final counters or a terminal phase) waits for nothing.
         if pod.counters.is_some() || pod.phase.is_terminal() {

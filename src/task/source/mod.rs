@@ -6,11 +6,16 @@
 //!   `ResumeTokenLost` termination message (exit code 4) for the operator.
 //! - [`events`]: change events as records, and the topic of each namespace.
 //! - [`offsets`]: the resume token in the offsets topic, read at start and written after each batch.
+//! - [`exactly_once`]: `exactlyOnce: required` — each batch, its dead letters and its token in one Kafka
+//!   transaction; older instances of the task fenced.
 //! - [`oplog`]: the token's cluster time and the oplog window, for the `ResumeTokenAtRisk` condition.
 
 pub mod events;
+mod exactly_once;
 mod offsets;
 pub mod oplog;
+
+pub use exactly_once::transactional_config;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
+use rdkafka::message::ToBytes;
 use rdkafka::producer::FutureRecord;
 use tokio::sync::watch;
 
@@ -31,6 +37,7 @@ use crate::crd::connector::{FullDocument, StartupMode};
 use crate::kafka::admin::{Admin, admin};
 use crate::kafka::renewing::RenewingProducer;
 use crate::kafka::topics::{self, WantedTopic};
+use crate::kafka::transactional::Transactional;
 use crate::kafka::{Credentials, client_config};
 use crate::names;
 use crate::wire::{TaskConfig, TaskSource, TerminationReason};
@@ -59,12 +66,22 @@ pub fn resume_token_lost(code: i32, message: &str) -> bool {
     }
 }
 
+/// What a source produces with: at least once, a producer that renews itself; exactly once, the task's
+/// transactional producer (shared with its dead-letter queue, so dead letters are in the transaction).
+pub enum SourceProducer {
+    AtLeastOnce(RenewingProducer),
+    ExactlyOnce(Transactional),
+}
+
+/// How long a record may wait for room in the producer's queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The source task.
 pub struct Source {
     cfg: TaskConfig,
     source: TaskSource,
     mongo: mongodb::Client,
-    producer: RenewingProducer,
+    producer: SourceProducer,
     admin: Admin,
     handler: Arc<ErrorHandler>,
     metrics: Arc<TaskMetrics>,
@@ -72,11 +89,14 @@ pub struct Source {
 }
 
 impl Source {
+    /// A source task; `transactional` is its producer when it runs exactly once
+    /// ([`transactional_config`]).
     pub fn new(
         cfg: TaskConfig,
         mongo: mongodb::Client,
         handler: Arc<ErrorHandler>,
         metrics: Arc<TaskMetrics>,
+        transactional: Option<Transactional>,
     ) -> Result<Self, Failure> {
         let source = cfg.source.clone().ok_or_else(|| {
             Failure::config(Stage::TaskPoll, "a source task needs source settings")
@@ -95,13 +115,20 @@ impl Source {
         }
         let base = client_config(&cfg.kafka, Credentials::Env);
         let client_id = names::task_client_id(&cfg.connector, cfg.task_id);
-        let mut producer_config = base.clone();
-        producer_config
-            .set("client.id", &client_id)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
-        let producer = RenewingProducer::new(producer_config)
-            .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))?;
+        let producer = match transactional {
+            Some(t) => SourceProducer::ExactlyOnce(t),
+            None => {
+                let mut producer_config = base.clone();
+                producer_config
+                    .set("client.id", &client_id)
+                    .set("enable.idempotence", "true")
+                    .set("linger.ms", "5");
+                SourceProducer::AtLeastOnce(
+                    RenewingProducer::new(producer_config)
+                        .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))?,
+                )
+            }
+        };
         let admin =
             admin(&base, &client_id).map_err(|e| Failure::kafka(Stage::KafkaProduce, &e.source))?;
         Ok(Self {
@@ -114,6 +141,23 @@ impl Source {
             metrics,
             known_topics: Default::default(),
         })
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement.
+    async fn send(
+        &self,
+        record: FutureRecord<'_, impl ToBytes + ?Sized, impl ToBytes + ?Sized>,
+    ) -> Result<(), Failure> {
+        let sent = match &self.producer {
+            SourceProducer::AtLeastOnce(p) => p.send(record, QUEUE_TIMEOUT).await,
+            SourceProducer::ExactlyOnce(t) => t
+                .producer()
+                .send(record, QUEUE_TIMEOUT)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e),
+        };
+        sent.map_err(|e| self.kafka_failure(&e))
     }
 
     /// Creates a topic unless it exists (sluice never relies on auto-creation).
@@ -251,6 +295,7 @@ impl Source {
         };
         let partition = &self.source.offset_partition_name;
         self.metrics.ledger.work_on(partition);
+        self.start_delivery(&waiter).await?;
         let stored = self
             .handler
             .retry(&waiter, || self.stored_token())
@@ -318,18 +363,25 @@ impl Source {
             }
             if !batch.is_empty() {
                 let started = Instant::now();
-                self.produce(&batch, &waiter).await?;
                 let last = batch.last();
                 let at = last
                     .and_then(|e| e.get_timestamp("clusterTime").ok())
                     .map(|t| t.time);
-                if let Some(token) = last
+                let token = last
                     .and_then(|e| e.get("_id"))
-                    .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok())
-                {
-                    self.store(&token, at, &waiter, TerminationReason::OffsetStoreFailed)
-                        .await?;
-                    resume_from = Some(token);
+                    .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok());
+                if self.exactly_once().is_some() {
+                    let offset = token.as_ref().map(|t| (t, at));
+                    self.transact(&batch, offset, None, &waiter).await?;
+                } else {
+                    self.produce(&batch, &waiter).await?;
+                    if let Some(token) = &token {
+                        self.store(token, at, &waiter, TerminationReason::OffsetStoreFailed)
+                            .await?;
+                    }
+                }
+                if token.is_some() {
+                    resume_from = token;
                     last_store = Instant::now();
                 }
                 self.metrics.batch(started.elapsed());
@@ -421,20 +473,28 @@ impl Source {
             .map_err(|end| end.halt_with(reason, None))
     }
 
+    /// The heartbeat record of `token`: its topic, key and value.
+    fn heartbeat_record(&self, token: &ResumeToken) -> (String, String, String) {
+        (
+            self.source.spec.heartbeat.topic.clone(),
+            serde_json::json!({ "partition": self.source.offset_partition_name }).to_string(),
+            serde_json::json!({ "_id": token_json(token) }).to_string(),
+        )
+    }
+
     async fn heartbeat(&self, token: &ResumeToken, waiter: &ShutdownWait) -> Result<(), Halt> {
-        let topic = self.source.spec.heartbeat.topic.clone();
-        let key = serde_json::json!({ "partition": self.source.offset_partition_name }).to_string();
-        let value = serde_json::json!({ "_id": token_json(token) }).to_string();
+        let heartbeat = self.heartbeat_record(token);
+        if self.exactly_once().is_some() {
+            return self
+                .transact(&[], Some((token, None)), Some(&heartbeat), waiter)
+                .await;
+        }
+        let (topic, key, value) = &heartbeat;
         self.handler
             .retry(waiter, || async {
-                self.ensure_topic(&topic, false).await?;
-                self.producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&value),
-                        Duration::from_secs(30),
-                    )
+                self.ensure_topic(topic, false).await?;
+                self.send(FutureRecord::to(topic).key(key).payload(value))
                     .await
-                    .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))
             })
             .await
             .map_err(|end| end.halt_with(TerminationReason::HeartbeatFailed, None))?;
@@ -449,61 +509,20 @@ impl Source {
         // Convert every event first; conversion failures go to error handling right away.
         let mut records = Vec::with_capacity(batch.len());
         for event in batch {
-            // Events name their namespace; where a peer leaves it out, a collection watch knows it.
-            let ns = event.get_document("ns").ok();
-            let m = &self.cfg.mongodb;
-            let db = ns
-                .and_then(|n| n.get_str("db").ok())
-                .or(m.database.as_deref())
-                .unwrap_or_default();
-            let coll = ns
-                .and_then(|n| n.get_str("coll").ok())
-                .or(m.collection.as_deref())
-                .unwrap_or_default();
-            let context = RecordContext {
-                topic: topic_for(&self.source.spec, db, coll),
-                event_id: event
-                    .get("_id")
-                    .map(|id| id.clone().into_relaxed_extjson().to_string()),
-                ..Default::default()
-            };
-            match event_record(event, self.source.spec.publish_full_document_only) {
-                Ok((key, value)) => records.push(RecordContext {
-                    key: Some(key.into_bytes()),
-                    value: value.map(String::into_bytes),
-                    ..context
-                }),
-                Err(f) => {
+            match self.convert(event) {
+                Ok(record) => records.push(record),
+                Err(failed) => {
+                    let (f, record) = *failed;
                     self.metrics.record_failure(None);
-                    let raw = Bson::Document(event.clone())
-                        .into_relaxed_extjson()
-                        .to_string();
-                    let record = RecordContext {
-                        value: Some(raw.into_bytes()),
-                        ..context
-                    };
                     self.handler.record_failed(f, record, waiter).await?;
                 }
             }
         }
         // Then produce them all at once (enqueued in order, so per-partition order holds) and wait for every
         // acknowledgement; a record that still fails after its retries goes to error handling.
-        let sends = records.iter().map(|r| {
-            self.handler.retry(waiter, move || async move {
-                self.ensure_topic(&r.topic, false).await?;
-                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
-                if let Some(k) = &r.key {
-                    record = record.key(k.as_slice());
-                }
-                if let Some(v) = &r.value {
-                    record = record.payload(v.as_slice());
-                }
-                self.producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))
-            })
-        });
+        let sends = records
+            .iter()
+            .map(|r| self.handler.retry(waiter, move || self.send_record(r)));
         let results = futures::future::join_all(sends).await;
         let mut sent = 0;
         for (record, result) in records.into_iter().zip(results) {
@@ -516,6 +535,61 @@ impl Source {
         self.handler.flush_dead_letters(waiter).await?;
         self.metrics.records_out(sent);
         Ok(())
+    }
+
+    /// A change event as the record to produce, or the failure that keeps it from being one (with the
+    /// record to dead-letter: the event as relaxed extended JSON).
+    fn convert(&self, event: &Document) -> Result<RecordContext, Box<(Failure, RecordContext)>> {
+        // Events name their namespace; where a peer leaves it out, a collection watch knows it.
+        let ns = event.get_document("ns").ok();
+        let m = &self.cfg.mongodb;
+        let db = ns
+            .and_then(|n| n.get_str("db").ok())
+            .or(m.database.as_deref())
+            .unwrap_or_default();
+        let coll = ns
+            .and_then(|n| n.get_str("coll").ok())
+            .or(m.collection.as_deref())
+            .unwrap_or_default();
+        let context = RecordContext {
+            topic: topic_for(&self.source.spec, db, coll),
+            event_id: event
+                .get("_id")
+                .map(|id| id.clone().into_relaxed_extjson().to_string()),
+            ..Default::default()
+        };
+        match event_record(event, self.source.spec.publish_full_document_only) {
+            Ok((key, value)) => Ok(RecordContext {
+                key: Some(key.into_bytes()),
+                value: value.map(String::into_bytes),
+                ..context
+            }),
+            Err(f) => {
+                let raw = Bson::Document(event.clone())
+                    .into_relaxed_extjson()
+                    .to_string();
+                Err(Box::new((
+                    f,
+                    RecordContext {
+                        value: Some(raw.into_bytes()),
+                        ..context
+                    },
+                )))
+            }
+        }
+    }
+
+    /// Produces one converted event (its topic created first) and waits for the broker (one attempt).
+    async fn send_record(&self, r: &RecordContext) -> Result<(), Failure> {
+        self.ensure_topic(&r.topic, false).await?;
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_slice());
+        }
+        self.send(record).await
     }
 
     /// `copyExisting`: every document of the watched collections as an insert event, before streaming.
@@ -561,15 +635,27 @@ impl Source {
                         "fullDocument": d,
                     });
                     if batch.len() == 500 {
-                        self.produce(&std::mem::take(&mut batch), waiter).await?;
+                        self.produce_copied(&std::mem::take(&mut batch), waiter)
+                            .await?;
                     }
                 }
                 if !batch.is_empty() {
-                    self.produce(&batch, waiter).await?;
+                    self.produce_copied(&batch, waiter).await?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Source {
+    /// A batch of copied documents (no resume token: a copy interrupted starts again, at least once).
+    async fn produce_copied(&self, batch: &[Document], waiter: &ShutdownWait) -> Result<(), Halt> {
+        if self.exactly_once().is_some() {
+            self.transact(batch, None, None, waiter).await
+        } else {
+            self.produce(batch, waiter).await
+        }
     }
 }
 

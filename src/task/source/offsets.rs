@@ -2,10 +2,12 @@
 //! `["<namespace>/<connector>", {"ns": "<partition name>"}]` (value `{"_id": "<token JSON>"}`), read back at
 //! start (the last value of the key; a tombstone means none) and written after every acknowledged batch,
 //! with the task's error counters beside it (`"sluice": {"errors": {…}}`, see [`crate::task::ledger`]).
+//! An exactly-once task writes it in the batch's transaction; every source reads it `read_committed`.
 
 use std::time::Duration;
 
 use mongodb::change_stream::event::ResumeToken;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::FutureRecord;
 
@@ -35,7 +37,10 @@ impl Source {
     }
 
     /// The stored resume token of this partition name and the ledger stored with it, read from the
-    /// offsets topic (one attempt).
+    /// offsets topic (one attempt). It is read `read_committed`, past every record written before the
+    /// read: an exactly-once task's token counts once its transaction committed, and the read waits for a
+    /// transaction still open (a task that died in one: until the broker aborts it, or that task starts
+    /// again and aborts it).
     pub(super) async fn stored_token(&self) -> Result<StoredOffset, Failure> {
         let topic = self.source.offset_storage_topic.clone();
         self.ensure_topic(&topic, true).await?;
@@ -43,21 +48,21 @@ impl Source {
         let config = consumer_config(&self.cfg.kafka, Credentials::Env);
         let client_id = names::task_client_id(&self.cfg.connector, self.cfg.task_id);
         tokio::task::spawn_blocking(move || {
-            let consumer = read::reader(&config, names::OFFSET_READER_GROUP, &client_id)
-                .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?;
-            read_latest(&consumer, &topic, &key)
+            let reader = |config: &ClientConfig| {
+                read::reader(config, names::OFFSET_READER_GROUP, &client_id)
+                    .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))
+            };
+            let watermarks = reader(&config)?;
+            let committed = reader(config.clone().set("isolation.level", "read_committed"))?;
+            read_latest(&watermarks, &committed, &topic, &key)
         })
         .await
         .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
     }
 
-    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic (one attempt).
-    pub(super) async fn store_token(
-        &self,
-        token: &ResumeToken,
-        at: Option<u32>,
-    ) -> Result<(), Failure> {
-        let key = self.offset_key();
+    /// The offset record that stores `token`, which points at cluster time `at` (seconds), with the ledger
+    /// of what was counted up to now.
+    pub(super) fn offset_record(&self, token: &ResumeToken, at: Option<u32>) -> OffsetRecord {
         let json = token_json(token);
         let partition = &self.source.offset_partition_name;
         let ledger = self.metrics.ledger.to_store(partition).unwrap_or_default();
@@ -66,25 +71,62 @@ impl Source {
             errors: ledger.clone(),
             position: Some(position),
         };
-        let value = serde_json::json!({ "_id": json, "sluice": stored }).to_string();
         let time = token_cluster_time(&json)
             .or(at)
             .map(i64::from)
             .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().as_second());
+        OffsetRecord {
+            key: self.offset_key(),
+            value: serde_json::json!({ "_id": json, "sluice": stored }).to_string(),
+            position,
+            ledger,
+            time,
+        }
+    }
+
+    /// Sends `record` to the offsets topic and waits for the broker (in an exactly-once task's
+    /// transaction, the commit makes it count).
+    pub(super) async fn send_offset(&self, record: &OffsetRecord) -> Result<(), Failure> {
+        self.send(
+            FutureRecord::to(&self.source.offset_storage_topic)
+                .key(&record.key)
+                .payload(&record.value),
+        )
+        .await
+    }
+
+    /// `record` is stored: its ledger and token time are the task's now.
+    pub(super) fn offset_stored(&self, record: OffsetRecord) {
         self.metrics
-            .update_resume_token(|r| r.time = Some(rfc3339(time)));
-        self.producer
-            .send(
-                FutureRecord::to(&self.source.offset_storage_topic)
-                    .key(&key)
-                    .payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|e| Failure::kafka(Stage::KafkaProduce, &e))?;
-        self.metrics.ledger.stored(partition, position, ledger);
+            .update_resume_token(|r| r.time = Some(rfc3339(record.time)));
+        self.metrics.ledger.stored(
+            &self.source.offset_partition_name,
+            record.position,
+            record.ledger,
+        );
+    }
+
+    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic (one attempt).
+    pub(super) async fn store_token(
+        &self,
+        token: &ResumeToken,
+        at: Option<u32>,
+    ) -> Result<(), Failure> {
+        let record = self.offset_record(token, at);
+        self.send_offset(&record).await?;
+        self.offset_stored(record);
         Ok(())
     }
+}
+
+/// A source's offset record: the token and ledger under the task's offset key.
+pub(super) struct OffsetRecord {
+    key: String,
+    value: String,
+    position: i64,
+    ledger: ErrorCounters,
+    /// The cluster time the token points at (seconds).
+    time: i64,
 }
 
 /// What the offsets topic holds for a source's partition name: the resume token (`None`: start afresh)
@@ -97,10 +139,32 @@ pub(super) struct StoredOffset {
     pub position: i64,
 }
 
-/// The last value stored under `key` in the offsets topic, read from its start to its end (blocking).
-fn read_latest(consumer: &BaseConsumer, topic: &str, key: &str) -> Result<StoredOffset, Failure> {
-    let latest = read::latest_values(consumer, topic, READ_TIMEOUT, |k| k == key.as_bytes())
-        .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?;
+/// The last committed value stored under `key` in the offsets topic, read from its start to its end as
+/// `watermarks` sees it (blocking).
+fn read_latest(
+    watermarks: &BaseConsumer,
+    committed: &BaseConsumer,
+    topic: &str,
+    key: &str,
+) -> Result<StoredOffset, Failure> {
+    let latest = read::latest_committed_values(watermarks, committed, topic, READ_TIMEOUT, |k| {
+        k == key.as_bytes()
+    })
+    .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?
+    .ok_or_else(|| {
+        let mut f = Failure::new(
+            Stage::KafkaConsume,
+            "org.apache.kafka.common.errors.TimeoutException",
+            format!(
+                "offsets topic {topic}: a transaction stayed open for {}s (a task that died in one \
+                 holds it until the broker aborts it after its transaction.timeout.ms)",
+                READ_TIMEOUT.as_secs()
+            ),
+            true,
+        );
+        f.outage = Some(crate::task::failure::Dependency::Kafka);
+        f
+    })?;
     let Some(Some(value)) = latest.into_values().next() else {
         return Ok(StoredOffset::default());
     };
