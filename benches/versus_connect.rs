@@ -5,7 +5,9 @@
 //!
 //! SLUICE_BENCH_RECORDS (default 200000) sets the sink record count (the source streams a fifth of it);
 //! SLUICE_BENCH_ROUNDS (default 3) the measured runs per side; SLUICE_BENCH_SCENARIOS (default all) a
-//! comma-separated choice of sink-clean, sink-poison, sink-noop and source, to look at one figure.
+//! comma-separated choice of sink-clean, sink-poison, sink-noop, source and source-eos (sluice's source with
+//! `exactlyOnce: required`, against its own at-least-once source: a standalone Connect worker has no
+//! exactly-once source), to look at one figure.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -43,14 +45,17 @@ enum Scenario {
     SinkPoison,
     SinkNoop,
     Source,
+    /// sluice's source with `exactlyOnce: required` (sluice only).
+    SourceExactlyOnce,
 }
 
 impl Scenario {
-    const ALL: [(&str, Scenario); 4] = [
+    const ALL: [(&str, Scenario); 5] = [
         ("sink-clean", Scenario::SinkClean),
         ("sink-poison", Scenario::SinkPoison),
         ("sink-noop", Scenario::SinkNoop),
         ("source", Scenario::Source),
+        ("source-eos", Scenario::SourceExactlyOnce),
     ];
 
     /// The scenarios SLUICE_BENCH_SCENARIOS names (all when unset); exits on a name it doesn't know.
@@ -440,8 +445,9 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
     }
 }
 
-/// One source run: inserts streamed while the process runs → change events on its topic.
-async fn source_run(env: &Env, side: Side, n: usize) -> Run {
+/// One source run: inserts streamed while the process runs → change events on its topic (committed ones:
+/// the task's `recordsOut`, exactly once).
+async fn source_run(env: &Env, side: Side, n: usize, exactly_once: bool) -> Run {
     let db = unique("bench");
     let name = unique("bench");
     let peer = Peer::start(env);
@@ -451,9 +457,10 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
             let cfg = format!(
                 "type: mongodb-source\nconnector: {name}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
                  kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
-                 source:\n  spec: {{topicPrefix: bench, heartbeat: {{intervalMs: 0}}}}\n  offsetPartitionName: {name}\n  \
+                 source:\n  spec: {{topicPrefix: bench, heartbeat: {{intervalMs: 0}}, exactlyOnce: {}}}\n  offsetPartitionName: {name}\n  \
                  offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}\n  contextHeadersEnable: false",
-                env.kafka_bootstrap
+                env.kafka_bootstrap,
+                if exactly_once { "required" } else { "disabled" }
             );
             (
                 start_sluice(env, &name, &cfg, &peer.uri),
@@ -496,7 +503,16 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
     }
     let first_ms = started.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = high_watermark(env, &topic);
+    // Exactly once, the topic also holds a commit marker per transaction: count what the task committed.
+    let delivered = async |proc: &Proc| match proc {
+        Proc::Sluice(t) if exactly_once => t
+            .status()
+            .await
+            .and_then(|s| s["recordsOut"].as_i64())
+            .unwrap_or(0),
+        _ => high_watermark(env, &topic),
+    };
+    let base = delivered(&proc).await;
     let began = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         coll.insert_many(
@@ -507,7 +523,7 @@ async fn source_run(env: &Env, side: Side, n: usize) -> Run {
         .await
         .unwrap();
     }
-    while high_watermark(env, &topic) < base + n as i64 {
+    while delivered(&proc).await < base + n as i64 {
         proc.assert_alive(&format!("{side:?} source"));
         assert!(
             began.elapsed() < LIMIT,
@@ -572,10 +588,14 @@ fn main() {
             // Round 0 warms up the broker, the peer's JIT and the page cache; it is not counted.
             for round in 0..=rounds {
                 for side in [Side::Connect, Side::Sluice] {
+                    if scenario == Scenario::SourceExactlyOnce && side == Side::Connect {
+                        continue;
+                    }
                     let run = match scenario {
                         Scenario::SinkClean | Scenario::SinkNoop => sink_run(&env, side, scenario, &clean, n).await,
                         Scenario::SinkPoison => sink_run(&env, side, scenario, &poison, n).await,
-                        Scenario::Source => source_run(&env, side, (n / 5).max(1)).await,
+                        Scenario::Source => source_run(&env, side, (n / 5).max(1), false).await,
+                        Scenario::SourceExactlyOnce => source_run(&env, side, (n / 5).max(1), true).await,
                     };
                     eprintln!(
                         "{scenario:?} {side:?} round {round}{}: {:.0}/s, first {:.0} ms, peak RSS {:.0} MiB, {:.2} CPU s/100k",
@@ -614,6 +634,15 @@ fn main() {
         row("4c. CPU per 100k records, sink clean", Scenario::SinkClean, |r| r.cpu_secs_per_100k, "s", 2);
         row("4d. CPU per 100k records, sink no-op", Scenario::SinkNoop, |r| r.cpu_secs_per_100k, "s", 2);
         row("5. process start → first record delivered (sink)", Scenario::SinkClean, |r| r.first_ms, "ms", 0);
+        if scenarios.contains(&Scenario::SourceExactlyOnce) && scenarios.contains(&Scenario::Source) {
+            let eo = m(Scenario::SourceExactlyOnce, Side::Sluice, |r| r.rate);
+            let alo = m(Scenario::Source, Side::Sluice, |r| r.rate);
+            println!(
+                "| 3b. source, exactly once (one transaction per batch) | {eo:.0} events/s | — | {:.2} of sluice at least once ({alo:.0} events/s): {:.0}% overhead |",
+                eo / alo,
+                (1.0 - eo / alo) * 100.0
+            );
+        }
         println!(
             "\nraw rdkafka on this broker (the ceiling): produce {produce_rate:.0} records/s, consume {consume_rate:.0} records/s\n\
              settings: 1 partition, 1 task; batch {BATCH} (sluice maxBatchSize; Connect consumer.max.poll.records and \

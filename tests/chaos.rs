@@ -2,7 +2,9 @@
 //! SIGKILLed again and again, the Kafka broker restarts and MongoDB is unavailable for a while; every record
 //! is counted. Guarantees asserted: nothing is lost, nothing is dead-lettered or skipped because of an
 //! outage (a sink's only dead letters are duplicate keys of records delivered twice after a kill), and the
-//! outage shows as `Degraded` and clears. Duplicates are counted and printed, not failed on (at least once).
+//! outage shows as `Degraded` and clears. Duplicates are counted and printed, not failed on (at least once),
+//! but for the exactly-once source (`exactlyOnce: required`, watching the same collection): a
+//! `read_committed` reader of its topic sees every insert exactly once.
 //!
 //! `make test` runs it small (a few minutes); `make chaos` runs it at full size and prints the table.
 //! Sizes come from the environment: `SLUICE_CHAOS_SINK_RECORDS`, `SLUICE_CHAOS_SOURCE_INSERTS`,
@@ -29,6 +31,20 @@ use support::{
     Env, Setup, condition, create_secret, create_topic, dead_letter_headers, events_for,
     restart_kafka, running_pid, setup, topic_reader, unique,
 };
+
+/// A `read_committed` consumer of `topic` from its start, in a group of its own.
+fn committed_reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
 
 fn size(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -220,10 +236,14 @@ fn duplicate_key(message: &str) -> bool {
     message.contains("E11000") || message.contains("duplicate key")
 }
 
-/// Reads a topic until `n` distinct `documentKey._id`s arrived (or the settle time passed); returns
-/// (distinct, total).
-async fn read_change_events(env: &Env, topic: &str, n: u64) -> (u64, u64) {
-    let consumer = topic_reader(env, topic);
+/// Reads a topic until `n` distinct `documentKey._id`s arrived (or the settle time passed), `read_committed`
+/// when `committed`; returns (distinct, total).
+async fn read_change_events(env: &Env, topic: &str, n: u64, committed: bool) -> (u64, u64) {
+    let consumer = if committed {
+        committed_reader(env, topic)
+    } else {
+        topic_reader(env, topic)
+    };
     let mut ids = BTreeSet::new();
     let mut total = 0u64;
     let deadline = Instant::now() + SETTLE;
@@ -303,13 +323,31 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
         }),
     )
     .await;
-    for name in [&sink, &source] {
+    // The same collection again, exactly once, to its own topics eos.<db>.orders.
+    let source_eo = unique("source-eo");
+    let events_eo = format!("eos.{source_db}.orders");
+    s.create_connector(
+        &source_eo,
+        defaults(&s),
+        json!({
+            "type": "mongodb-source",
+            "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" },
+                         "database": source_db, "collection": "orders" },
+            "source": { "topicPrefix": "eos", "heartbeat": { "intervalMs": 0 },
+                        "exactlyOnce": "required" },
+            "errors": { "retryDelayMaxMs": 1000 },
+        }),
+    )
+    .await;
+    let all = [&sink, &source, &source_eo];
+    for name in all {
         s.wait_condition(name, "Ready", "True", "TasksReady").await;
     }
 
     let running = Arc::new(AtomicBool::new(true));
     let sink_seen = watch_degraded(&s, &sink, running.clone());
     let source_seen = watch_degraded(&s, &source, running.clone());
+    let source_eo_seen = watch_degraded(&s, &source_eo, running.clone());
     let env = &s.env;
     let (sink_records, inserts) = (sizes.sink_records, sizes.source_inserts);
     let run_for = Duration::from_secs(30 + 2 * sizes.outage.as_secs() + 3 * sizes.kills);
@@ -340,6 +378,7 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
             tokio::time::sleep(pause).await;
             kill_a_task(&s.client, &s.ns, &sink).await;
             kill_a_task(&s.client, &s.ns, &source).await;
+            kill_a_task(&s.client, &s.ns, &source_eo).await;
             kills += 1;
             if round == sizes.kills / 3 {
                 tokio::task::spawn_blocking(|| restart_kafka(KAFKA_DOWN_SECONDS))
@@ -349,7 +388,7 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
             if round == (2 * sizes.kills) / 3 {
                 // The outage, once the tasks killed this round run again (a task that is down or
                 // rebalancing writes nothing, so it would not meet the outage); no kill while it lasts.
-                for name in [&sink, &source] {
+                for name in all {
                     s.wait_condition(name, "Ready", "True", "TasksReady").await;
                 }
                 for db in [&sink_db, &source_db] {
@@ -387,8 +426,9 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
         .partition(|m| duplicate_key(m));
     let (duplicates, other) = (duplicates.len() as u64, others.len() as u64);
     let samples: Vec<&String> = others.iter().take(5).collect();
-    let (distinct, total) = read_change_events(env, &events, inserts).await;
-    for name in [&sink, &source] {
+    let (distinct, total) = read_change_events(env, &events, inserts, false).await;
+    let (distinct_eo, total_eo) = read_change_events(env, &events_eo, inserts, true).await;
+    for name in all {
         s.wait_condition(name, "Ready", "True", "TasksReady").await;
     }
     // The sink's totals, from the ledgers its tasks keep with their offsets: each dead-lettered record
@@ -429,12 +469,24 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
         degraded: source_seen.await.unwrap(),
         kills,
     };
+    let source_eo_counted = Counted {
+        expected: inserts,
+        delivered_distinct: distinct_eo,
+        duplicates: total_eo - distinct_eo,
+        dead_lettered_other: 0,
+        degraded: source_eo_seen.await.unwrap(),
+        kills,
+    };
     println!(
         "\n| scenario | expected | lost | duplicates | dead-lettered (not duplicates) | SIGKILLs | reasons seen (Degraded, not Ready) |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!("{}", sink_counted.row("sink, 3 partitions, 2 tasks"));
-    println!("{}", source_counted.row("source"));
+    println!("{}", source_counted.row("source, at least once"));
+    println!(
+        "{}",
+        source_eo_counted.row("source, exactly once (read_committed)")
+    );
     println!(
         "(Kafka restarted once, {KAFKA_DOWN_SECONDS} s down; MongoDB unavailable for {} s)",
         sizes.outage.as_secs()
@@ -462,6 +514,11 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
         0,
         "source lost events: {source_counted:?}"
     );
+    assert_eq!(
+        (source_eo_counted.lost(), source_eo_counted.duplicates),
+        (0, 0),
+        "the exactly-once source: every event once: {source_eo_counted:?}"
+    );
     assert!(
         exact(&sink_totals),
         "status totals count each dead-lettered record once ({want} records): {sink_totals:?}"
@@ -469,6 +526,7 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
     for (name, seen) in [
         (&sink, &sink_counted.degraded),
         (&source, &source_counted.degraded),
+        (&source_eo, &source_eo_counted.degraded),
     ] {
         assert!(
             seen.contains("MongoDBUnavailable"),

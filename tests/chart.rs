@@ -204,6 +204,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
     for file in [
         "sink-with-dead-letter-queue.yaml",
         "source-with-heartbeats.yaml",
+        "source-exactly-once.yaml",
     ] {
         ok(
             &env,
@@ -215,6 +216,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
     for kind in [
         "conn/orders-sink",
         "conn/orders-cdc",
+        "conn/orders-cdc-eo",
         "dlq/orders-dlq",
         "dlq/orders-sink-dlq",
     ] {
@@ -261,6 +263,26 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
     let connectors: Api<Connector> = Api::namespaced(client.clone(), &ns);
     let sink = connectors.get("orders-sink").await.unwrap();
     assert!(sink.status.is_some_and(|s| !s.tasks.is_empty()));
+    // The exactly-once example's task reports its delivery mode in the Connector's status.
+    wait_for(
+        "the exactly-once task's delivery in status",
+        WAIT,
+        || async {
+            let c = connectors
+                .get("orders-cdc-eo")
+                .await
+                .map_err(|e| e.to_string())?;
+            let delivery = c
+                .status
+                .and_then(|s| s.tasks.first().cloned())
+                .and_then(|t| t.delivery);
+            match delivery {
+                Some(d) if d.mode == "exactlyOnce" && d.transactional_id.is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 
     // High availability and upgrades: `helm upgrade --wait` to two replicas with a changed setting
     // finishes (a standby replica is Ready), both run the new setting, and exactly one leads.

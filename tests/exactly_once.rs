@@ -7,11 +7,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
 use mongodb::bson::{Document, doc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use serde_json::Value;
-use support::{Env, TaskProcess, unique, wait_for};
+use serde_json::json;
+use support::{Env, TaskProcess, create_secret, events_for, setup, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -196,4 +199,79 @@ async fn sigkills_in_any_phase_leave_every_event_once_for_read_committed_readers
     );
     assert!(lost.is_empty(), "lost: {lost:?}");
     assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+}
+
+#[tokio::test]
+async fn the_operator_reports_a_fenced_task_with_a_warning_event_and_restarts_it() {
+    let Some(s) = setup("eos").await else { return };
+    let env = &s.env;
+    create_secret(
+        &s.client,
+        &s.ns,
+        "mongo",
+        &[("uri", env.mongodb_uri.as_str())],
+    )
+    .await;
+    let (name, db) = (unique("eo"), unique("eos"));
+    let topic = format!("eos.{db}.orders");
+    s.create_connector(
+        &name,
+        json!({
+            "kafka": { "bootstrapServers": env.kafka_bootstrap },
+            "restart": { "backoffInitialSeconds": 1, "backoffMaxSeconds": 2 },
+        }),
+        json!({
+            "type": "mongodb-source",
+            "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" },
+                         "database": db, "collection": "orders" },
+            "source": { "topicPrefix": "eos", "heartbeat": { "intervalMs": 0 },
+                        "exactlyOnce": "required" },
+        }),
+    )
+    .await;
+    s.wait_condition(&name, "Ready", "True", "TasksReady").await;
+    let coll = collection(env, &db).await;
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    count_committed(env, &topic, 1).await;
+
+    // The pod's task config, run once more by hand (a zombie of the task, say): it takes over the
+    // transactional.id, so the pod's task is fenced at its next write.
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    let cm = cms.get(&format!("{name}-tasks")).await.unwrap();
+    let yaml: String = cm.data.unwrap()["task-0.yaml"]
+        .lines()
+        .filter(|l| !l.starts_with("httpPort:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut intruder =
+        TaskProcess::start(env, &format!("{name}-intruder"), &yaml, &env.mongodb_uri);
+    wait_running(&intruder).await;
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    wait_for("a TaskFenced Warning Event", WAIT, || async {
+        let events = events_for(&s.client, &s.ns, &name).await;
+        match events
+            .iter()
+            .find(|(t, r, _)| t == "Warning" && r == "TaskFenced")
+        {
+            Some((_, _, message)) => Ok(message.clone()),
+            None => Err(format!("{events:?}")),
+        }
+    })
+    .await;
+    // The operator restarts the fenced task; the new pod fences the intruder in turn, which stops at its
+    // next write.
+    s.wait_condition(&name, "Ready", "True", "TasksReady").await;
+    coll.insert_one(doc! { "_id": 2 }).await.unwrap();
+    assert_eq!(
+        intruder.wait_exit(WAIT).await,
+        6,
+        "the intruder is fenced by the restarted pod; log:\n{}",
+        intruder.log_tail()
+    );
+    let seen = count_committed(env, &topic, 3).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([(0, 1), (1, 1), (2, 1)]),
+        "every event once for a read_committed reader"
+    );
 }

@@ -582,6 +582,54 @@ async fn delete_on_null_values_deletes_the_document_of_the_tombstone_s_key_in_re
     assert_eq!(c["totalRecordErrors"].as_i64(), Some(0), "{c}");
 }
 
+#[tokio::test]
+async fn insert_if_absent_writes_a_record_delivered_again_once_and_counts_no_error() {
+    let Some(env) = Env::get() else { return };
+    let topic = unique("orders");
+    create_topic(&env, &topic, 1).await;
+    let db = unique("sink");
+    // Records 1 and 2, then both again as a redelivery after a kill would bring them; the third copy of 2
+    // differs, and the first write still wins.
+    produce(
+        &env,
+        &topic,
+        &[
+            ("k1", r#"{"_id": 1, "n": 1}"#),
+            ("k2", r#"{"_id": 2, "n": 2}"#),
+            ("k1", r#"{"_id": 1, "n": 1}"#),
+            ("k2", r#"{"_id": 2, "n": 2}"#),
+            ("k2", r#"{"_id": 2, "n": 22}"#),
+        ],
+    )
+    .await;
+    let cfg = config(
+        &env,
+        &topic,
+        &db,
+        "writeModel: insertIfAbsent, documentIdStrategy: providedInValue",
+        "tolerance: none",
+        None,
+    );
+    let task = TaskProcess::start(&env, &db, &cfg, &env.mongodb_uri);
+    wait_for("every record handled", WAIT, || async {
+        let s = task.status().await.ok_or("no answer")?;
+        if s["recordsOut"].as_i64() == Some(5) {
+            Ok(())
+        } else {
+            Err(format!("{s}; log:\n{}", task.log_tail()))
+        }
+    })
+    .await;
+    let docs = documents(&env, &db, 2).await;
+    assert_eq!(docs, [doc! { "_id": 1, "n": 1 }, doc! { "_id": 2, "n": 2 }]);
+    let c = counters(&task).await;
+    assert_eq!(
+        c["totalRecordErrors"].as_i64(),
+        Some(0),
+        "a record delivered again is no duplicate key: {c}"
+    );
+}
+
 #[test]
 fn murmur2_gives_kafka_s_values() {
     // Kafka's own UtilsTest vectors.

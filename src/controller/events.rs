@@ -54,6 +54,7 @@ pub mod reason {
     pub const TASK_REMOVED: &str = "TaskRemoved";
     pub const TASK_RESTARTED: &str = "TaskRestarted";
     pub const TASK_FAILED: &str = "TaskFailed";
+    pub const TASK_FENCED: &str = "TaskFenced";
     pub const RESUME_TOKEN_LOST: &str = "ResumeTokenLost";
     pub const OFFSET_PARTITION_ROTATED: &str = "OffsetPartitionRotated";
     pub const OFFSET_RESET_PENDING: &str = "OffsetResetPending";

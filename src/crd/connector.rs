@@ -479,6 +479,9 @@ pub enum WriteModel {
     /// Update the document with the same `_id` by `$set`, inserting it if missing
     /// (`UpdateOneDefaultStrategy`).
     Upsert,
+    /// Insert the document unless one with the same `_id` exists (an upsert with `$setOnInsert`; sluice
+    /// only): with a deterministic `documentIdStrategy`, a record delivered again writes nothing.
+    InsertIfAbsent,
 }
 
 /// Document id strategies.

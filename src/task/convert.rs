@@ -277,6 +277,12 @@ pub fn build_write(
             value.remove("_id");
             Write::Update(doc! { "q": { "_id": id }, "u": { "$set": value }, "upsert": true })
         }
+        WriteModel::InsertIfAbsent => {
+            value.remove("_id");
+            Write::Update(
+                doc! { "q": { "_id": id }, "u": { "$setOnInsert": value }, "upsert": true },
+            )
+        }
     })
 }
 
@@ -420,6 +426,21 @@ mod tests {
             Write::Insert(d) => assert_eq!(
                 d.get_document("_id").unwrap(),
                 &doc! { "topic": "orders", "partition": 1, "offset": 7_i64 }
+            ),
+            other => panic!("{other:?}"),
+        }
+        match build_write(
+            doc! { "_id": 3, "item": "fig" },
+            None,
+            WriteModel::InsertIfAbsent,
+            DocumentIdStrategy::ProvidedInValue,
+            AT,
+        )
+        .unwrap()
+        {
+            Write::Update(u) => assert_eq!(
+                u,
+                doc! { "q": { "_id": 3 }, "u": { "$setOnInsert": { "item": "fig" } }, "upsert": true }
             ),
             other => panic!("{other:?}"),
         }

@@ -20,6 +20,7 @@ use crate::crd::connector::OffsetsStatus;
 use crate::crd::{Connector, ConnectorStatus};
 use crate::kafka;
 use crate::names;
+use crate::wire::TerminationReason;
 
 fn connectors(ctx: &Context, conn: &Connector) -> Api<Connector> {
     Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default())
@@ -294,7 +295,8 @@ pub async fn apply_pods(
     Ok(())
 }
 
-/// A Warning Event for every task that failed since the last status.
+/// A Warning Event for every task that failed since the last status (`TaskFenced` for an exactly-once
+/// source that a newer instance of itself fenced, else `TaskFailed`).
 pub async fn announce_failures(ctx: &Context, conn: &Connector, plan: &Plan) {
     let old = conn.status.clone().unwrap_or_default().tasks;
     for task in &plan.tasks {
@@ -308,7 +310,13 @@ pub async fn announce_failures(ctx: &Context, conn: &Connector, plan: &Plan) {
                 task.reason.clone().unwrap_or_default(),
                 task.message.clone().unwrap_or_default()
             );
-            publish(ctx, conn, EventType::Warning, reason::TASK_FAILED, why).await;
+            let fenced = task.reason.as_deref() == Some(TerminationReason::TaskFenced.as_str());
+            let event = if fenced {
+                reason::TASK_FENCED
+            } else {
+                reason::TASK_FAILED
+            };
+            publish(ctx, conn, EventType::Warning, event, why).await;
         }
     }
 }

@@ -198,9 +198,11 @@ impl Source {
         Ok(())
     }
 
+    /// Opens the change stream after `resume`, or without one at `start_at`.
     async fn open(
         &self,
         resume: Option<ResumeToken>,
+        start_at: Option<mongodb::bson::Timestamp>,
     ) -> Result<ChangeStream<Document>, mongodb::error::Error> {
         let mut pipeline: Vec<Document> = Vec::new();
         if let Some(p) = &self.source.spec.pipeline {
@@ -217,17 +219,9 @@ impl Source {
             Some(FullDocument::Required) => Some(FullDocumentType::Required),
             Some(FullDocument::Default) | None => None,
         };
-        let start_at = match (
-            &resume,
-            self.source.startup_mode,
-            &self.source.spec.startup.start_at_operation_time,
-        ) {
-            (None, StartupMode::Timestamp, Some(t)) => parse_operation_time(t),
-            _ => None,
-        };
         let mut opts = mongodb::options::ChangeStreamOptions::default();
         opts.full_document = full;
-        opts.start_at_operation_time = start_at;
+        opts.start_at_operation_time = if resume.is_none() { start_at } else { None };
         opts.resume_after = resume;
         opts.max_await_time = Some(Duration::from_millis(500));
         let m = &self.cfg.mongodb;
@@ -316,7 +310,27 @@ impl Source {
         // Where a reopened stream resumes: the stored token, then each one stored since — never "now"
         // (the startup mode applies only when nothing was ever stored).
         let mut resume_from = stored;
-        let mut stream = self.open_waiting(resume_from.clone(), &waiter).await?;
+        // Without a stored token the stream starts at the startup mode's time, or (latest, copyExisting) just
+        // after the newest oplog entry, the same for every reopen until a token is stored. Left to the
+        // server's "now", a stream the driver resumes by itself before its first event (a cursor the
+        // server killed) starts again at a later "now" when the server gave neither a post-batch resume
+        // token nor an operation time, and misses what happened between (mongo-java-server gives neither).
+        let start_at = match (resumed, self.source.startup_mode) {
+            (true, _) => None,
+            (false, StartupMode::Timestamp) => self
+                .source
+                .spec
+                .startup
+                .start_at_operation_time
+                .as_deref()
+                .and_then(parse_operation_time),
+            (false, StartupMode::Latest | StartupMode::CopyExisting) => {
+                oplog::after_newest_entry(&self.mongo).await
+            }
+        };
+        let mut stream = self
+            .open_waiting(resume_from.clone(), start_at, &waiter)
+            .await?;
         if !resumed && self.source.startup_mode == StartupMode::CopyExisting {
             self.copy_existing(&waiter).await?;
         }
@@ -410,7 +424,9 @@ impl Source {
                 self.handler
                     .wait_out(&failure, &mut outage, &waiter)
                     .await?;
-                stream = self.open_waiting(resume_from.clone(), &waiter).await?;
+                stream = self
+                    .open_waiting(resume_from.clone(), start_at, &waiter)
+                    .await?;
             } else {
                 self.handler.outage_over(&mut outage);
             }
@@ -441,11 +457,12 @@ impl Source {
     async fn open_waiting(
         &self,
         resume: Option<ResumeToken>,
+        start_at: Option<mongodb::bson::Timestamp>,
         waiter: &ShutdownWait,
     ) -> Result<ChangeStream<Document>, Halt> {
         let mut outage = OutageClock::default();
         loop {
-            match self.open(resume.clone()).await {
+            match self.open(resume.clone(), start_at).await {
                 Ok(stream) => {
                     self.handler.outage_over(&mut outage);
                     return Ok(stream);
