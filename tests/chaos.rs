@@ -28,23 +28,9 @@ use serde_json::json;
 use sluice::crd::connector::ErrorCounters;
 use sluice::kafka::renewing::RenewingProducer;
 use support::{
-    Env, Setup, condition, create_secret, create_topic, dead_letter_headers, events_for,
-    restart_kafka, running_pid, setup, topic_reader, unique,
+    Env, Setup, committed_reader, condition, create_secret, create_topic, dead_letter_headers,
+    events_for, restart_kafka, running_pid, setup, topic_reader, unique,
 };
-
-/// A `read_committed` consumer of `topic` from its start, in a group of its own.
-fn committed_reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
-    use rdkafka::consumer::Consumer;
-    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    consumer
-}
 
 fn size(var: &str, default: u64) -> u64 {
     std::env::var(var)

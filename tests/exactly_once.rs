@@ -10,11 +10,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use mongodb::bson::{Document, doc};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use serde_json::Value;
 use serde_json::json;
-use support::{Env, TaskProcess, create_secret, events_for, setup, unique, wait_for};
+use support::{
+    Env, TaskProcess, committed_reader, create_secret, events_for, setup, unique, wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,29 +31,6 @@ fn config(env: &Env, db: &str, connector: &str, dlq: Option<&str>) -> String {
         dlq.map(|t| format!("\n  deadLetterTopic: {t}"))
             .unwrap_or_default()
     )
-}
-
-async fn wait_running(task: &TaskProcess) {
-    wait_for("the task to run", WAIT, || async {
-        match task.get("/healthz").await.as_deref() {
-            Some("running") => Ok(()),
-            other => Err(format!("{other:?}; log:\n{}", task.log_tail())),
-        }
-    })
-    .await;
-}
-
-/// A `read_committed` reader of `topic` from its start.
-fn committed_reader(env: &Env, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka_bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    consumer
 }
 
 /// How often each inserted `_id` arrived, read `read_committed` until `n` distinct ones came and then
@@ -101,7 +79,7 @@ async fn a_second_instance_fences_the_first_and_no_event_is_written_twice() {
     let coll = collection(&env, &db).await;
     let cfg = config(&env, &db, &connector, None);
     let mut first = TaskProcess::start(&env, &format!("{connector}-a"), &cfg, &env.mongodb_uri);
-    wait_running(&first).await;
+    first.wait_running().await;
     for i in 0..5 {
         coll.insert_one(doc! { "_id": i }).await.unwrap();
     }
@@ -117,7 +95,7 @@ async fn a_second_instance_fences_the_first_and_no_event_is_written_twice() {
     // The same task again, while the first still runs: it takes over the transactional.id. Both streams
     // see the next inserts; the first's transaction is refused, and it stops.
     let second = TaskProcess::start(&env, &format!("{connector}-b"), &cfg, &env.mongodb_uri);
-    wait_running(&second).await;
+    second.wait_running().await;
     for i in 5..10 {
         coll.insert_one(doc! { "_id": i }).await.unwrap();
     }
@@ -159,7 +137,7 @@ async fn sigkills_in_any_phase_leave_every_event_once_for_read_committed_readers
     let total = 600;
     // The first task stores a token before any kill (without one, a task starts from "now").
     let task = TaskProcess::start(&env, &format!("{connector}-0"), &cfg, &env.mongodb_uri);
-    wait_running(&task).await;
+    task.wait_running().await;
     coll.insert_one(doc! { "_id": 0 }).await.unwrap();
     count_committed(&env, &topic, 1).await;
     let inserts = {
@@ -181,13 +159,13 @@ async fn sigkills_in_any_phase_leave_every_event_once_for_read_committed_readers
             &cfg,
             &env.mongodb_uri,
         );
-        wait_running(&task).await;
+        task.wait_running().await;
         tokio::time::sleep(Duration::from_millis(700 + 150 * round)).await;
         drop(task);
     }
     inserts.await.unwrap();
     let last = TaskProcess::start(&env, &format!("{connector}-last"), &cfg, &env.mongodb_uri);
-    wait_running(&last).await;
+    last.wait_running().await;
     let seen = count_committed(&env, &topic, total as usize).await;
     let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     let lost: Vec<i64> = (0..total).filter(|i| !seen.contains_key(i)).collect();
@@ -245,7 +223,7 @@ async fn the_operator_reports_a_fenced_task_with_a_warning_event_and_restarts_it
         .join("\n");
     let mut intruder =
         TaskProcess::start(env, &format!("{name}-intruder"), &yaml, &env.mongodb_uri);
-    wait_running(&intruder).await;
+    intruder.wait_running().await;
     coll.insert_one(doc! { "_id": 1 }).await.unwrap();
     wait_for("a TaskFenced Warning Event", WAIT, || async {
         let events = events_for(&s.client, &s.ns, &name).await;

@@ -32,16 +32,6 @@ fn config(env: &Env, db: &str, partition: &str, source: &str) -> String {
     )
 }
 
-async fn wait_running(task: &TaskProcess) {
-    wait_for("the task to run", WAIT, || async {
-        match task.get("/healthz").await.as_deref() {
-            Some("running") => Ok(()),
-            other => Err(format!("{other:?}; log:\n{}", task.log_tail())),
-        }
-    })
-    .await;
-}
-
 /// Every record of a topic (from its start), once at least `n` arrived and no more came for a moment.
 async fn records(env: &Env, topic: &str, n: usize) -> Vec<(String, Value)> {
     read_topic(env, topic, n, true).await
@@ -109,7 +99,7 @@ async fn events_arrive_in_order_and_a_restart_resumes_without_loss_or_replay() {
         .unwrap();
     let cfg = config(&env, &db, &partition, "heartbeat: {intervalMs: 0}");
     let mut task = TaskProcess::start(&env, &partition, &cfg, &env.mongodb_uri);
-    wait_running(&task).await;
+    task.wait_running().await;
 
     coll.insert_one(doc! { "_id": 1, "item": "apple" })
         .await
@@ -149,7 +139,7 @@ async fn events_arrive_in_order_and_a_restart_resumes_without_loss_or_replay() {
         .await
         .unwrap();
     let task = TaskProcess::start(&env, &format!("{partition}-2"), &cfg, &env.mongodb_uri);
-    wait_running(&task).await;
+    task.wait_running().await;
     coll.insert_one(doc! { "_id": 4, "item": "fig" })
         .await
         .unwrap();
@@ -188,7 +178,7 @@ async fn copy_existing_copies_then_streams() {
         "startup: {mode: copyExisting}, heartbeat: {intervalMs: 0}",
     );
     let task = TaskProcess::start(&env, &partition, &cfg, &env.mongodb_uri);
-    wait_running(&task).await;
+    task.wait_running().await;
     coll.insert_one(doc! { "_id": 3, "item": "plum" })
         .await
         .unwrap();
@@ -229,7 +219,7 @@ async fn heartbeats_advance_the_stored_token_on_an_idle_collection() {
     // after this insert's, or resuming from them replays it.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut task = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
-    wait_running(&task).await;
+    task.wait_running().await;
     let beats = read_topic(&env, &heartbeats, 1, false).await;
     let (key, value) = &beats[0];
     assert_eq!(
@@ -250,7 +240,7 @@ async fn heartbeats_advance_the_stored_token_on_an_idle_collection() {
         .await
         .unwrap();
     let task = TaskProcess::start(&env, &format!("{partition}-2"), &cfg, &env.fault_peer_uri);
-    wait_running(&task).await;
+    task.wait_running().await;
     let got = records(&env, &format!("cdc.{db}.orders"), 1).await;
     assert_eq!(
         got[0].1["fullDocument"],
@@ -314,7 +304,7 @@ async fn a_stream_error_right_after_a_resume_reopens_from_the_stored_token_and_l
     let coll = collection(&env, &db).await;
     let cfg = config(&env, &db, &partition, "heartbeat: {intervalMs: 0}");
     let mut first = TaskProcess::start(&env, &partition, &cfg, &env.fault_peer_uri);
-    wait_running(&first).await;
+    first.wait_running().await;
     coll.insert_one(doc! { "_id": 0 }).await.unwrap();
     read_topic(&env, &topic, 1, false).await;
     assert_eq!(first.stop().await, 0, "{}", first.log_tail());

@@ -71,11 +71,22 @@ async fn try_create_topic(
 
 /// A consumer of `topic` from its start, in a group of its own.
 pub fn topic_reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    reader_with(env, topic, "read_uncommitted")
+}
+
+/// A `read_committed` consumer of `topic` from its start, in a group of its own: what a consumer of an
+/// exactly-once source sees.
+pub fn committed_reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    reader_with(env, topic, "read_committed")
+}
+
+fn reader_with(env: &Env, topic: &str, isolation: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
     let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");

@@ -157,6 +157,17 @@ impl TaskProcess {
         serde_json::from_str(&self.get("/v1/status").await?).ok()
     }
 
+    /// Waits until the task reports `running` on `/healthz` (its change stream or subscription is open).
+    pub async fn wait_running(&self) {
+        super::wait_for("the task to run", Duration::from_secs(60), || async {
+            match self.get("/healthz").await.as_deref() {
+                Some("running") => Ok(()),
+                other => Err(format!("{other:?}; log:\n{}", self.log_tail())),
+            }
+        })
+        .await;
+    }
+
     /// Waits for the process to end by itself; returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
         let deadline = std::time::Instant::now() + timeout;

@@ -609,6 +609,15 @@ impl Source {
         self.send(record).await
     }
 
+    /// A batch of copied documents (no resume token: a copy interrupted starts again, at least once).
+    async fn produce_copied(&self, batch: &[Document], waiter: &ShutdownWait) -> Result<(), Halt> {
+        if self.exactly_once().is_some() {
+            self.transact(batch, None, None, waiter).await
+        } else {
+            self.produce(batch, waiter).await
+        }
+    }
+
     /// `copyExisting`: every document of the watched collections as an insert event, before streaming.
     async fn copy_existing(&self, waiter: &ShutdownWait) -> Result<(), Halt> {
         let failed = |e: mongodb::error::Error| {
@@ -662,17 +671,6 @@ impl Source {
             }
         }
         Ok(())
-    }
-}
-
-impl Source {
-    /// A batch of copied documents (no resume token: a copy interrupted starts again, at least once).
-    async fn produce_copied(&self, batch: &[Document], waiter: &ShutdownWait) -> Result<(), Halt> {
-        if self.exactly_once().is_some() {
-            self.transact(batch, None, None, waiter).await
-        } else {
-            self.produce(batch, waiter).await
-        }
     }
 }
 
