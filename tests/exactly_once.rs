@@ -14,17 +14,24 @@ use rdkafka::message::Message;
 use serde_json::Value;
 use serde_json::json;
 use support::{
-    Env, TaskProcess, committed_reader, create_secret, events_for, setup, unique, wait_for,
+    Env, TaskProcess, committed_reader, create_secret, create_topic, create_topic_if_missing,
+    create_topic_with, events_for, setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A source task config with exactly once on; `connector` names the task (its `transactional.id`).
+/// A source task config with exactly once on and heartbeats off; `connector` names the task (its
+/// `transactional.id`).
 fn config(env: &Env, db: &str, connector: &str, dlq: Option<&str>) -> String {
+    config_with(env, db, connector, dlq, "{intervalMs: 0}")
+}
+
+/// [`config`] with these heartbeat settings.
+fn config_with(env: &Env, db: &str, connector: &str, dlq: Option<&str>, heartbeat: &str) -> String {
     format!(
         "type: mongodb-source\nconnector: {connector}\nnamespace: test\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
-         source:\n  spec: {{topicPrefix: eos, heartbeat: {{intervalMs: 0}}, exactlyOnce: required}}\n  \
+         source:\n  spec: {{topicPrefix: eos, heartbeat: {heartbeat}, exactlyOnce: required}}\n  \
          offsetPartitionName: {connector}\n  offsetStorageTopic: sluice-offsets\n  startupMode: latest\n\
          errors:\n  spec: {{tolerance: all}}\n  contextHeadersEnable: true{}",
         env.kafka_bootstrap,
@@ -33,10 +40,17 @@ fn config(env: &Env, db: &str, connector: &str, dlq: Option<&str>) -> String {
     )
 }
 
+/// A `read_committed` reader of `topic`, created first unless the task did (as the task would: one
+/// partition), so the reader's subscription finds it.
+async fn reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    create_topic_if_missing(env, topic, 1).await;
+    committed_reader(env, topic)
+}
+
 /// How often each inserted `_id` arrived, read `read_committed` until `n` distinct ones came and then
 /// nothing for a few seconds.
 async fn count_committed(env: &Env, topic: &str, n: usize) -> BTreeMap<i64, u32> {
-    let consumer = committed_reader(env, topic);
+    let consumer = reader(env, topic).await;
     let mut seen = BTreeMap::new();
     let deadline = std::time::Instant::now() + WAIT * 2;
     loop {
@@ -252,4 +266,137 @@ async fn the_operator_reports_a_fenced_task_with_a_warning_event_and_restarts_it
         BTreeMap::from([(0, 1), (1, 1), (2, 1)]),
         "every event once for a read_committed reader"
     );
+}
+
+/// The records of `topic` a `read_committed` reader sees, (key, value): the first `n`, or with `settle` all
+/// of them once `n` arrived and nothing more for a few seconds.
+async fn committed_records(
+    env: &Env,
+    topic: &str,
+    n: usize,
+    settle: bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer = reader(env, topic).await;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} records on {topic}",
+            out.len()
+        );
+        let wait = if out.len() < n {
+            WAIT
+        } else {
+            Duration::from_secs(4)
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                out.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+                if !settle && out.len() >= n {
+                    return out;
+                }
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) if out.len() >= n => return out,
+            Err(_) => panic!("only {} of {n} records on {topic}", out.len()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_record_the_broker_refuses_is_dead_lettered_in_the_batch_s_transaction() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("eos");
+    let connector = unique("refused");
+    let (topic, dlq) = (format!("eos.{db}.orders"), unique("eos-dlq"));
+    // The events' topic takes records of at most 2,000 bytes; the dead-letter topic the broker's default.
+    create_topic_with(&env, &topic, 1, &[("max.message.bytes", "2000")]).await;
+    create_topic(&env, &dlq, 1).await;
+    let coll = collection(&env, &db).await;
+    let task = TaskProcess::start(
+        &env,
+        &connector,
+        &config(&env, &db, &connector, Some(&dlq)),
+        &env.mongodb_uri,
+    );
+    task.wait_running().await;
+    // Apart, so each is a batch (a transaction) of its own.
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    count_committed(&env, &topic, 1).await;
+    coll.insert_one(doc! { "_id": 1, "big": "x".repeat(5_000) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    coll.insert_one(doc! { "_id": 2 }).await.unwrap();
+    let events = count_committed(&env, &topic, 2).await;
+    assert_eq!(events, BTreeMap::from([(0, 1), (2, 1)]), "the others once");
+    let letters = committed_records(&env, &dlq, 1, true).await;
+    assert_eq!(letters.len(), 1, "the refused event dead-lettered once");
+    let letter: Value = serde_json::from_slice(&letters[0].1).unwrap();
+    assert_eq!(letter["documentKey"]["_id"], 1);
+    let status = task.status().await.unwrap();
+    let ledger = &status["partitions"][&connector]["errors"];
+    assert_eq!(
+        (
+            ledger["totalRecordErrors"].as_i64(),
+            ledger["deadLetterQueueProduceRequests"].as_i64()
+        ),
+        (Some(1), Some(1)),
+        "counted once, stored with the token: {status}"
+    );
+    assert!(
+        status["delivery"]["aborted"].as_i64() >= Some(1),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_are_committed_with_the_token_and_a_restart_resumes_there() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("eos");
+    let connector = unique("beats");
+    let heartbeats = unique("heartbeats");
+    // A replica set reports a post-batch resume token on every empty getMore; the fault peer adds it.
+    env.fault_peer_rule(
+        json!({ "command": "getMore", "database": db, "collection": "orders",
+        "postBatchResumeToken": "clock" }),
+    )
+    .await;
+    let cfg = config_with(
+        &env,
+        &db,
+        &connector,
+        None,
+        &format!("{{intervalMs: 500, topic: {heartbeats}}}"),
+    );
+    let coll = collection(&env, &db).await;
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    // The fault peer's token stands for the start of the current second: keep the heartbeats' second
+    // after this insert's, or resuming from them replays it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut task = TaskProcess::start(&env, &connector, &cfg, &env.fault_peer_uri);
+    task.wait_running().await;
+    let beats = committed_records(&env, &heartbeats, 1, false).await;
+    let key: Value = serde_json::from_slice(&beats[0].0).unwrap();
+    assert_eq!(key, json!({ "partition": connector }));
+    let status = task.status().await.unwrap();
+    assert!(
+        status["delivery"]["committed"].as_i64() >= Some(1),
+        "{status}"
+    );
+    assert_eq!(task.stop().await, 0);
+
+    // The heartbeat's token (committed with it) is where a restarted task resumes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    coll.insert_one(doc! { "_id": 1, "item": "while down" })
+        .await
+        .unwrap();
+    let task = TaskProcess::start(&env, &format!("{connector}-2"), &cfg, &env.fault_peer_uri);
+    task.wait_running().await;
+    let seen = count_committed(&env, &format!("eos.{db}.orders"), 1).await;
+    assert_eq!(seen, BTreeMap::from([(1, 1)]));
 }

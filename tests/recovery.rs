@@ -387,7 +387,11 @@ async fn a_source_resets_its_offsets_only_while_stopped() {
     let db = unique("reset");
     let name = unique("events");
     let topic = format!("cdc.{db}.orders");
-    // copyExisting on a fresh start: after a reset the collection is copied again.
+    // copyExisting on a fresh start: after a reset the collection is copied again. The document is there
+    // before the task starts (one inserted while it starts may be copied and streamed both, as with
+    // Kafka Connect's copy.existing).
+    let coll = orders(&s.env, &db).await;
+    coll.insert_one(doc! { "n": 1 }).await.unwrap();
     create_source(
         &s,
         &name,
@@ -395,8 +399,6 @@ async fn a_source_resets_its_offsets_only_while_stopped() {
         json!({ "source": { "startup": { "mode": "copyExisting" } } }),
     )
     .await;
-    let coll = orders(&s.env, &db).await;
-    coll.insert_one(doc! { "n": 1 }).await.unwrap();
     s.wait_connector(&name, "running", running).await;
     read_records(&s.env, &topic, 1).await;
     // A change event, so a resume token is stored: without a reset, a restart would resume after it.
