@@ -400,3 +400,41 @@ async fn heartbeats_are_committed_with_the_token_and_a_restart_resumes_there() {
     let seen = count_committed(&env, &format!("eos.{db}.orders"), 1).await;
     assert_eq!(seen, BTreeMap::from([(1, 1)]));
 }
+
+#[tokio::test]
+async fn a_rotated_partition_name_starts_a_new_key_and_reuses_nothing_of_the_old_one() {
+    let Some(env) = Env::get() else { return };
+    let db = unique("eos");
+    let connector = unique("rotated");
+    let topic = format!("eos.{db}.orders");
+    let coll = collection(&env, &db).await;
+    let cfg = config(&env, &db, &connector, None);
+    let task = TaskProcess::start(&env, &connector, &cfg, &env.mongodb_uri);
+    task.wait_running().await;
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    count_committed(&env, &topic, 1).await;
+    drop(task);
+    // Changed while no task runs: the old partition name's token would resume before it.
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    // What the operator gives the task after a rotation: the next partition name, the same task (and
+    // transactional.id).
+    let rotated = cfg.replace(
+        &format!("offsetPartitionName: {connector}"),
+        &format!("offsetPartitionName: {connector}.2"),
+    );
+    let task = TaskProcess::start(&env, &format!("{connector}-2"), &rotated, &env.mongodb_uri);
+    task.wait_running().await;
+    coll.insert_one(doc! { "_id": 2 }).await.unwrap();
+    let seen = count_committed(&env, &topic, 2).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([(0, 1), (2, 1)]),
+        "the new name starts afresh (latest): nothing resumed from the old name's token"
+    );
+    let status = task.status().await.unwrap();
+    assert!(
+        status["partitions"].get(format!("{connector}.2")).is_some()
+            && status["partitions"].get(&connector).is_none(),
+        "the ledger of the new name only: {status}"
+    );
+}
