@@ -316,13 +316,9 @@ impl Source {
         // Where a reopened stream resumes: the stored token, then each one stored since — never "now"
         // (the startup mode applies only when nothing was ever stored).
         let mut resume_from = stored;
-        // Without a stored token the stream starts at the startup mode's time, or (latest, copyExisting) just
-        // after the newest oplog entry, the same for every reopen until a token is stored. Left to the
-        // server's "now", a stream the driver resumes by itself before its first event (a cursor the
-        // server killed) starts again at a later "now" when the server gave neither a post-batch resume
-        // token nor an operation time, and misses what happened between (mongo-java-server gives neither).
+        // Without a stored token the stream starts at the startup mode's time (timestamp), else at the
+        // server's "now"; every reopen until a token is stored uses the same start.
         let start_at = match (resumed, self.source.startup_mode) {
-            (true, _) => None,
             (false, StartupMode::Timestamp) => self
                 .source
                 .spec
@@ -330,9 +326,7 @@ impl Source {
                 .start_at_operation_time
                 .as_deref()
                 .and_then(parse_operation_time),
-            (false, StartupMode::Latest | StartupMode::CopyExisting) => {
-                oplog::after_newest_entry(&self.mongo).await
-            }
+            _ => None,
         };
         let mut stream = self
             .open_waiting(resume_from.clone(), start_at, &waiter)

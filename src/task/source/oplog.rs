@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{Document, Timestamp, doc};
+use mongodb::bson::{Document, doc};
 use tokio::sync::watch;
 
 use crate::task::metrics::TaskMetrics;
@@ -58,34 +58,6 @@ async fn oplog_window(mongo: &mongodb::Client) -> Result<(u32, u32), String> {
     Ok((ends[0], ends[1]))
 }
 
-/// The operation time just after the newest oplog entry (what "from now on" means for a change stream
-/// opened with it); `None` when the oplog can't be read (the server's "now" applies then).
-pub(super) async fn after_newest_entry(mongo: &mongodb::Client) -> Option<Timestamp> {
-    let newest = mongo
-        .database("local")
-        .collection::<Document>("oplog.rs")
-        .find_one(doc! {})
-        .sort(doc! { "$natural": -1 })
-        .projection(doc! { "ts": 1 })
-        .await
-        .ok()??;
-    newest.get_timestamp("ts").ok().map(just_after)
-}
-
-/// The operation time right after `ts` (the next increment of its second).
-fn just_after(ts: Timestamp) -> Timestamp {
-    match ts.increment.checked_add(1) {
-        Some(increment) => Timestamp {
-            time: ts.time,
-            increment,
-        },
-        None => Timestamp {
-            time: ts.time.saturating_add(1),
-            increment: 0,
-        },
-    }
-}
-
 /// Keeps the oplog window in the task's status fresh (it only moves slowly: once a minute).
 pub(super) async fn report_oplog_window(
     mongo: mongodb::Client,
@@ -116,13 +88,6 @@ pub(super) async fn report_oplog_window(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_time_after_an_entry_is_its_next_increment() {
-        let at = |time, increment| Timestamp { time, increment };
-        assert_eq!(just_after(at(10, 4)), at(10, 5));
-        assert_eq!(just_after(at(10, u32::MAX)), at(11, 0));
-    }
 
     #[test]
     fn a_replica_set_token_tells_its_cluster_time() {
