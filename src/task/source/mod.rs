@@ -204,11 +204,9 @@ impl Source {
         Ok(())
     }
 
-    /// Opens the change stream after `resume`, or without one at `start_at`.
     async fn open(
         &self,
         resume: Option<ResumeToken>,
-        start_at: Option<mongodb::bson::Timestamp>,
     ) -> Result<ChangeStream<Document>, mongodb::error::Error> {
         let mut pipeline: Vec<Document> = Vec::new();
         if let Some(p) = &self.source.spec.pipeline {
@@ -225,9 +223,17 @@ impl Source {
             Some(FullDocument::Required) => Some(FullDocumentType::Required),
             Some(FullDocument::Default) | None => None,
         };
+        let start_at = match (
+            &resume,
+            self.source.startup_mode,
+            &self.source.spec.startup.start_at_operation_time,
+        ) {
+            (None, StartupMode::Timestamp, Some(t)) => parse_operation_time(t),
+            _ => None,
+        };
         let mut opts = mongodb::options::ChangeStreamOptions::default();
         opts.full_document = full;
-        opts.start_at_operation_time = if resume.is_none() { start_at } else { None };
+        opts.start_at_operation_time = start_at;
         opts.resume_after = resume;
         opts.max_await_time = Some(Duration::from_millis(500));
         let m = &self.cfg.mongodb;
@@ -316,21 +322,7 @@ impl Source {
         // Where a reopened stream resumes: the stored token, then each one stored since — never "now"
         // (the startup mode applies only when nothing was ever stored).
         let mut resume_from = stored;
-        // Without a stored token the stream starts at the startup mode's time (timestamp), else at the
-        // server's "now"; every reopen until a token is stored uses the same start.
-        let start_at = match (resumed, self.source.startup_mode) {
-            (false, StartupMode::Timestamp) => self
-                .source
-                .spec
-                .startup
-                .start_at_operation_time
-                .as_deref()
-                .and_then(parse_operation_time),
-            _ => None,
-        };
-        let mut stream = self
-            .open_waiting(resume_from.clone(), start_at, &waiter)
-            .await?;
+        let mut stream = self.open_waiting(resume_from.clone(), &waiter).await?;
         if !resumed && self.source.startup_mode == StartupMode::CopyExisting {
             self.copy_existing(&waiter).await?;
         }
@@ -429,9 +421,7 @@ impl Source {
                 self.handler
                     .wait_out(&failure, &mut outage, &waiter)
                     .await?;
-                stream = self
-                    .open_waiting(resume_from.clone(), start_at, &waiter)
-                    .await?;
+                stream = self.open_waiting(resume_from.clone(), &waiter).await?;
             } else {
                 self.handler.outage_over(&mut outage);
             }
@@ -462,12 +452,11 @@ impl Source {
     async fn open_waiting(
         &self,
         resume: Option<ResumeToken>,
-        start_at: Option<mongodb::bson::Timestamp>,
         waiter: &ShutdownWait,
     ) -> Result<ChangeStream<Document>, Halt> {
         let mut outage = OutageClock::default();
         loop {
-            match self.open(resume.clone(), start_at).await {
+            match self.open(resume.clone()).await {
                 Ok(stream) => {
                     self.handler.outage_over(&mut outage);
                     return Ok(stream);
