@@ -125,6 +125,17 @@ pub fn transactional_id(namespace: &str, connector: &str, task_id: u32) -> Strin
     format!("sluice/{namespace}/{connector}/{task_id}")
 }
 
+/// The application name a task gives MongoDB (`appName`, in its logs, `currentOp` and the profiler),
+/// unless the connection string names one: `sluice/<namespace>/<connector>/<task>`, cut to MongoDB's 128
+/// bytes.
+pub fn mongodb_app_name(namespace: &str, connector: &str, task_id: u32) -> String {
+    let mut name = format!("sluice/{namespace}/{connector}/{task_id}");
+    while name.len() > 128 {
+        name.pop();
+    }
+    name
+}
+
 /// The Kafka client id of task `task_id`'s dead-letter producer.
 pub fn dead_letter_client_id(connector: &str, task_id: u32) -> String {
     format!("sluice-{connector}-{task_id}-dlq")
@@ -133,6 +144,16 @@ pub fn dead_letter_client_id(connector: &str, task_id: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_s_mongodb_app_name_names_it_within_128_bytes() {
+        assert_eq!(
+            mongodb_app_name("shop", "orders", 2),
+            "sluice/shop/orders/2"
+        );
+        let long = "c".repeat(253);
+        assert_eq!(mongodb_app_name("shop", &long, 0).len(), 128);
+    }
 
     #[test]
     fn names_follow_the_documented_patterns() {

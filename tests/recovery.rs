@@ -628,13 +628,14 @@ async fn a_resume_token_older_than_half_the_oplog_window_is_at_risk() {
     };
     let db = unique("risk");
     let name = unique("events");
-    // The fault peer plays a replica set whose oplog holds the last 30 s: first entry 30 s ago, last now.
-    // (Rules are global: sources of other tests that run meanwhile see this window too, harmlessly.)
+    // The fault peer plays a replica set whose oplog holds the last 30 s: first entry 30 s ago, last now,
+    // for this source's task only (its appName): another source would start at this "newest" entry.
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let app_name = format!("sluice/{}/{name}/0", s.ns);
     for (order, t) in [(1, now - 30), (-1, now)] {
         s.env
             .fault_peer_rule(json!({
-                "command": "find", "database": "local", "collection": "oplog.rs",
+                "command": "find", "database": "local", "collection": "oplog.rs", "appName": app_name,
                 "match": { "sort": { "$natural": order } },
                 "reply": { "ok": 1, "cursor": { "id": { "$numberLong": "0" }, "ns": "local.oplog.rs",
                            "firstBatch": [{ "ts": { "$timestamp": { "t": t, "i": 1 } } }] } }

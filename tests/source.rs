@@ -12,7 +12,9 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde_json::{Value, json};
-use support::{Env, TaskProcess, topic_reader, unique, wait_for};
+use support::{
+    Env, TaskProcess, committed_reader, create_topic_if_missing, topic_reader, unique, wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -157,6 +159,56 @@ async fn events_arrive_in_order_and_a_restart_resumes_without_loss_or_replay() {
         status["recordsOut"], 2,
         "the restarted task produced only the new events"
     );
+}
+
+/// A first start stores where its stream started before it reports running: a task SIGKILLed before its
+/// first event resumes there, and a change made while it was down arrives (it once started at a later
+/// "now" and missed it), in both delivery modes.
+#[tokio::test]
+async fn a_task_killed_before_its_first_event_resumes_where_its_stream_started() {
+    let Some(env) = Env::get() else { return };
+    for exactly_once in ["disabled", "required"] {
+        let db = unique("first");
+        let partition = unique("first-src");
+        let coll = collection(&env, &db).await;
+        coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+        let cfg = config(
+            &env,
+            &db,
+            &partition,
+            &format!("heartbeat: {{intervalMs: 0}}, exactlyOnce: {exactly_once}"),
+        );
+        let task = TaskProcess::start(&env, &partition, &cfg, &env.mongodb_uri);
+        task.wait_running().await;
+        drop(task); // SIGKILL: nothing streamed, nothing but the start stored
+        coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+        let task = TaskProcess::start(&env, &format!("{partition}-2"), &cfg, &env.mongodb_uri);
+        task.wait_running().await;
+        coll.insert_one(doc! { "_id": 2 }).await.unwrap();
+        let topic = format!("cdc.{db}.orders");
+        create_topic_if_missing(&env, &topic, 1).await;
+        let reader = committed_reader(&env, &topic);
+        let mut inserted = Vec::new();
+        while let Ok(m) = tokio::time::timeout(
+            if inserted.len() < 2 {
+                WAIT
+            } else {
+                Duration::from_secs(3)
+            },
+            reader.recv(),
+        )
+        .await
+        {
+            let v: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+            inserted.push(v["documentKey"]["_id"].as_i64().unwrap());
+        }
+        assert_eq!(
+            inserted,
+            [1, 2],
+            "exactlyOnce {exactly_once}: the change made while the task was down, once, and nothing \
+             from before its first start"
+        );
+    }
 }
 
 #[tokio::test]

@@ -106,12 +106,19 @@ pub async fn run_with_metrics(
     let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
     let uri = std::env::var("SLUICE_MONGODB_URI")
         .map_err(|_| TaskError::Config("SLUICE_MONGODB_URI is not set (the pod takes it from spec.mongodb.connectionUriSecretRef)".into()))?;
-    let mongo = mongodb::Client::with_uri_str(&uri).await.map_err(|e| {
+    let unusable = |e: mongodb::error::Error| {
         TaskError::Config(format!(
             "SLUICE_MONGODB_URI is not a usable connection string: {}",
             e.kind
         ))
-    })?;
+    };
+    let mut options = mongodb::options::ClientOptions::parse(&uri)
+        .await
+        .map_err(unusable)?;
+    options.app_name.get_or_insert_with(|| {
+        crate::names::mongodb_app_name(&cfg.namespace, &cfg.connector, cfg.task_id)
+    });
+    let mongo = mongodb::Client::with_options(options).map_err(unusable)?;
     // An exactly-once source writes its dead letters with its transactional producer, in its transactions.
     let transactional = match &cfg.source {
         Some(s) if s.spec.exactly_once == ExactlyOnce::Required => Some(

@@ -24,6 +24,9 @@ Rules are scripted over a small HTTP control API (JSON):
   added (an outage of a given length); ``match`` (e.g. ``{"sort": {"$natural": -1}}``) also requires those
   command fields to be equal. Rules are extended JSON, so a reply can carry BSON types
   (``{"$timestamp": {"t": 1, "i": 1}}``).
+  ``appName`` limits a rule to the connections whose handshake (``hello``/``isMaster``) gave that
+  application name (a sluice task names itself ``sluice/<namespace>/<connector>/<task>``), so a rule for
+  one test's task leaves the others alone.
 * ``GET /rules`` -> the rules with how often each fired; ``DELETE /rules`` removes them all.
 * ``GET /commands`` -> how many times each command was seen (``{"aggregate": 3, ...}``), and
   ``changeStreamAggregates`` for aggregates opening a change stream.
@@ -54,6 +57,7 @@ OP_MSG = 2013
 FLAG_CHECKSUM = 1
 FLAG_MORE_TO_COME = 2
 WRITE_SEQUENCES = {"insert": "documents", "update": "updates", "delete": "deletes"}
+HANDSHAKES = {"hello", "isMaster", "ismaster"}
 
 
 class Rules:
@@ -85,8 +89,8 @@ class Rules:
             self.rules.append(rule)
             return rule["id"]
 
-    def match(self, command: str, body: dict) -> dict | None:
-        """Counts the command and returns the rule that takes it, if any."""
+    def match(self, command: str, body: dict, app_name: str | None = None) -> dict | None:
+        """Counts the command and returns the rule that takes it, if any (``app_name``: the connection's)."""
         with self.lock:
             self.commands[command] += 1
             if is_change_stream(command, body):
@@ -102,6 +106,8 @@ class Rules:
                 if "collection" in rule and target != rule["collection"]:
                     continue
                 if "database" in rule and body.get("$db") != rule["database"]:
+                    continue
+                if "appName" in rule and app_name != rule["appName"]:
                     continue
                 if any(body.get(k) != v for k, v in rule.get("match", {}).items()):
                     continue
@@ -214,6 +220,7 @@ class Connection:
         self.upstream_addr = upstream
         self.reader, self.writer = reader, writer
         self.up_reader = self.up_writer = None
+        self.app_name: str | None = None  # from the connection's handshake
 
     async def upstream(self):
         if self.up_writer is None:
@@ -246,7 +253,9 @@ class Connection:
                     continue
                 msg = Message.parse(header, payload)
                 command = next(iter(msg.body), "")
-                rule = self.rules.match(command, msg.body)
+                if command in HANDSHAKES and isinstance(msg.body.get("client"), dict):
+                    self.app_name = msg.body["client"].get("application", {}).get("name")
+                rule = self.rules.match(command, msg.body, self.app_name)
                 expect_reply = not msg.flags & FLAG_MORE_TO_COME
                 if rule is None:
                     replies = await self.roundtrip(raw, expect_reply)

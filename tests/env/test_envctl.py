@@ -72,6 +72,15 @@ def test_a_wildcard_rule_for_a_while_is_an_outage_of_one_database():
     assert rules.match("insert", {"insert": "orders", "$db": "shop"}) is None  # over
 
 
+def test_an_app_name_rule_takes_only_that_application_s_connections():
+    rules = faultpeer.Rules()
+    rules.add({"command": "find", "appName": "sluice/shop/orders/0", "reply": {"ok": 0, "code": 13}})
+    find = {"find": "oplog.rs", "$db": "local"}
+    assert rules.match("find", find) is None
+    assert rules.match("find", find, "sluice/shop/other/0") is None
+    assert rules.match("find", find, "sluice/shop/orders/0")["reply"]["code"] == 13
+
+
 def test_rules_are_checked():
     rules = faultpeer.Rules()
     for bad in ({}, {"command": "insert"}, {"command": "find", "failIndexes": [0]},

@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use mongodb::bson::Document;
-use mongodb::change_stream::event::ResumeToken;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::offsets::ResumePoint;
 use super::{Source, SourceProducer};
 use crate::crd::connector::DeliveryStatus;
 use crate::kafka::transactional::{Transactional, is_fatal, is_fenced};
@@ -165,7 +165,7 @@ impl Source {
     pub(super) async fn transact(
         &self,
         batch: &[Document],
-        offset: Option<(&ResumeToken, Option<u32>)>,
+        offset: Option<(&ResumePoint, Option<u32>)>,
         heartbeat: Option<&(String, String, String)>,
         waiter: &ShutdownWait,
     ) -> Result<(), Halt> {
@@ -221,7 +221,7 @@ impl Source {
         &self,
         txn: &Transactional,
         batch: &[Document],
-        offset: Option<(&ResumeToken, Option<u32>)>,
+        offset: Option<(&ResumePoint, Option<u32>)>,
         heartbeat: Option<&(String, String, String)>,
         refused: &Mutex<BTreeMap<usize, Failure>>,
         waiter: &ShutdownWait,
@@ -282,8 +282,8 @@ impl Source {
                 .await?;
         }
         let offset = match offset {
-            Some((token, at)) => {
-                let record = self.offset_record(token, at);
+            Some((point, at)) => {
+                let record = self.offset_record(point, at);
                 self.send_offset(&record).await?;
                 Some(record)
             }

@@ -42,8 +42,8 @@ use crate::kafka::{Credentials, client_config};
 use crate::names;
 use crate::wire::{TaskConfig, TaskSource, TerminationReason};
 use events::{event_record, topic_for};
-use offsets::token_json;
-use oplog::{report_oplog_window, rfc3339, token_cluster_time};
+use offsets::{ResumePoint, token_json};
+use oplog::{report_oplog_window, rfc3339};
 
 /// Aborts a background task when the stream loop ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -206,7 +206,7 @@ impl Source {
 
     async fn open(
         &self,
-        resume: Option<ResumeToken>,
+        resume: Option<&ResumePoint>,
     ) -> Result<ChangeStream<Document>, mongodb::error::Error> {
         let mut pipeline: Vec<Document> = Vec::new();
         if let Some(p) = &self.source.spec.pipeline {
@@ -223,18 +223,13 @@ impl Source {
             Some(FullDocument::Required) => Some(FullDocumentType::Required),
             Some(FullDocument::Default) | None => None,
         };
-        let start_at = match (
-            &resume,
-            self.source.startup_mode,
-            &self.source.spec.startup.start_at_operation_time,
-        ) {
-            (None, StartupMode::Timestamp, Some(t)) => parse_operation_time(t),
-            _ => None,
-        };
         let mut opts = mongodb::options::ChangeStreamOptions::default();
         opts.full_document = full;
-        opts.start_at_operation_time = start_at;
-        opts.resume_after = resume;
+        match resume {
+            Some(ResumePoint::After(token)) => opts.resume_after = Some(token.clone()),
+            Some(ResumePoint::At(t)) => opts.start_at_operation_time = Some(*t),
+            None => {}
+        }
         opts.max_await_time = Some(Duration::from_millis(500));
         let m = &self.cfg.mongodb;
         let stream = match (&m.database, &m.collection) {
@@ -310,21 +305,32 @@ impl Source {
         self.metrics
             .ledger
             .load(partition, stored.position, stored.ledger);
-        let stored = stored.token;
-        let resumed = stored.is_some();
-        if let Some(secs) = stored
-            .as_ref()
-            .and_then(|t| token_cluster_time(&token_json(t)))
-        {
+        let resumed = stored.point.is_some();
+        if let Some(secs) = stored.point.as_ref().and_then(ResumePoint::time) {
             self.metrics
                 .update_resume_token(|r| r.time = Some(rfc3339(secs.into())));
         }
-        // Where a reopened stream resumes: the stored token, then each one stored since — never "now"
-        // (the startup mode applies only when nothing was ever stored).
-        let mut resume_from = stored;
-        let mut stream = self.open_waiting(resume_from.clone(), &waiter).await?;
-        if !resumed && self.source.startup_mode == StartupMode::CopyExisting {
-            self.copy_existing(&waiter).await?;
+        // Where a reopened stream resumes: the stored point, then each token stored since — never a later
+        // "now" (the startup mode applies only when nothing was ever stored).
+        let mut resume_from = match stored.point {
+            Some(point) => Some(point),
+            None => self.start_point().await,
+        };
+        let mut stream = self.open_waiting(resume_from.as_ref(), &waiter).await?;
+        if !resumed {
+            // A first start stores where its stream started before anything else, so that neither a reopen
+            // nor a restart before the first event starts again at a later "now" and misses what happened
+            // between: a replica set's post-batch resume token of the opened stream, else its start time.
+            // copyExisting stores it once the copy is done (a restart copies again until then).
+            if let Some(token) = stream.resume_token() {
+                resume_from = Some(ResumePoint::After(token));
+            }
+            if self.source.startup_mode == StartupMode::CopyExisting {
+                self.copy_existing(&waiter).await?;
+            }
+            if let Some(point) = &resume_from {
+                self.store_start(point, &waiter).await?;
+            }
         }
         self.metrics.set_running(true);
         let window = tokio::spawn(report_oplog_window(
@@ -382,7 +388,8 @@ impl Source {
                     .and_then(|e| e.get("_id"))
                     .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok());
                 if self.exactly_once().is_some() {
-                    let offset = token.as_ref().map(|t| (t, at));
+                    let point = token.clone().map(ResumePoint::After);
+                    let offset = point.as_ref().map(|p| (p, at));
                     self.transact(&batch, offset, None, &waiter).await?;
                 } else {
                     self.produce(&batch, &waiter).await?;
@@ -391,8 +398,8 @@ impl Source {
                             .await?;
                     }
                 }
-                if token.is_some() {
-                    resume_from = token;
+                if let Some(token) = token {
+                    resume_from = Some(ResumePoint::After(token));
                     last_store = Instant::now();
                 }
                 self.metrics.batch(started.elapsed());
@@ -403,10 +410,14 @@ impl Source {
                 match stream.resume_token() {
                     Some(token) => {
                         let json = token_json(&token);
-                        if resume_from.as_ref().map(token_json).as_deref() != Some(json.as_str()) {
+                        let stored = match &resume_from {
+                            Some(ResumePoint::After(t)) => Some(token_json(t)),
+                            _ => None,
+                        };
+                        if stored.as_deref() != Some(json.as_str()) {
                             self.heartbeat(&token, &waiter).await?;
                             tracing::debug!(token = %json, "heartbeat stored");
-                            resume_from = Some(token);
+                            resume_from = Some(ResumePoint::After(token));
                         }
                     }
                     None => {
@@ -421,7 +432,7 @@ impl Source {
                 self.handler
                     .wait_out(&failure, &mut outage, &waiter)
                     .await?;
-                stream = self.open_waiting(resume_from.clone(), &waiter).await?;
+                stream = self.open_waiting(resume_from.as_ref(), &waiter).await?;
             } else {
                 self.handler.outage_over(&mut outage);
             }
@@ -451,12 +462,12 @@ impl Source {
     /// error fails the task.
     async fn open_waiting(
         &self,
-        resume: Option<ResumeToken>,
+        resume: Option<&ResumePoint>,
         waiter: &ShutdownWait,
     ) -> Result<ChangeStream<Document>, Halt> {
         let mut outage = OutageClock::default();
         loop {
-            match self.open(resume.clone()).await {
+            match self.open(resume).await {
                 Ok(stream) => {
                     self.handler.outage_over(&mut outage);
                     return Ok(stream);
@@ -478,10 +489,41 @@ impl Source {
         waiter: &ShutdownWait,
         reason: TerminationReason,
     ) -> Result<(), Halt> {
+        let point = ResumePoint::After(token.clone());
         self.handler
-            .retry(waiter, || self.store_token(token, at))
+            .retry(waiter, || self.store_point(&point, at))
             .await
             .map_err(|end| end.halt_with(reason, None))
+    }
+
+    /// Where a first start's stream starts: the startup mode's time (timestamp), else (latest,
+    /// copyExisting) just after the newest oplog entry, so it can be stored before the first event; `None`
+    /// (the server's "now") when the oplog can't be read.
+    async fn start_point(&self) -> Option<ResumePoint> {
+        let at = match self.source.startup_mode {
+            StartupMode::Timestamp => self
+                .source
+                .spec
+                .startup
+                .start_at_operation_time
+                .as_deref()
+                .and_then(parse_operation_time),
+            StartupMode::Latest | StartupMode::CopyExisting => {
+                oplog::after_newest_entry(&self.mongo).await
+            }
+        };
+        at.map(ResumePoint::At)
+    }
+
+    /// Stores a first start's `point` (in a transaction of its own when exactly once).
+    async fn store_start(&self, point: &ResumePoint, waiter: &ShutdownWait) -> Result<(), Halt> {
+        if self.exactly_once().is_some() {
+            return self.transact(&[], Some((point, None)), None, waiter).await;
+        }
+        self.handler
+            .retry(waiter, || self.store_point(point, None))
+            .await
+            .map_err(|end| end.halt_with(TerminationReason::OffsetStoreFailed, None))
     }
 
     /// The heartbeat record of `token`: its topic, key and value.
@@ -497,7 +539,12 @@ impl Source {
         let heartbeat = self.heartbeat_record(token);
         if self.exactly_once().is_some() {
             return self
-                .transact(&[], Some((token, None)), Some(&heartbeat), waiter)
+                .transact(
+                    &[],
+                    Some((&ResumePoint::After(token.clone()), None)),
+                    Some(&heartbeat),
+                    waiter,
+                )
                 .await;
         }
         let (topic, key, value) = &heartbeat;

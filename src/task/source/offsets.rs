@@ -2,10 +2,14 @@
 //! `["<namespace>/<connector>", {"ns": "<partition name>"}]` (value `{"_id": "<token JSON>"}`), read back at
 //! start (the last value of the key; a tombstone means none) and written after every acknowledged batch,
 //! with the task's error counters beside it (`"sluice": {"errors": {…}}`, see [`crate::task::ledger`]).
+//! Before its first token a stream's start is stored the same way, as an operation time
+//! (`"sluice": {"startAtOperationTime": {"t": <seconds>, "i": <increment>}}`, no `_id`: a value Kafka Connect
+//! would read as none, and start afresh).
 //! An exactly-once task writes it in the batch's transaction; every source reads it `read_committed`.
 
 use std::time::Duration;
 
+use mongodb::bson::Timestamp;
 use mongodb::change_stream::event::ResumeToken;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
@@ -27,6 +31,24 @@ pub(super) fn token_json(token: &ResumeToken) -> String {
     serde_json::to_string(token).unwrap_or_default()
 }
 
+/// Where a source's change stream resumes: after a resume token, or, before the stream's first token, at
+/// the operation time it started at.
+#[derive(Clone, Debug)]
+pub(super) enum ResumePoint {
+    After(ResumeToken),
+    At(Timestamp),
+}
+
+impl ResumePoint {
+    /// The cluster time (seconds) the point stands at, when it tells.
+    pub(super) fn time(&self) -> Option<u32> {
+        match self {
+            ResumePoint::After(token) => token_cluster_time(&token_json(token)),
+            ResumePoint::At(t) => Some(t.time),
+        }
+    }
+}
+
 impl Source {
     fn offset_key(&self) -> String {
         names::source_offset_key(
@@ -36,7 +58,7 @@ impl Source {
         )
     }
 
-    /// The stored resume token of this partition name and the ledger stored with it, read from the
+    /// The stored resume point of this partition name and the ledger stored with it, read from the
     /// offsets topic (one attempt). It is read `read_committed`, past every record written before the
     /// read: an exactly-once task's token counts once its transaction committed, and the read waits for a
     /// transaction still open (a task that died in one: until the broker aborts it, or that task starts
@@ -60,10 +82,9 @@ impl Source {
         .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
     }
 
-    /// The offset record that stores `token`, which points at cluster time `at` (seconds), with the ledger
-    /// of what was counted up to now.
-    pub(super) fn offset_record(&self, token: &ResumeToken, at: Option<u32>) -> OffsetRecord {
-        let json = token_json(token);
+    /// The offset record that stores `point`, which stands at cluster time `at` (seconds) when it does not
+    /// tell, with the ledger of what was counted up to now.
+    pub(super) fn offset_record(&self, point: &ResumePoint, at: Option<u32>) -> OffsetRecord {
         let partition = &self.source.offset_partition_name;
         let ledger = self.metrics.ledger.to_store(partition).unwrap_or_default();
         let position = self.metrics.ledger.position(partition).unwrap_or(0) + 1;
@@ -71,13 +92,14 @@ impl Source {
             errors: ledger.clone(),
             position: Some(position),
         };
-        let time = token_cluster_time(&json)
+        let time = point
+            .time()
             .or(at)
             .map(i64::from)
             .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().as_second());
         OffsetRecord {
             key: self.offset_key(),
-            value: serde_json::json!({ "_id": json, "sluice": stored }).to_string(),
+            value: offset_value(point, &stored).to_string(),
             position,
             ledger,
             time,
@@ -106,13 +128,13 @@ impl Source {
         );
     }
 
-    /// Stores `token`, which points at cluster time `at` (seconds), in the offsets topic (one attempt).
-    pub(super) async fn store_token(
+    /// Stores `point`, which stands at cluster time `at` (seconds), in the offsets topic (one attempt).
+    pub(super) async fn store_point(
         &self,
-        token: &ResumeToken,
+        point: &ResumePoint,
         at: Option<u32>,
     ) -> Result<(), Failure> {
-        let record = self.offset_record(token, at);
+        let record = self.offset_record(point, at);
         self.send_offset(&record).await?;
         self.offset_stored(record);
         Ok(())
@@ -129,11 +151,14 @@ pub(super) struct OffsetRecord {
     time: i64,
 }
 
-/// What the offsets topic holds for a source's partition name: the resume token (`None`: start afresh)
+/// The field of a stored start point in the `sluice` object of an offset value.
+const START_AT: &str = "startAtOperationTime";
+
+/// What the offsets topic holds for a source's partition name: the resume point (`None`: start afresh)
 /// and the error counters stored with it (zero for a value sluice did not write).
 #[derive(Debug, Default)]
 pub(super) struct StoredOffset {
-    pub token: Option<ResumeToken>,
+    pub point: Option<ResumePoint>,
     pub ledger: ErrorCounters,
     /// How many times a token was stored with the ledger (the ledger's position).
     pub position: i64,
@@ -171,8 +196,22 @@ fn read_latest(
     parse_stored(&value)
 }
 
+/// The offset value of `point` with the ledger `stored`.
+fn offset_value(point: &ResumePoint, stored: &Stored) -> serde_json::Value {
+    match point {
+        ResumePoint::After(token) => {
+            serde_json::json!({ "_id": token_json(token), "sluice": stored })
+        }
+        ResumePoint::At(t) => {
+            let mut sluice = serde_json::to_value(stored).unwrap_or_default();
+            sluice[START_AT] = serde_json::json!({ "t": t.time, "i": t.increment });
+            serde_json::json!({ "sluice": sluice })
+        }
+    }
+}
+
 /// A stored offset value: `{"_id": "<token JSON>"}` as Kafka Connect's MongoDB source writes it, with
-/// sluice's ledger beside it when sluice wrote it.
+/// sluice's ledger beside it when sluice wrote it, or sluice's start point of a stream without a token.
 fn parse_stored(value: &[u8]) -> Result<StoredOffset, Failure> {
     let parsed: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
         Failure::conversion(
@@ -180,13 +219,23 @@ fn parse_stored(value: &[u8]) -> Result<StoredOffset, Failure> {
             format!("stored offset is not JSON: {e}"),
         )
     })?;
+    let token = parsed["_id"]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .map(ResumePoint::After);
+    let start = &parsed["sluice"][START_AT];
+    let start = match (start["t"].as_u64(), start["i"].as_u64()) {
+        (Some(t), Some(i)) => Some(ResumePoint::At(Timestamp {
+            time: u32::try_from(t).unwrap_or(u32::MAX),
+            increment: u32::try_from(i).unwrap_or(u32::MAX),
+        })),
+        _ => None,
+    };
     Ok(StoredOffset {
-        token: parsed["_id"]
-            .as_str()
-            .and_then(|t| serde_json::from_str(t).ok()),
+        point: token.or(start),
         ..serde_json::from_value::<Stored>(parsed["sluice"].clone())
             .map(|s| StoredOffset {
-                token: None,
+                point: None,
                 ledger: s.errors,
                 position: s.position.unwrap_or(0),
             })
@@ -208,15 +257,42 @@ mod tests {
             },
             position: Some(9),
         };
-        let value = serde_json::json!({ "_id": token, "sluice": stored }).to_string();
+        let point = ResumePoint::After(serde_json::from_str(token).unwrap());
+        let value = offset_value(&point, &stored).to_string();
         let back = parse_stored(value.as_bytes()).unwrap();
-        assert_eq!(token_json(back.token.as_ref().unwrap()), token);
+        let Some(ResumePoint::After(back_token)) = &back.point else {
+            panic!("{:?}", back.point)
+        };
+        assert_eq!(token_json(back_token), token);
         assert_eq!((back.ledger.total_record_errors, back.position), (2, 9));
         // Kafka Connect's value: the token, and a ledger that starts at zero.
         let connect = serde_json::json!({ "_id": token }).to_string();
         let back = parse_stored(connect.as_bytes()).unwrap();
-        assert!(back.token.is_some());
+        assert!(matches!(back.point, Some(ResumePoint::After(_))));
         assert_eq!((back.ledger, back.position), (ErrorCounters::default(), 0));
         assert!(parse_stored(b"{not json").is_err());
+    }
+
+    #[test]
+    fn a_stored_start_point_reads_back_as_an_operation_time_with_its_ledger() {
+        let stored = Stored {
+            errors: ErrorCounters::default(),
+            position: Some(1),
+        };
+        let at = Timestamp {
+            time: 1_796_312_512,
+            increment: 14,
+        };
+        let value = offset_value(&ResumePoint::At(at), &stored);
+        assert!(
+            value.get("_id").is_none(),
+            "Kafka Connect reads no token: {value}"
+        );
+        let back = parse_stored(value.to_string().as_bytes()).unwrap();
+        assert!(
+            matches!(back.point, Some(ResumePoint::At(t)) if t == at),
+            "{back:?}"
+        );
+        assert_eq!(back.position, 1);
     }
 }

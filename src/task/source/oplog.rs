@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Document, Timestamp, doc};
 use tokio::sync::watch;
 
 use crate::task::metrics::TaskMetrics;
@@ -28,6 +28,35 @@ pub(super) fn rfc3339(secs: i64) -> String {
     k8s_openapi::jiff::Timestamp::from_second(secs)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+/// The operation time just after the newest oplog entry: where a stream opened now starts at the earliest
+/// (the server's "now" is this or later). `None` when the oplog can't be read.
+pub(super) async fn after_newest_entry(mongo: &mongodb::Client) -> Option<Timestamp> {
+    let newest = mongo
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .sort(doc! { "$natural": -1 })
+        .projection(doc! { "ts": 1 })
+        .await
+        .inspect_err(|e| tracing::debug!(error = %e, "the newest oplog entry can't be read"))
+        .ok()??;
+    newest.get_timestamp("ts").ok().map(just_after)
+}
+
+/// The operation time right after `ts` (the next increment of its second).
+fn just_after(ts: Timestamp) -> Timestamp {
+    match ts.increment.checked_add(1) {
+        Some(increment) => Timestamp {
+            time: ts.time,
+            increment,
+        },
+        None => Timestamp {
+            time: ts.time.saturating_add(1),
+            increment: 0,
+        },
+    }
 }
 
 /// Reads the oplog window (first and last entry times of `local.oplog.rs`), or why it can't be read.
@@ -88,6 +117,13 @@ pub(super) async fn report_oplog_window(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_after_an_entry_is_its_next_increment() {
+        let at = |time, increment| Timestamp { time, increment };
+        assert_eq!(just_after(at(10, 4)), at(10, 5));
+        assert_eq!(just_after(at(10, u32::MAX)), at(11, 0));
+    }
 
     #[test]
     fn a_replica_set_token_tells_its_cluster_time() {
