@@ -598,6 +598,14 @@ pub struct ErrorsSpec {
     /// match Connect's text. Status, Events and logs keep sluice's words.
     #[serde(default)]
     pub converter_messages: ConverterMessages,
+    /// The most bytes a dead letter's context headers (names and values) take: past it the stack trace
+    /// is cut first, then the exception message, each ending in `...[<n> bytes cut]`, so a long server
+    /// message never makes a dead letter too large for its topic. Default and most: 16384 (what a
+    /// DeadLetterQueue's topic makes room for); with `contextHeadersFormat: both` Connect's and Spring's
+    /// headers share it. No Kafka Connect twin (Connect writes the whole stack trace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 16384))]
+    pub context_headers_max_bytes: Option<i64>,
     /// Errors never retried: error class names (`MongoCommandException`) or MongoDB error codes
     /// (`11000`). Spring Kafka: `addNotRetryableExceptions`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -629,6 +637,7 @@ impl Default for ErrorsSpec {
             context_headers_enable: None,
             context_headers_format: ContextHeadersFormat::Connect,
             converter_messages: ConverterMessages::Sluice,
+            context_headers_max_bytes: None,
             not_retryable: Vec::new(),
         }
     }

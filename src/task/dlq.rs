@@ -39,15 +39,17 @@ pub const CONNECT_CONVERTER_MESSAGE: &str =
     "Converting byte[] to Kafka Connect data failed due to serialization error: ";
 
 /// The `__connect.errors.*` headers for a failed record, in Connect's order and string encodings, within
-/// [`CONTEXT_HEADERS_MAX_BYTES`]: past it, the stack trace is cut first, then the exception message (each
-/// with a `...` marker), so a long server message never makes the record too large for its topic. With
-/// `ConverterMessages::Connect`, a converter's failure reads as Connect's JsonConverter writes it.
+/// `budget` bytes (at most [`CONTEXT_HEADERS_MAX_BYTES`]): past it, the stack trace is cut first, then
+/// the exception message (each ending in `...[<n> bytes cut]`), so a long server message never makes the
+/// record too large for its topic. With `ConverterMessages::Connect`, a converter's failure reads as
+/// Connect's JsonConverter writes it.
 pub fn dead_letter_headers(
     record: &RecordContext,
     failure: &Failure,
     connector: &str,
     task_id: u32,
     converter_messages: ConverterMessages,
+    budget: usize,
 ) -> Vec<(String, String)> {
     let mut h = vec![("topic", record.topic.clone())];
     if let Some(p) = record.partition {
@@ -92,8 +94,17 @@ pub fn dead_letter_headers(
         .into_iter()
         .map(|(k, v)| (format!("{HEADER_PREFIX}{k}"), v))
         .collect();
-    within_budget(&mut headers, CONTEXT_HEADERS_MAX_BYTES);
+    within_budget(&mut headers, budget.min(CONTEXT_HEADERS_MAX_BYTES));
     headers
+}
+
+/// The context-header budget of a Connector's `contextHeadersMaxBytes` (unset: the most).
+pub fn header_budget(max_bytes: Option<i64>) -> usize {
+    max_bytes
+        .and_then(|b| usize::try_from(b).ok())
+        .map_or(CONTEXT_HEADERS_MAX_BYTES, |b| {
+            b.min(CONTEXT_HEADERS_MAX_BYTES)
+        })
 }
 
 /// Cuts the stack trace, then the message, until the headers (keys and values) fit `budget` bytes.
@@ -106,9 +117,20 @@ fn within_budget(headers: &mut [(String, String)], budget: usize) {
         let key = format!("{HEADER_PREFIX}{name}");
         if let Some((_, value)) = headers.iter_mut().find(|(k, _)| *k == key) {
             let keep = value.len().saturating_sub(total - budget);
-            *value = crate::text::cut_with_marker(value, keep.max(3), "...");
+            *value = cut_marked(value, keep);
         }
     }
+}
+
+/// `value` within `max_bytes` when it has to be cut, ending in `...[<n> bytes cut]` (the marker counted).
+fn cut_marked(value: &str, max_bytes: usize) -> String {
+    if value.len() <= max_bytes {
+        return value.to_string();
+    }
+    // The marker's longest form (as many digits as the whole value's length) bounds what is kept.
+    let longest = format!("...[{} bytes cut]", value.len()).len();
+    let kept = crate::text::cut(value, max_bytes.saturating_sub(longest));
+    format!("{kept}...[{} bytes cut]", value.len() - kept.len())
 }
 
 /// A dead-letter topic and the producer that writes to it.
@@ -121,6 +143,8 @@ pub struct DeadLetterQueue {
     pub consumer_group: Option<String>,
     /// How converter failures read.
     pub converter_messages: ConverterMessages,
+    /// The context headers' budget in bytes ([`header_budget`]).
+    pub header_budget: usize,
     pub producer: FutureProducer,
 }
 
@@ -177,13 +201,27 @@ impl DeadLetterQueue {
             });
         }
         if self.context_headers {
-            let connect =
-                dead_letter_headers(record, failure, connector, task_id, self.converter_messages);
+            // Both formats carry the message and stack trace twice: each gets half the budget.
+            let budget = match self.format {
+                ContextHeadersFormat::Both => self.header_budget / 2,
+                _ => self.header_budget,
+            };
+            let connect = dead_letter_headers(
+                record,
+                failure,
+                connector,
+                task_id,
+                self.converter_messages,
+                budget,
+            );
             if self.format != ContextHeadersFormat::Spring {
+                let message = format!("{HEADER_PREFIX}exception.message");
                 for (k, v) in &connect {
+                    // Connect writes a null message header for an exception without a message.
+                    let null = *k == message && v.is_empty();
                     headers = headers.insert(Header {
                         key: k,
-                        value: Some(v.as_bytes()),
+                        value: (!null).then_some(v.as_bytes()),
                     });
                 }
             }
@@ -258,7 +296,14 @@ mod tests {
             ..Default::default()
         };
         let bad_json = Failure::conversion(Stage::ValueConverter, "value is not JSON: EOF");
-        let h = dead_letter_headers(&record, &bad_json, "c", 0, ConverterMessages::Connect);
+        let h = dead_letter_headers(
+            &record,
+            &bad_json,
+            "c",
+            0,
+            ConverterMessages::Connect,
+            CONTEXT_HEADERS_MAX_BYTES,
+        );
         let get = |h: &[(String, String)], n: &str| {
             h.iter()
                 .find(|(k, _)| k == &format!("{HEADER_PREFIX}{n}"))
@@ -277,7 +322,14 @@ mod tests {
         );
         // Only converters: a write error keeps its words.
         let write = Failure::conversion(Stage::TaskPut, "Could not create write model");
-        let h = dead_letter_headers(&record, &write, "c", 0, ConverterMessages::Connect);
+        let h = dead_letter_headers(
+            &record,
+            &write,
+            "c",
+            0,
+            ConverterMessages::Connect,
+            CONTEXT_HEADERS_MAX_BYTES,
+        );
         assert_eq!(get(&h, "exception.message"), "Could not create write model");
     }
 
@@ -296,6 +348,7 @@ mod tests {
             "orders-sink",
             1,
             ConverterMessages::Sluice,
+            CONTEXT_HEADERS_MAX_BYTES,
         );
         let names: Vec<&str> = h
             .iter()
@@ -350,20 +403,96 @@ mod tests {
         };
         // A message that fits once the stack trace (which repeats it) is cut.
         let medium = Failure::new(Stage::TaskPut, "X", "m".repeat(10_000), false);
-        let h = dead_letter_headers(&record, &medium, "c", 0, ConverterMessages::Sluice);
+        let h = dead_letter_headers(
+            &record,
+            &medium,
+            "c",
+            0,
+            ConverterMessages::Sluice,
+            CONTEXT_HEADERS_MAX_BYTES,
+        );
         assert!(size(&h) <= CONTEXT_HEADERS_MAX_BYTES, "{}", size(&h));
         assert_eq!(
             get(&h, "exception.message").len(),
             10_000,
             "the message stays whole"
         );
-        assert!(get(&h, "exception.stacktrace").ends_with("..."));
+        let trace = get(&h, "exception.stacktrace");
+        assert!(trace.ends_with(" bytes cut]"), "{trace}");
         // A message larger than the budget is cut too.
         let huge = Failure::new(Stage::TaskPut, "X", "é".repeat(40_000), false);
-        let h = dead_letter_headers(&record, &huge, "c", 0, ConverterMessages::Sluice);
+        let h = dead_letter_headers(
+            &record,
+            &huge,
+            "c",
+            0,
+            ConverterMessages::Sluice,
+            CONTEXT_HEADERS_MAX_BYTES,
+        );
         assert!(size(&h) <= CONTEXT_HEADERS_MAX_BYTES, "{}", size(&h));
-        assert!(get(&h, "exception.message").ends_with("..."));
+        let message = get(&h, "exception.message");
+        let cut: usize = message
+            .rsplit_once("...[")
+            .and_then(|(_, n)| n.strip_suffix(" bytes cut]"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            message.len() - format!("...[{cut} bytes cut]").len() + cut,
+            huge.message.len(),
+            "the marker says how much was cut"
+        );
         assert_eq!(get(&h, "topic"), "orders", "the coordinates stay");
+        // A Connector's smaller budget.
+        let h = dead_letter_headers(&record, &medium, "c", 0, ConverterMessages::Sluice, 2048);
+        assert!(size(&h) <= 2048, "{}", size(&h));
+        assert_eq!(header_budget(Some(4096)), 4096);
+        assert_eq!(header_budget(None), CONTEXT_HEADERS_MAX_BYTES);
+    }
+
+    fn queue(format: ContextHeadersFormat, header_budget: usize) -> DeadLetterQueue {
+        DeadLetterQueue {
+            topic: "dlq".into(),
+            context_headers: true,
+            format,
+            consumer_group: Some("g".into()),
+            converter_messages: ConverterMessages::Sluice,
+            header_budget,
+            // Never connects: only its records are built here.
+            producer: rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .create()
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn both_formats_share_the_budget_and_a_message_less_exception_writes_a_null_header() {
+        use rdkafka::message::Headers;
+        let record = RecordContext {
+            topic: "orders".into(),
+            partition: Some(0),
+            offset: Some(7),
+            ..Default::default()
+        };
+        let huge = Failure::new(Stage::TaskPut, "X", "m".repeat(40_000), false);
+        let headers = queue(ContextHeadersFormat::Both, 4096).headers(&record, &huge, "c", 0);
+        let context: usize = headers
+            .iter()
+            .filter(|h| h.key.starts_with(HEADER_PREFIX) || h.key.starts_with("kafka_dlt-"))
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum();
+        assert!(
+            context <= 4096,
+            "Connect's and Spring's headers: {context} bytes"
+        );
+        let silent = Failure::new(Stage::TaskPut, "java.lang.NullPointerException", "", false);
+        let headers = queue(ContextHeadersFormat::Connect, 4096).headers(&record, &silent, "c", 0);
+        let message = headers
+            .iter()
+            .find(|h| h.key == format!("{HEADER_PREFIX}exception.message"))
+            .unwrap();
+        assert_eq!(message.value, None, "Connect's null, not an empty string");
     }
 
     #[test]
@@ -379,7 +508,14 @@ mod tests {
             "message too large",
             false,
         );
-        let h = dead_letter_headers(&record, &failure, "src", 0, ConverterMessages::Sluice);
+        let h = dead_letter_headers(
+            &record,
+            &failure,
+            "src",
+            0,
+            ConverterMessages::Sluice,
+            CONTEXT_HEADERS_MAX_BYTES,
+        );
         assert!(
             h.iter()
                 .all(|(k, _)| !k.ends_with(".partition") && !k.ends_with(".offset"))

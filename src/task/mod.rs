@@ -133,6 +133,7 @@ pub async fn run_with_metrics(
             context_headers: cfg.errors.context_headers_enable,
             format: cfg.errors.spec.context_headers_format,
             converter_messages: cfg.errors.spec.converter_messages,
+            header_budget: dlq::header_budget(cfg.errors.spec.context_headers_max_bytes),
             consumer_group: cfg
                 .sink
                 .is_some()
