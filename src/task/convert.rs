@@ -217,12 +217,34 @@ pub fn tombstone_write(key: Option<Bson>, delete_on_null: bool) -> Result<Write,
             "Could not create write model",
         ));
     }
-    let id = match key {
-        Bson::Document(mut d) if d.contains_key("_id") => d.remove("_id").unwrap_or(Bson::Null),
-        other => other,
-    };
+    let id = key_id(key)?;
     Ok(Write::Delete(doc! { "q": { "_id": id }, "limit": 1 }))
 }
+
+/// The `_id` a record key gives (`providedInKey`, and deletes): a key document's `_id`, as Kafka
+/// Connect's `ProvidedInKeyStrategy` takes it (a key document without one fails the write model, with
+/// Connect's words); a key that is no document (a string key) is the `_id` itself, which Connect refuses.
+pub fn key_id(key: Bson) -> Result<Bson, Failure> {
+    match key {
+        Bson::Document(d) => provided_id(&d),
+        other => Ok(other),
+    }
+}
+
+/// A document's `_id` for the provided strategies, or Kafka Connect's `ProvidedStrategy` failure.
+fn provided_id(d: &Document) -> Result<Bson, Failure> {
+    match d.get("_id") {
+        None => Err(Failure::conversion(Stage::TaskPut, PROVIDED_ID_MISSING)),
+        Some(Bson::Null) => Err(Failure::conversion(Stage::TaskPut, PROVIDED_ID_NULL)),
+        Some(id) => Ok(id.clone()),
+    }
+}
+
+/// Kafka Connect's MongoDB sink's messages for a provided `_id` that is missing, or null.
+const PROVIDED_ID_MISSING: &str = "Provided id strategy is used but the document structure either \
+                                   contained no _id field or it was null";
+const PROVIDED_ID_NULL: &str =
+    "Provided id strategy used but the document structure contained an _id of type BsonNull";
 
 /// Where a record came from, for `kafkaCoordinates` ids.
 #[derive(Clone, Copy, Debug)]
@@ -245,24 +267,14 @@ pub fn build_write(
             .get("_id")
             .cloned()
             .unwrap_or_else(|| Bson::ObjectId(ObjectId::new())),
-        DocumentIdStrategy::ProvidedInKey => key.ok_or_else(|| {
+        DocumentIdStrategy::ProvidedInKey => key_id(key.ok_or_else(|| {
             Failure::conversion(
                 Stage::TaskPut,
                 "documentIdStrategy providedInKey needs a record key",
             )
-        })?,
+        })?)?,
         // Kafka Connect's MongoDB sink fails the write model (TASK_PUT) with this text.
-        DocumentIdStrategy::ProvidedInValue => value
-            .get("_id")
-            .filter(|id| **id != Bson::Null)
-            .cloned()
-            .ok_or_else(|| {
-                Failure::conversion(
-                    Stage::TaskPut,
-                    "Provided id strategy is used but the document structure either contained no _id \
-                     field or it was null",
-                )
-            })?,
+        DocumentIdStrategy::ProvidedInValue => provided_id(&value)?,
         DocumentIdStrategy::KafkaCoordinates => Bson::Document(
             doc! { "topic": at.topic, "partition": at.partition, "offset": at.offset },
         ),
@@ -295,6 +307,48 @@ mod tests {
         partition: 1,
         offset: 7,
     };
+
+    #[test]
+    fn a_key_document_gives_its_id_as_kafka_connect_s_provided_in_key_strategy_does() {
+        let key = key_value(br#"{"_id": 5, "region": "eu"}"#, Converter::Json).unwrap();
+        let write = build_write(
+            doc! { "n": 1 },
+            Some(key.clone()),
+            WriteModel::Replace,
+            DocumentIdStrategy::ProvidedInKey,
+            AT,
+        )
+        .unwrap();
+        let Write::Update(u) = write else {
+            panic!("{write:?}")
+        };
+        assert_eq!(u.get_document("q").unwrap(), &doc! { "_id": 5 });
+        assert_eq!(u.get_document("u").unwrap(), &doc! { "n": 1, "_id": 5 });
+        // Its tombstone deletes the same document.
+        let Write::Delete(d) = tombstone_write(Some(key), true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.get_document("q").unwrap(), &doc! { "_id": 5 });
+        // A key document without an _id fails the write model as in Connect; a string key is the _id.
+        for (no_id, message) in [
+            (doc! { "region": "eu" }, PROVIDED_ID_MISSING),
+            (doc! { "_id": Bson::Null }, PROVIDED_ID_NULL),
+        ] {
+            let f = build_write(
+                doc! {},
+                Some(Bson::Document(no_id)),
+                WriteModel::Insert,
+                DocumentIdStrategy::ProvidedInKey,
+                AT,
+            )
+            .unwrap_err();
+            assert_eq!((f.stage, f.message.as_str()), (Stage::TaskPut, message));
+        }
+        assert_eq!(
+            key_id(Bson::String("k1".into())).unwrap(),
+            Bson::String("k1".into())
+        );
+    }
 
     #[test]
     fn json_values_become_documents_and_bad_ones_are_data_exceptions() {
@@ -362,10 +416,11 @@ mod tests {
             delete(Bson::String("k1".into())),
             doc! { "q": { "_id": "k1" }, "limit": 1 }
         );
+        let no_id = tombstone_write(Some(Bson::Document(doc! { "sku": 1 })), true).unwrap_err();
         assert_eq!(
-            delete(Bson::Document(doc! { "sku": 1 })),
-            doc! { "q": { "_id": { "sku": 1 } }, "limit": 1 },
-            "a key without _id is the id"
+            (no_id.stage, no_id.message.as_str()),
+            (Stage::TaskPut, PROVIDED_ID_MISSING),
+            "a key document without _id deletes nothing, as in Connect"
         );
         let off = tombstone_write(Some(Bson::String("k1".into())), false).unwrap_err();
         assert_eq!(
