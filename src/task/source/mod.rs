@@ -470,6 +470,15 @@ impl Source {
             match self.open(resume).await {
                 Ok(stream) => {
                     self.handler.outage_over(&mut outage);
+                    // Where it opened, by kind and cluster time only: a token holds a document key.
+                    let (from, at) = match resume {
+                        Some(ResumePoint::After(_)) => {
+                            ("after a resume token", resume.and_then(ResumePoint::time))
+                        }
+                        Some(ResumePoint::At(t)) => ("at an operation time", Some(t.time)),
+                        None => ("at the server's now", None),
+                    };
+                    tracing::info!(from, cluster_time = ?at, "change stream open");
                     return Ok(stream);
                 }
                 Err(e) => {
