@@ -337,7 +337,7 @@ async fn sigkills_a_broker_restart_and_a_mongodb_outage_lose_nothing_and_dead_le
 
     // Each source streams an event before the counted inserts. On the loopback peer, a source's very
     // first event after its first start is what a gap not understood yet can still lose (README,
-    // Guarantees 8: one run in 3 after a first start's start point was stored, at least once this time);
+    // Guarantees 4: one run in 4 after a first start's start point was stored, at least once that time);
     // the guarantees under kills, restarts and outages are what this suite counts.
     mongodb::Client::with_uri_str(&s.env.mongodb_uri)
         .await

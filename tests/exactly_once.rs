@@ -14,8 +14,8 @@ use rdkafka::message::Message;
 use serde_json::Value;
 use serde_json::json;
 use support::{
-    Env, TaskProcess, committed_reader, create_secret, create_topic, create_topic_if_missing,
-    create_topic_with, events_for, setup, unique, wait_for,
+    Env, TaskProcess, committed_reader, count_committed, create_secret, create_topic,
+    create_topic_if_missing, create_topic_with, events_for, setup, unique, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,35 +45,6 @@ fn config_with(env: &Env, db: &str, connector: &str, dlq: Option<&str>, heartbea
 async fn reader(env: &Env, topic: &str) -> rdkafka::consumer::StreamConsumer {
     create_topic_if_missing(env, topic, 1).await;
     committed_reader(env, topic)
-}
-
-/// How often each inserted `_id` arrived, read `read_committed` until `n` distinct ones came and then
-/// nothing for a few seconds.
-async fn count_committed(env: &Env, topic: &str, n: usize) -> BTreeMap<i64, u32> {
-    let consumer = reader(env, topic).await;
-    let mut seen = BTreeMap::new();
-    let deadline = std::time::Instant::now() + WAIT * 2;
-    loop {
-        let wait = if seen.len() < n {
-            Duration::from_secs(5)
-        } else {
-            Duration::from_secs(4)
-        };
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Ok(Ok(m)) => {
-                let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-                let id = v["documentKey"]["_id"].as_i64().unwrap();
-                *seen.entry(id).or_insert(0) += 1;
-            }
-            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(_) if seen.len() >= n => return seen,
-            Err(_) => assert!(
-                std::time::Instant::now() < deadline,
-                "only {} of {n} events on {topic}",
-                seen.len()
-            ),
-        }
-    }
 }
 
 async fn collection(env: &Env, db: &str) -> mongodb::Collection<Document> {

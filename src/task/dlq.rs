@@ -98,13 +98,12 @@ pub fn dead_letter_headers(
     headers
 }
 
-/// The context-header budget of a Connector's `contextHeadersMaxBytes` (unset: the most).
+/// The context-header budget of a Connector's `contextHeadersMaxBytes` (unset: the most;
+/// [`dead_letter_headers`] never takes more).
 pub fn header_budget(max_bytes: Option<i64>) -> usize {
     max_bytes
         .and_then(|b| usize::try_from(b).ok())
-        .map_or(CONTEXT_HEADERS_MAX_BYTES, |b| {
-            b.min(CONTEXT_HEADERS_MAX_BYTES)
-        })
+        .unwrap_or(CONTEXT_HEADERS_MAX_BYTES)
 }
 
 /// Cuts the stack trace, then the message, until the headers (keys and values) fit `budget` bytes.

@@ -1,5 +1,8 @@
 //! Kafka for tests: topics of their own, and readers from a topic's start.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use super::{Env, unique};
 
 /// Produces each of `values` to `topic` under the key `k`, waiting for each acknowledgement.
@@ -91,6 +94,39 @@ fn reader_with(env: &Env, topic: &str, isolation: &str) -> rdkafka::consumer::St
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
+}
+
+/// How often each inserted `_id` arrived, read `read_committed` until `n` distinct ones came and then
+/// nothing for a few seconds.
+pub async fn count_committed(env: &Env, topic: &str, n: usize) -> BTreeMap<i64, u32> {
+    // Created first unless the task did (as the task would: one partition), so the subscription finds it.
+    create_topic_if_missing(env, topic, 1).await;
+    let consumer = committed_reader(env, topic);
+    let mut seen = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let wait = if seen.len() < n {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(4)
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(rdkafka::Message::payload(&m).unwrap_or_default())
+                        .unwrap();
+                let id = v["documentKey"]["_id"].as_i64().unwrap();
+                *seen.entry(id).or_insert(0) += 1;
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) if seen.len() >= n => return seen,
+            Err(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} events on {topic}",
+                seen.len()
+            ),
+        }
+    }
 }
 
 /// The `__connect.errors.exception.message` of every record of a dead-letter topic, from its start until

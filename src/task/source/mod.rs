@@ -384,22 +384,22 @@ impl Source {
                 let at = last
                     .and_then(|e| e.get_timestamp("clusterTime").ok())
                     .map(|t| t.time);
-                let token = last
+                let point = last
                     .and_then(|e| e.get("_id"))
-                    .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok());
+                    .and_then(|id| mongodb::bson::from_bson::<ResumeToken>(id.clone()).ok())
+                    .map(ResumePoint::After);
                 if self.exactly_once().is_some() {
-                    let point = token.clone().map(ResumePoint::After);
                     let offset = point.as_ref().map(|p| (p, at));
                     self.transact(&batch, offset, None, &waiter).await?;
                 } else {
                     self.produce(&batch, &waiter).await?;
-                    if let Some(token) = &token {
-                        self.store(token, at, &waiter, TerminationReason::OffsetStoreFailed)
+                    if let Some(point) = &point {
+                        self.store(point, at, &waiter, TerminationReason::OffsetStoreFailed)
                             .await?;
                     }
                 }
-                if let Some(token) = token {
-                    resume_from = Some(ResumePoint::After(token));
+                if point.is_some() {
+                    resume_from = point;
                     last_store = Instant::now();
                 }
                 self.metrics.batch(started.elapsed());
@@ -471,13 +471,12 @@ impl Source {
                 Ok(stream) => {
                     self.handler.outage_over(&mut outage);
                     // Where it opened, by kind and cluster time only: a token holds a document key.
-                    let (from, at) = match resume {
-                        Some(ResumePoint::After(_)) => {
-                            ("after a resume token", resume.and_then(ResumePoint::time))
-                        }
-                        Some(ResumePoint::At(t)) => ("at an operation time", Some(t.time)),
-                        None => ("at the server's now", None),
+                    let from = match resume {
+                        Some(ResumePoint::After(_)) => "after a resume token",
+                        Some(ResumePoint::At(_)) => "at an operation time",
+                        None => "at the server's now",
                     };
+                    let at = resume.and_then(ResumePoint::time);
                     tracing::info!(from, cluster_time = ?at, "change stream open");
                     return Ok(stream);
                 }
@@ -489,18 +488,17 @@ impl Source {
         }
     }
 
-    /// Stores `token` (retried, outages waited out); a failure that is not an outage fails the task with
+    /// Stores `point` (retried, outages waited out); a failure that is not an outage fails the task with
     /// `reason`.
     async fn store(
         &self,
-        token: &ResumeToken,
+        point: &ResumePoint,
         at: Option<u32>,
         waiter: &ShutdownWait,
         reason: TerminationReason,
     ) -> Result<(), Halt> {
-        let point = ResumePoint::After(token.clone());
         self.handler
-            .retry(waiter, || self.store_point(&point, at))
+            .retry(waiter, || self.store_point(point, at))
             .await
             .map_err(|end| end.halt_with(reason, None))
     }
@@ -529,10 +527,8 @@ impl Source {
         if self.exactly_once().is_some() {
             return self.transact(&[], Some((point, None)), None, waiter).await;
         }
-        self.handler
-            .retry(waiter, || self.store_point(point, None))
+        self.store(point, None, waiter, TerminationReason::OffsetStoreFailed)
             .await
-            .map_err(|end| end.halt_with(TerminationReason::OffsetStoreFailed, None))
     }
 
     /// The heartbeat record of `token`: its topic, key and value.
@@ -546,14 +542,10 @@ impl Source {
 
     async fn heartbeat(&self, token: &ResumeToken, waiter: &ShutdownWait) -> Result<(), Halt> {
         let heartbeat = self.heartbeat_record(token);
+        let point = ResumePoint::After(token.clone());
         if self.exactly_once().is_some() {
             return self
-                .transact(
-                    &[],
-                    Some((&ResumePoint::After(token.clone()), None)),
-                    Some(&heartbeat),
-                    waiter,
-                )
+                .transact(&[], Some((&point, None)), Some(&heartbeat), waiter)
                 .await;
         }
         let (topic, key, value) = &heartbeat;
@@ -565,7 +557,7 @@ impl Source {
             })
             .await
             .map_err(|end| end.halt_with(TerminationReason::HeartbeatFailed, None))?;
-        self.store(token, None, waiter, TerminationReason::HeartbeatFailed)
+        self.store(&point, None, waiter, TerminationReason::HeartbeatFailed)
             .await
     }
 

@@ -33,16 +33,26 @@ pub(super) fn rfc3339(secs: i64) -> String {
 /// The operation time just after the newest oplog entry: where a stream opened now starts at the earliest
 /// (the server's "now" is this or later). `None` when the oplog can't be read.
 pub(super) async fn after_newest_entry(mongo: &mongodb::Client) -> Option<Timestamp> {
-    let newest = mongo
+    oplog_end(mongo, -1)
+        .await
+        .inspect_err(|e| tracing::debug!(error = %e, "the newest oplog entry can't be read"))
+        .ok()?
+        .map(just_after)
+}
+
+/// The `ts` of the oldest (`order` 1) or newest (-1) entry of `local.oplog.rs`; `None` when it has none.
+async fn oplog_end(
+    mongo: &mongodb::Client,
+    order: i32,
+) -> Result<Option<Timestamp>, mongodb::error::Error> {
+    let entry = mongo
         .database("local")
         .collection::<Document>("oplog.rs")
         .find_one(doc! {})
-        .sort(doc! { "$natural": -1 })
+        .sort(doc! { "$natural": order })
         .projection(doc! { "ts": 1 })
-        .await
-        .inspect_err(|e| tracing::debug!(error = %e, "the newest oplog entry can't be read"))
-        .ok()??;
-    newest.get_timestamp("ts").ok().map(just_after)
+        .await?;
+    Ok(entry.and_then(|d| d.get_timestamp("ts").ok()))
 }
 
 /// The operation time right after `ts` (the next increment of its second).
@@ -61,13 +71,9 @@ fn just_after(ts: Timestamp) -> Timestamp {
 
 /// Reads the oplog window (first and last entry times of `local.oplog.rs`), or why it can't be read.
 async fn oplog_window(mongo: &mongodb::Client) -> Result<(u32, u32), String> {
-    let oplog = mongo.database("local").collection::<Document>("oplog.rs");
     let mut ends = Vec::new();
     for order in [1, -1] {
-        let entry = oplog
-            .find_one(doc! {})
-            .sort(doc! { "$natural": order })
-            .projection(doc! { "ts": 1 })
+        let entry = oplog_end(mongo, order)
             .await
             .map_err(|e| match e.kind.as_ref() {
                 mongodb::error::ErrorKind::Command(c) if c.code == 13 => {
@@ -75,7 +81,7 @@ async fn oplog_window(mongo: &mongodb::Client) -> Result<(u32, u32), String> {
                 }
                 _ => format!("reading local.oplog.rs failed: {e}"),
             })?;
-        match entry.as_ref().and_then(|d| d.get_timestamp("ts").ok()) {
+        match entry {
             Some(ts) => ends.push(ts.time),
             None => {
                 return Err(
