@@ -409,3 +409,79 @@ async fn a_rotated_partition_name_starts_a_new_key_and_reuses_nothing_of_the_old
         "the ledger of the new name only: {status}"
     );
 }
+
+/// A transactional producer of its own `transactional.id`, ready for transactions.
+fn transactional(env: &Env, id: &str) -> rdkafka::producer::FutureProducer {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("transactional.id", id)
+        .create()
+        .unwrap();
+    producer.init_transactions(WAIT).unwrap();
+    producer
+}
+
+/// The failure `make test` found: a task's token committed after another task's transaction (still open
+/// on the same offsets partition) was not read, because the read's end was the last stable offset, so the
+/// restarted task resumed at its previous token and wrote a batch again. The read waits for the open
+/// transaction to end and then has the token.
+#[tokio::test]
+async fn a_token_committed_after_another_task_s_open_transaction_is_read() {
+    use rdkafka::producer::{FutureRecord, Producer};
+    let Some(env) = Env::get() else { return };
+    let topic = unique("offsets");
+    create_topic(&env, &topic, 1).await;
+    let send = |producer: &rdkafka::producer::FutureProducer, key: &str, value: &str| {
+        let record = FutureRecord::to(&topic).key(key).payload(value);
+        producer.send_result(record).map_err(|(e, _)| e).unwrap()
+    };
+    let ours = transactional(&env, &unique("ours"));
+    ours.begin_transaction().unwrap();
+    send(&ours, "ours", "token-0").await.unwrap().unwrap();
+    ours.commit_transaction(WAIT).unwrap();
+    // Another task's transaction, left open (it died in it), then our next token, committed.
+    let other = transactional(&env, &unique("other"));
+    other.begin_transaction().unwrap();
+    send(&other, "other", "half-written")
+        .await
+        .unwrap()
+        .unwrap();
+    ours.begin_transaction().unwrap();
+    send(&ours, "ours", "token-1").await.unwrap().unwrap();
+    ours.commit_transaction(WAIT).unwrap();
+
+    let read = |timeout: Duration| {
+        let config = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &env.kafka_bootstrap)
+            .clone();
+        let topic = topic.clone();
+        std::thread::spawn(move || {
+            sluice::kafka::read::latest_committed_values(
+                &config,
+                &unique("reader"),
+                "test",
+                &topic,
+                timeout,
+                |k| k == b"ours",
+            )
+            .unwrap()
+        })
+    };
+    // While the other transaction is open, the read does not end (never with the older token).
+    let waiting = read(Duration::from_secs(3)).join().unwrap();
+    assert_eq!(waiting, None, "the read waits for the open transaction");
+    // It ends (the broker aborts it after transaction.timeout.ms, or the task's next instance does).
+    let reading = read(WAIT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    other.abort_transaction(WAIT).unwrap();
+    let latest = reading
+        .join()
+        .unwrap()
+        .expect("the read ends once the transaction does");
+    assert_eq!(
+        latest.get(b"ours".as_slice()),
+        Some(&Some(b"token-1".to_vec())),
+        "the token committed after the open transaction"
+    );
+}

@@ -103,19 +103,29 @@ pub fn latest_values(
     Ok(latest_in(consumer, topic, &ranges, timeout, wanted)?.0)
 }
 
-/// [`latest_values`] as `committed`, a `read_committed` consumer, sees them, up to the end `watermarks`
-/// (a `read_uncommitted` consumer) sees now: past every record written so far, once each transaction it is
-/// part of has ended (a `read_committed` consumer's own end stops at the first open transaction). `None`
-/// when that end was not reached within `timeout` (a transaction still open).
+/// [`latest_values`] as a `read_committed` consumer sees them, up to the end a `read_uncommitted` one
+/// sees now: past every record written so far, once each transaction it is part of has ended. `None` when
+/// that end was not reached within `timeout` (a transaction still open). Both readers are made here from
+/// `config`, their isolation levels set: librdkafka's default is `read_committed`, whose end (the last
+/// stable offset) stops at the first transaction still open, so a record committed after another
+/// producer's open transaction would be left out.
 pub fn latest_committed_values(
-    watermarks: &BaseConsumer,
-    committed: &BaseConsumer,
+    config: &ClientConfig,
+    group: &str,
+    client_id: &str,
     topic: &str,
     timeout: Duration,
     wanted: impl Fn(&[u8]) -> bool,
 ) -> KafkaResult<Option<Latest>> {
-    let ranges = whole_topic(watermarks, topic, METADATA_TIMEOUT)?;
-    let (latest, complete) = latest_in(committed, topic, &ranges, timeout, wanted)?;
+    let with = |isolation: &str| {
+        reader(
+            config.clone().set("isolation.level", isolation),
+            group,
+            client_id,
+        )
+    };
+    let ranges = whole_topic(&with("read_uncommitted")?, topic, METADATA_TIMEOUT)?;
+    let (latest, complete) = latest_in(&with("read_committed")?, topic, &ranges, timeout, wanted)?;
     Ok(complete.then_some(latest))
 }
 

@@ -12,7 +12,6 @@ use std::time::Duration;
 use mongodb::bson::Timestamp;
 use mongodb::change_stream::event::ResumeToken;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::FutureRecord;
 
 use super::Source;
@@ -69,17 +68,9 @@ impl Source {
         let key = self.offset_key();
         let config = consumer_config(&self.cfg.kafka, Credentials::Env);
         let client_id = names::task_client_id(&self.cfg.connector, self.cfg.task_id);
-        tokio::task::spawn_blocking(move || {
-            let reader = |config: &ClientConfig| {
-                read::reader(config, names::OFFSET_READER_GROUP, &client_id)
-                    .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))
-            };
-            let watermarks = reader(&config)?;
-            let committed = reader(config.clone().set("isolation.level", "read_committed"))?;
-            read_latest(&watermarks, &committed, &topic, &key)
-        })
-        .await
-        .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
+        tokio::task::spawn_blocking(move || read_latest(&config, &client_id, &topic, &key))
+            .await
+            .map_err(|e| Failure::new(Stage::KafkaConsume, "JoinError", e.to_string(), false))?
     }
 
     /// The offset record that stores `point`, which stands at cluster time `at` (seconds) when it does not
@@ -164,17 +155,23 @@ pub(super) struct StoredOffset {
     pub position: i64,
 }
 
-/// The last committed value stored under `key` in the offsets topic, read from its start to its end as
-/// `watermarks` sees it (blocking).
+/// The last committed value stored under `key` in the offsets topic, read from its start to its end
+/// (blocking).
 fn read_latest(
-    watermarks: &BaseConsumer,
-    committed: &BaseConsumer,
+    config: &ClientConfig,
+    client_id: &str,
     topic: &str,
     key: &str,
 ) -> Result<StoredOffset, Failure> {
-    let latest = read::latest_committed_values(watermarks, committed, topic, READ_TIMEOUT, |k| {
-        k == key.as_bytes()
-    })
+    let group = names::OFFSET_READER_GROUP;
+    let latest = read::latest_committed_values(
+        config,
+        group,
+        client_id,
+        topic,
+        READ_TIMEOUT,
+        |k| k == key.as_bytes(),
+    )
     .map_err(|e| Failure::kafka(Stage::KafkaConsume, &e))?
     .ok_or_else(|| {
         let mut f = Failure::new(
