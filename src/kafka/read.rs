@@ -91,19 +91,8 @@ impl From<Watermarks> for Range {
 /// The last value of each key (`None`: a tombstone).
 pub type Latest = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// The last value of each key that `wanted` keeps, over the whole topic as it is now (`None`: a tombstone):
-/// what a compacted topic says about those keys (blocking).
-pub fn latest_values(
-    consumer: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-    wanted: impl Fn(&[u8]) -> bool,
-) -> KafkaResult<Latest> {
-    let ranges = whole_topic(consumer, topic, METADATA_TIMEOUT)?;
-    Ok(latest_in(consumer, topic, &ranges, timeout, wanted)?.0)
-}
-
-/// [`latest_values`] as a `read_committed` consumer sees them, up to the end a `read_uncommitted` one
+/// The last committed value of each key that `wanted` keeps (`None`: a tombstone), what a compacted topic
+/// says about those keys, as a `read_committed` consumer sees them up to the end a `read_uncommitted` one
 /// sees now: past every record written so far, once each transaction it is part of has ended. `None` when
 /// that end was not reached within `timeout` (a transaction still open). Both readers are made here from
 /// `config`, their isolation levels set: librdkafka's default is `read_committed`, whose end (the last
@@ -146,9 +135,9 @@ fn latest_in(
     Ok((latest, complete))
 }
 
-/// How long a metadata or watermark call of [`latest_values`] may take.
+/// How long a metadata or watermark call of [`latest_committed_values`] may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one poll of [`latest_values`] waits for a record.
+/// How long one poll of [`latest_committed_values`] waits for a record.
 const POLL: Duration = Duration::from_millis(200);
 
 /// Whether to go on reading after a record.

@@ -150,22 +150,27 @@ pub async fn dereference(
     })
 }
 
-/// The partition names of Connector `<ns>/<name>` whose last value in the offsets topic is a token, not a
-/// tombstone (blocking).
+/// The partition names of Connector `<ns>/<name>` whose last committed value in the offsets topic is a
+/// token, not a tombstone, read past every record written so far (blocking). A transaction still open
+/// after 30 s (a task that died in one) is an error: the reconcile is retried, never decided on part of
+/// the topic.
 fn stored_partitions(
     config: &rdkafka::ClientConfig,
     topic: &str,
     ns: &str,
     name: &str,
 ) -> rdkafka::error::KafkaResult<BTreeSet<String>> {
-    let consumer = read::reader(
+    let latest = read::latest_committed_values(
         config,
         names::OFFSET_READER_GROUP,
         names::OPERATOR_CLIENT_ID,
-    )?;
-    let latest = read::latest_values(&consumer, topic, Duration::from_secs(30), |key| {
-        names::offset_key_partition(key, ns, name).is_some()
-    })?;
+        topic,
+        Duration::from_secs(30),
+        |key| names::offset_key_partition(key, ns, name).is_some(),
+    )?
+    .ok_or(rdkafka::error::KafkaError::MessageConsumption(
+        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+    ))?;
     Ok(latest
         .into_iter()
         .filter(|(_, value)| value.is_some())
