@@ -76,7 +76,7 @@ async fn sink(env: &Env, n: usize) -> (f64, usize) {
     let cfg = format!(
         "type: mongodb-sink\nconnector: bench-sink\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
-         sink: {{topics: [{topic}], writeModel: insert, maxBatchSize: 1000}}\nerrors:\n  spec: {{}}\n  contextHeadersEnable: false",
+         sink: {{topics: [{topic}], writeModel: insert, maxBatchSize: 1000}}\nerrors:\n  spec: {{}}",
         env.kafka_bootstrap
     );
     let started = Instant::now();
@@ -98,7 +98,7 @@ async fn source(env: &Env, n: usize) -> (f64, usize) {
         "type: mongodb-source\nconnector: {db}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
          source:\n  spec: {{topicPrefix: bench, heartbeat: {{intervalMs: 0}}}}\n  offsetPartitionName: {db}\n  \
-         offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}\n  contextHeadersEnable: false",
+         offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}",
         env.kafka_bootstrap
     );
     let task = TaskProcess::start(env, &db, &cfg, &env.mongodb_uri);

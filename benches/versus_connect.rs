@@ -364,9 +364,9 @@ async fn sink_run(env: &Env, side: Side, scenario: Scenario, topic: &str, n: usi
         (Side::Sluice, _) => {
             let errors = match &dlq {
                 Some(d) => format!(
-                    "errors:\n  spec: {{tolerance: all}}\n  deadLetterTopic: {d}\n  contextHeadersEnable: true"
+                    "errors:\n  spec: {{tolerance: all}}\n  deadLetterRoutes: [{{topic: {d}, contextHeadersEnable: true}}]"
                 ),
-                None => "errors:\n  spec: {}\n  contextHeadersEnable: false".into(),
+                None => "errors:\n  spec: {}".into(),
             };
             let extra = if discard { "\ndiscardWrites: true" } else { "" };
             start_sluice(
@@ -458,7 +458,7 @@ async fn source_run(env: &Env, side: Side, n: usize, exactly_once: bool) -> Run 
                 "type: mongodb-source\nconnector: {name}\nnamespace: bench\ntaskId: 0\ntasks: 1\n\
                  kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
                  source:\n  spec: {{topicPrefix: bench, heartbeat: {{intervalMs: 0}}, exactlyOnce: {}}}\n  offsetPartitionName: {name}\n  \
-                 offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}\n  contextHeadersEnable: false",
+                 offsetStorageTopic: sluice-offsets\n  startupMode: latest\nerrors:\n  spec: {{}}",
                 env.kafka_bootstrap,
                 if exactly_once { "required" } else { "disabled" }
             );

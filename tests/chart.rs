@@ -205,6 +205,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
         "sink-with-dead-letter-queue.yaml",
         "source-with-heartbeats.yaml",
         "source-exactly-once.yaml",
+        "sink-with-dead-letter-routes.yaml",
     ] {
         ok(
             &env,
@@ -219,6 +220,9 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
         "conn/orders-cdc-eo",
         "dlq/orders-dlq",
         "dlq/orders-sink-dlq",
+        "conn/orders-routed-sink",
+        "dlq/orders-dlt",
+        "dlq/orders-write-errors",
     ] {
         ok(
             &env,

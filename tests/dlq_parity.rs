@@ -230,8 +230,8 @@ async fn dead_letters_match_kafka_connect_s_mongodb_sink_but_for_the_documented_
         "type: mongodb-sink\nconnector: {CONNECTOR}\nnamespace: test\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db_sluice}, collection: orders}}\n\
          sink: {{topics: [{topic}], writeModel: insert, valueConverter: json}}\n\
-         errors:\n  spec: {{tolerance: all, converterMessages: connect}}\n  contextHeadersEnable: true\n  \
-         deadLetterTopic: {dlq_sluice}",
+         errors:\n  spec: {{tolerance: all, converterMessages: connect}}\n  \
+         deadLetterRoutes: [{{topic: {dlq_sluice}, contextHeadersEnable: true}}]",
         env.kafka_bootstrap
     );
     let sluice = TaskProcess::start(&env, &db_sluice, &config, &env.mongodb_uri);

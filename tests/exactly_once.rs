@@ -33,9 +33,9 @@ fn config_with(env: &Env, db: &str, connector: &str, dlq: Option<&str>, heartbea
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
          source:\n  spec: {{topicPrefix: eos, heartbeat: {heartbeat}, exactlyOnce: required}}\n  \
          offsetPartitionName: {connector}\n  offsetStorageTopic: sluice-offsets\n  startupMode: latest\n\
-         errors:\n  spec: {{tolerance: all}}\n  contextHeadersEnable: true{}",
+         errors:\n  spec: {{tolerance: all}}{}",
         env.kafka_bootstrap,
-        dlq.map(|t| format!("\n  deadLetterTopic: {t}"))
+        dlq.map(|t| format!("\n  deadLetterRoutes: [{{topic: {t}, contextHeadersEnable: true}}]"))
             .unwrap_or_default()
     )
 }

@@ -32,7 +32,7 @@ async fn a_kafka_outage_is_waited_out_reported_and_loses_no_event() {
          mongodb: {{database: {db}, collection: orders}}\n\
          source:\n  spec: {{topicPrefix: cdc, heartbeat: {{intervalMs: 0}}}}\n  offsetPartitionName: {partition}\n  \
          offsetStorageTopic: sluice-offsets\n  startupMode: latest\n\
-         errors:\n  spec: {{retryDelayMaxMs: 1000}}\n  contextHeadersEnable: false",
+         errors:\n  spec: {{retryDelayMaxMs: 1000}}",
         env.kafka_bootstrap
     );
     let task = TaskProcess::start(&env, &partition, &config, &env.mongodb_uri);

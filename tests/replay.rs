@@ -19,7 +19,7 @@ use serde_json::json;
 use sluice::crd::dead_letter_queue::{ReplayStatus, replay_phase};
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{
-    Env, Operator, Setup, create_secret, create_topic, events_for, running_pid, setup, unique,
+    Env, Operator, Setup, create_secret, create_topic, events_for, has, running_pid, setup, unique,
     wait_for,
 };
 
@@ -514,5 +514,322 @@ async fn a_replay_killed_midway_continues_and_replays_each_record_exactly_once()
             .iter()
             .any(|(_, r, m)| r == "ReplayRestarted" && m.contains("restart 1 of")),
         "{events:?}"
+    );
+}
+
+/// Produces `values` to one partition of `topic`, under keys `<partition>-<i>`.
+async fn produce_to(env: &Env, topic: &str, partition: i32, values: &[serde_json::Value]) {
+    let producer = producer(env);
+    for (i, value) in values.iter().enumerate() {
+        let payload = match value {
+            serde_json::Value::String(raw) => raw.clone(),
+            other => other.to_string(),
+        };
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(partition)
+                    .key(&format!("{partition}-{i}"))
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// Every record of `topic` as (partition, its `__connect.errors.*` headers without the prefix), read until
+/// `n` came and then nothing for a few seconds.
+async fn dead_letters_by_partition(
+    env: &Env,
+    topic: &str,
+    n: usize,
+) -> Vec<(i32, BTreeMap<String, String>)> {
+    let consumer = support::topic_reader(env, topic);
+    let mut out = vec![];
+    let started = std::time::Instant::now();
+    loop {
+        let quiet = if out.len() >= n {
+            Duration::from_secs(3)
+        } else {
+            WAIT.saturating_sub(started.elapsed())
+        };
+        let Ok(Ok(m)) = tokio::time::timeout(quiet, consumer.recv()).await else {
+            break;
+        };
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .filter_map(|h| {
+                        let name = h.key.strip_prefix("__connect.errors.")?;
+                        Some((
+                            name.to_string(),
+                            String::from_utf8_lossy(h.value?).into_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((m.partition(), headers));
+    }
+    out
+}
+
+#[tokio::test]
+async fn routes_send_dead_letters_by_stage_and_error_class_to_per_topic_and_shared_queues() {
+    let Some(s) = setup("dlq-routes").await else {
+        return;
+    };
+    let (orders, payments) = (unique("orders"), unique("payments"));
+    create_topic(&s.env, &orders, 2).await;
+    create_topic(&s.env, &payments, 1).await;
+    // `{topic}.DLT`: the orders' one is a DeadLetterQueue (2 partitions), the payments' a plain topic.
+    create_dlq(&s, "orders-dlt", &format!("{orders}.DLT")).await;
+    create_topic(&s.env, &format!("{payments}.DLT"), 1).await;
+    let writes_topic = unique("writes");
+    create_dlq(&s, "writes", &writes_topic).await;
+    create_secret(
+        &s.client,
+        &s.ns,
+        "mongo",
+        &[("uri", s.env.mongodb_uri.as_str())],
+    )
+    .await;
+    let db = unique("routes");
+    s.create_connector(
+        "shop-sink",
+        json!({}),
+        json!({
+            "type": "mongodb-sink",
+            "kafka": { "bootstrapServers": s.env.kafka_bootstrap },
+            "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" }, "database": db, "collection": "orders" },
+            "sink": { "topics": [orders, payments], "writeModel": "insert", "documentIdStrategy": "providedInValue" },
+            "errors": { "tolerance": "all", "contextHeadersEnable": true, "deadLetterRoutes": [
+                { "stages": ["KEY_CONVERTER", "VALUE_CONVERTER"], "deadLetterQueueTopic": "{topic}.DLT", "partition": "original" },
+                { "errorClasses": ["11000"], "deadLetterQueueRef": { "name": "writes" }, "partition": "original" }
+            ] }
+        }),
+    )
+    .await;
+    s.wait_connector("shop-sink", "Ready: every dead-letter topic there", |c| {
+        has(c, "Ready", "True", "TasksReady")
+    })
+    .await;
+
+    // Per partition: unreadable values, duplicate _ids (MongoDB's 11000), and one value without an _id
+    // (a TASK_PUT error that no route takes).
+    produce_to(
+        &s.env,
+        &orders,
+        0,
+        &[
+            json!({"_id": "o1", "v": 1}),
+            json!("{poison"),
+            json!({"_id": "o1", "v": 2}),
+        ],
+    )
+    .await;
+    produce_to(
+        &s.env,
+        &orders,
+        1,
+        &[
+            json!("{poison"),
+            json!({"_id": "o2", "v": 1}),
+            json!({"_id": "o2", "v": 2}),
+        ],
+    )
+    .await;
+    produce_to(
+        &s.env,
+        &payments,
+        0,
+        &[
+            json!("not json"),
+            json!({"v": 0}),
+            json!({"_id": "p1", "v": 1}),
+            json!({"_id": "p1", "v": 2}),
+        ],
+    )
+    .await;
+
+    // Unreadable records in their topic's .DLT, in the partition they came from.
+    let orders_dlt = dead_letters_by_partition(&s.env, &format!("{orders}.DLT"), 2).await;
+    let mut coordinates: Vec<(i32, String, String, String)> = orders_dlt
+        .iter()
+        .map(|(p, h)| {
+            (
+                *p,
+                h["topic"].clone(),
+                h["partition"].clone(),
+                h["stage"].clone(),
+            )
+        })
+        .collect();
+    coordinates.sort();
+    assert_eq!(
+        coordinates,
+        [
+            (0, orders.clone(), "0".into(), "VALUE_CONVERTER".into()),
+            (1, orders.clone(), "1".into(), "VALUE_CONVERTER".into())
+        ]
+    );
+    let payments_dlt = dead_letters_by_partition(&s.env, &format!("{payments}.DLT"), 1).await;
+    assert_eq!(payments_dlt.len(), 1, "{payments_dlt:?}");
+    assert_eq!(payments_dlt[0].1["topic"], payments);
+    // Duplicate keys in the shared queue, each in its original partition.
+    let writes = dead_letters_by_partition(&s.env, &writes_topic, 3).await;
+    let mut by_partition: Vec<(i32, String, String)> = writes
+        .iter()
+        .map(|(p, h)| (*p, h["topic"].clone(), h["exception.class.name"].clone()))
+        .collect();
+    by_partition.sort();
+    let write_exception = "com.mongodb.kafka.connect.sink.dlq.WriteException".to_string();
+    assert_eq!(
+        by_partition,
+        [
+            (0, orders.clone(), write_exception.clone()),
+            (0, payments.clone(), write_exception.clone()),
+            (1, orders.clone(), write_exception.clone())
+        ],
+        "{writes:?}"
+    );
+    assert!(
+        writes
+            .iter()
+            .all(|(_, h)| h["exception.message"].starts_with("v=1, code=11000,"))
+    );
+
+    // The record no route takes is an error, skipped, and dead-lettered nowhere.
+    let conn = s
+        .wait_connector("shop-sink", "7 record errors counted", |c| {
+            c.status
+                .as_ref()
+                .and_then(|st| st.totals.as_ref())
+                .is_some_and(|t| t.total_record_errors == 7)
+        })
+        .await;
+    let totals = conn.status.unwrap().totals.unwrap();
+    assert_eq!(
+        (
+            totals.total_records_skipped,
+            totals.dead_letter_queue_produce_requests,
+            totals.dead_letter_queue_produce_failures
+        ),
+        (7, 6, 0),
+        "{totals:?}"
+    );
+
+    // Each DeadLetterQueue shows the route into it and inspects what it holds.
+    let api: Api<DeadLetterQueue> = Api::namespaced(s.client.clone(), &s.ns);
+    for (name, depth, field) in [
+        ("orders-dlt", 2, "spec.errors.deadLetterRoutes[0]"),
+        ("writes", 3, "spec.errors.deadLetterRoutes[1]"),
+    ] {
+        let status = wait_for(
+            &format!("{name}: {depth} records inspected"),
+            WAIT,
+            || async {
+                let d = api.get(name).await.map_err(|e| e.to_string())?;
+                match d.status {
+                    Some(st)
+                        if st.inspection.as_ref().is_some_and(|i| i.depth == depth)
+                            && !st.routes.is_empty() =>
+                    {
+                        Ok(st)
+                    }
+                    other => Err(format!(
+                        "{other:#?}\noperator log:\n{}",
+                        s.operator.log_tail()
+                    )),
+                }
+            },
+        )
+        .await;
+        assert_eq!(status.connectors, ["shop-sink"]);
+        let fields: Vec<&str> = status.routes.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, [field], "{:#?}", status.routes);
+    }
+    let writes_status = api.get("writes").await.unwrap().status.unwrap();
+    assert_eq!(writes_status.routes[0].error_classes, ["11000"]);
+    let inspection = writes_status.inspection.unwrap();
+    assert_eq!(inspection.by_error_class.get(&write_exception), Some(3));
+    assert_eq!(inspection.by_original_topic.get(&orders), Some(2));
+    assert_eq!(inspection.by_original_topic.get(&payments), Some(1));
+    let orders_status = api.get("orders-dlt").await.unwrap().status.unwrap();
+    assert_eq!(orders_status.routes[0].stages.len(), 2);
+    assert_eq!(
+        orders_status
+            .inspection
+            .unwrap()
+            .by_original_topic
+            .get(&orders),
+        Some(2)
+    );
+
+    // The fix for the duplicates (the first documents were wrong), then a replay of the routed queue:
+    // the second values land.
+    let mongo = mongodb::Client::with_uri_str(&s.env.mongodb_uri)
+        .await
+        .unwrap();
+    let coll = mongo
+        .database(&db)
+        .collection::<mongodb::bson::Document>("orders");
+    let removed = coll
+        .delete_many(doc! { "_id": { "$in": ["o1", "o2", "p1"] } })
+        .await
+        .unwrap();
+    assert_eq!(removed.deleted_count, 3);
+    apply_replays(&s, "writes", json!([{ "id": "after-fix" }])).await;
+    let done = wait_replay(&s, "writes", "after-fix", "done", |r| {
+        r.phase == replay_phase::SUCCEEDED
+    })
+    .await;
+    assert_eq!(
+        (done.counts.matched, done.counts.replayed),
+        (3, 3),
+        "{done:#?}"
+    );
+    let coll = &coll;
+    wait_for("the replayed values in MongoDB", WAIT, || async {
+        let mut found = BTreeMap::new();
+        for id in ["o1", "o2", "p1"] {
+            let d = coll
+                .find_one(doc! { "_id": id })
+                .await
+                .map_err(|e| e.to_string())?;
+            found.insert(id, d.and_then(|d| d.get_i32("v").ok()));
+        }
+        let want = BTreeMap::from([("o1", Some(2)), ("o2", Some(2)), ("p1", Some(2))]);
+        if found == want {
+            Ok(())
+        } else {
+            Err(format!("{found:?}"))
+        }
+    })
+    .await;
+    // The replayed records went back to the partitions they came from.
+    let replayed: Vec<(i32, String)> = {
+        let consumer = support::topic_reader(&s.env, &orders);
+        let mut out = vec![];
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+            if m.headers()
+                .is_some_and(|hs| hs.iter().any(|h| h.key == "sluice.replay.id"))
+            {
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                out.push((m.partition(), value));
+            }
+        }
+        out.sort();
+        out
+    };
+    assert_eq!(
+        replayed,
+        [
+            (0, json!({"_id": "o1", "v": 2}).to_string()),
+            (1, json!({"_id": "o2", "v": 2}).to_string())
+        ]
     );
 }

@@ -23,12 +23,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn task_config(topic: &str, db: &str, sink: &str, errors: &str, dlq: Option<&str>) -> String {
     let dlq = dlq
-        .map(|t| format!("\n  deadLetterTopic: {t}"))
+        .map(|t| format!("\n  deadLetterRoutes: [{{topic: {t}, contextHeadersEnable: true}}]"))
         .unwrap_or_default();
     format!(
         "type: mongodb-sink\nconnector: orders-sink\nnamespace: test\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{{KAFKA}}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
-         sink: {{topics: [{topic}], {sink}}}\nerrors:\n  spec: {{{errors}}}\n  contextHeadersEnable: true{dlq}"
+         sink: {{topics: [{topic}], {sink}}}\nerrors:\n  spec: {{{errors}}}{dlq}"
     )
 }
 

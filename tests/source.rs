@@ -22,7 +22,7 @@ fn config(env: &Env, db: &str, partition: &str, source: &str) -> String {
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
          source:\n  spec: {{topicPrefix: cdc, {source}}}\n  offsetPartitionName: {partition}\n  \
          offsetStorageTopic: sluice-offsets\n  startupMode: {}\n\
-         errors:\n  spec: {{}}\n  contextHeadersEnable: false",
+         errors:\n  spec: {{}}",
         env.kafka_bootstrap,
         if source.contains("copyExisting") {
             "copyExisting"

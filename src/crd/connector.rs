@@ -526,6 +526,8 @@ pub enum Converter {
         .message("spec.errors.maxErrors limits tolerance: all; with tolerance: none the first error fails the task"),
     validation = Rule::new("!(has(self.deadLetterQueueRef) && has(self.deadLetterQueueTopic))")
         .message("spec.errors: set deadLetterQueueRef or deadLetterQueueTopic, not both"),
+    validation = Rule::new("!has(self.deadLetterQueueTopic) || self.deadLetterQueueTopic != '{topic}'")
+        .message("spec.errors.deadLetterQueueTopic: {topic} alone would send failed records back to their own topic"),
 )]
 pub struct ErrorsSpec {
     /// Total time to retry a failed operation, in ms; -1 = forever, 0 = no retry (Kafka Connect:
@@ -571,13 +573,23 @@ pub struct ErrorsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_queue_ref: Option<LocalObjectRef>,
     /// A plain topic that receives failed records (Kafka Connect: `errors.deadletterqueue.topic.name`);
-    /// it must exist.
+    /// it must exist. `{topic}` stands for the record's original topic: `{topic}.DLT` is Spring Kafka's
+    /// default, a dead-letter topic per topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 249),
-        regex(pattern = super::common::TOPIC_NAME_PATTERN)
-    )]
+    #[schemars(length(min = 1, max = 249), regex(pattern = TOPIC_TEMPLATE_PATTERN))]
     pub dead_letter_queue_topic: Option<String>,
+    /// Which partition of the dead-letter topic a failed record goes to: `key` (the default: by the
+    /// murmur2 hash of its key, as Kafka Connect's producer does) or `original` (the partition it came
+    /// from, as Spring Kafka's `DeadLetterPublishingRecoverer` does, when the dead-letter topic has that
+    /// many partitions; by key otherwise).
+    #[serde(default)]
+    pub dead_letter_queue_partition: DeadLetterPartition,
+    /// Dead-letter routes, tried in order before `deadLetterQueueRef` / `deadLetterQueueTopic`: a failed
+    /// record goes to the first route it matches, else to those (and without them, to no dead-letter
+    /// queue: tolerance alone decides). No Kafka Connect twin (Connect has one dead-letter topic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub dead_letter_routes: Vec<DeadLetterRoute>,
     /// Add the `__connect.errors.*` context headers to dead-letter records (Kafka Connect:
     /// `errors.deadletterqueue.context.headers.enable`). Default: the DeadLetterQueue's
     /// `contextHeadersEnable`, or false for a plain topic.
@@ -634,11 +646,121 @@ impl Default for ErrorsSpec {
             log_include_messages: false,
             dead_letter_queue_ref: None,
             dead_letter_queue_topic: None,
+            dead_letter_queue_partition: DeadLetterPartition::Key,
+            dead_letter_routes: Vec::new(),
             context_headers_enable: None,
             context_headers_format: ContextHeadersFormat::Connect,
             converter_messages: ConverterMessages::Sluice,
             context_headers_max_bytes: None,
             not_retryable: Vec::new(),
+        }
+    }
+}
+
+/// A dead-letter topic name, in which `{topic}` stands for the failed record's original topic.
+pub const TOPIC_TEMPLATE_PATTERN: &str =
+    r"^(\{topic\}|[a-zA-Z0-9._-])*(\{topic\}|[a-zA-Z0-9_-])(\{topic\}|[a-zA-Z0-9._-])*$";
+
+/// The placeholder for a failed record's original topic in a dead-letter topic name.
+pub const TOPIC_PLACEHOLDER: &str = "{topic}";
+
+/// Which partition of a dead-letter topic a failed record goes to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DeadLetterPartition {
+    /// By the murmur2 hash of the record's key (Kafka Connect).
+    #[default]
+    Key,
+    /// The partition the record came from when the topic has it, else by key (Spring Kafka).
+    Original,
+}
+
+/// The stages of a task, as Kafka Connect names them in `__connect.errors.stage`.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorStage {
+    KeyConverter,
+    ValueConverter,
+    HeaderConverter,
+    Transformation,
+    TaskPut,
+    TaskPoll,
+    KafkaProduce,
+    KafkaConsume,
+}
+
+impl ErrorStage {
+    /// The name Kafka Connect writes.
+    pub fn connect_name(self) -> &'static str {
+        match self {
+            ErrorStage::KeyConverter => "KEY_CONVERTER",
+            ErrorStage::ValueConverter => "VALUE_CONVERTER",
+            ErrorStage::HeaderConverter => "HEADER_CONVERTER",
+            ErrorStage::Transformation => "TRANSFORMATION",
+            ErrorStage::TaskPut => "TASK_PUT",
+            ErrorStage::TaskPoll => "TASK_POLL",
+            ErrorStage::KafkaProduce => "KAFKA_PRODUCE",
+            ErrorStage::KafkaConsume => "KAFKA_CONSUME",
+        }
+    }
+}
+
+/// One dead-letter route: the failed records it takes (every non-empty list must match) and where they go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.deadLetterQueueRef) != has(self.deadLetterQueueTopic)")
+        .message("spec.errors.deadLetterRoutes[]: set one of deadLetterQueueRef or deadLetterQueueTopic"),
+    validation = Rule::new("!has(self.deadLetterQueueTopic) || self.deadLetterQueueTopic != '{topic}'")
+        .message("spec.errors.deadLetterRoutes[].deadLetterQueueTopic: {topic} alone would send failed records back to their own topic"),
+)]
+pub struct DeadLetterRoute {
+    /// The stages whose failures this route takes, e.g. `[KEY_CONVERTER, VALUE_CONVERTER]` for records
+    /// that can't be read, `[TASK_PUT]` for records MongoDB refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub stages: Vec<ErrorStage>,
+    /// Error classes (`__connect.errors.exception.class.name`, whole or its last part, e.g.
+    /// `WriteException`) or MongoDB error codes (`11000`), as in `notRetryable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub error_classes: Vec<String>,
+    /// The records' original topics (a sink's topics; a source's target topics).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub topics: Vec<String>,
+    /// A DeadLetterQueue in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_queue_ref: Option<LocalObjectRef>,
+    /// A plain topic, `{topic}` standing for the original topic (e.g. `{topic}.DLT`); it must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = TOPIC_TEMPLATE_PATTERN))]
+    pub dead_letter_queue_topic: Option<String>,
+    /// The dead-letter partition (see `spec.errors.deadLetterQueuePartition`, which is the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<DeadLetterPartition>,
+}
+
+impl DeadLetterRoute {
+    /// What the route takes, for people: `stages TASK_PUT, errorClasses 11000` (`every failed record`).
+    pub fn describe_match(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.stages.is_empty() {
+            let stages: Vec<&str> = self.stages.iter().map(|s| s.connect_name()).collect();
+            parts.push(format!("stages {}", stages.join(", ")));
+        }
+        if !self.error_classes.is_empty() {
+            parts.push(format!("errorClasses {}", self.error_classes.join(", ")));
+        }
+        if !self.topics.is_empty() {
+            parts.push(format!("topics {}", self.topics.join(", ")));
+        }
+        if parts.is_empty() {
+            "every failed record".into()
+        } else {
+            parts.join("; ")
         }
     }
 }

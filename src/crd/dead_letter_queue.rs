@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::KafkaConnection;
+use super::connector::ErrorStage;
 
 /// A dead-letter topic that Connectors send failed records to.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -212,12 +213,31 @@ pub struct DeadLetterQueueStatus {
     /// Connectors in this namespace that send records here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connectors: Vec<String>,
+    /// The Connectors' dead-letter routes that send records here (by reference, or by this queue's topic
+    /// name), and which failed records each takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStatus>,
     /// What is in the topic: depth, record times, counts by error class, original topic and connector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<Inspection>,
     /// The replays of `spec.replays`, in the same order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replays: Vec<ReplayStatus>,
+}
+
+/// A Connector's route into a DeadLetterQueue. Empty lists take every record.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub connector: String,
+    /// `spec.errors.deadLetterRoutes[<n>]`, or `spec.errors` for its default destination.
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<ErrorStage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 /// Phases of a replay.

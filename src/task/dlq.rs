@@ -2,19 +2,23 @@
 //! the `__connect.errors.*` context headers exactly as Kafka Connect's `DeadLetterQueueReporter` writes
 //! them, so tools that read Connect dead-letter topics read sluice's. A dead letter keeps its record's
 //! timestamp, as Connect's do; sluice adds one header of its own, the time it was dead-lettered
-//! ([`DEAD_LETTERED_AT_HEADER`]).
+//! ([`DEAD_LETTERED_AT_HEADER`]). A task's routes decide where each failed record goes ([`Destination`]):
+//! the first route matching its stage, error class and original topic, `{topic}` in a route's topic
+//! standing for the original topic, and its original partition kept when the route asks for it.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::failure::{Failure, RecordContext, Stage};
-use crate::crd::connector::{ContextHeadersFormat, ConverterMessages};
+use super::failure::{Failure, RecordContext, Stage, names_failure};
+use crate::crd::connector::{ContextHeadersFormat, ConverterMessages, DeadLetterPartition};
 use crate::names::{
     CONTEXT_HEADERS_MAX_BYTES, DEAD_LETTER_HEADER_PREFIX as HEADER_PREFIX, DEAD_LETTERED_AT_HEADER,
 };
 use crate::wire::dead_letter::{Consumed, SpringContext};
+use crate::wire::task_config::TaskDeadLetterRoute;
 
 /// The class that ran the stage (`__connect.errors.class.name`).
 pub fn operation_class(stage: Stage) -> &'static str {
@@ -132,11 +136,22 @@ fn cut_marked(value: &str, max_bytes: usize) -> String {
     format!("{kept}...[{} bytes cut]", value.len() - kept.len())
 }
 
-/// A dead-letter topic and the producer that writes to it.
-pub struct DeadLetterQueue {
+/// How long a dead-letter topic's partition count is trusted before it is read again.
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(60);
+
+/// Where one failed record goes: the topic, and the partition when its route keeps the original one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
     pub topic: String,
+    pub partition: Option<i32>,
     pub context_headers: bool,
-    /// Connect's context headers, Spring's, or both (when `context_headers`).
+}
+
+/// A task's dead-letter routes and the producer that writes to them.
+pub struct DeadLetterQueue {
+    /// Tried in order; the first a record matches takes it.
+    pub routes: Vec<TaskDeadLetterRoute>,
+    /// Connect's context headers, Spring's, or both (when a route enables them).
     pub format: ContextHeadersFormat,
     /// A sink's consumer group (Spring's `kafka_dlt-original-consumer-group`).
     pub consumer_group: Option<String>,
@@ -145,19 +160,135 @@ pub struct DeadLetterQueue {
     /// The context headers' budget in bytes ([`header_budget`]).
     pub header_budget: usize,
     pub producer: FutureProducer,
+    /// Partition counts of the topics routes keep original partitions in, and when each was read.
+    partition_counts: std::sync::Mutex<HashMap<String, (i32, Instant)>>,
+}
+
+/// Whether a route takes a failed record: every non-empty list holds the record's stage, error class
+/// (or code) and original topic.
+pub fn route_matches(
+    route: &TaskDeadLetterRoute,
+    record: &RecordContext,
+    failure: &Failure,
+) -> bool {
+    (route.stages.is_empty() || route.stages.contains(&failure.stage))
+        && (route.error_classes.is_empty()
+            || route
+                .error_classes
+                .iter()
+                .any(|n| names_failure(n, failure)))
+        && (route.topics.is_empty() || route.topics.contains(&record.topic))
 }
 
 impl DeadLetterQueue {
+    /// A queue of these routes written by `producer`.
+    pub fn new(
+        routes: Vec<TaskDeadLetterRoute>,
+        format: ContextHeadersFormat,
+        consumer_group: Option<String>,
+        converter_messages: ConverterMessages,
+        header_budget: usize,
+        producer: FutureProducer,
+    ) -> Self {
+        Self {
+            routes,
+            format,
+            consumer_group,
+            converter_messages,
+            header_budget,
+            producer,
+            partition_counts: Default::default(),
+        }
+    }
+
+    /// Where a failed record goes; `None` when no route takes it (tolerance alone decides). A route that
+    /// keeps original partitions does so when the dead-letter topic has the partition, else it goes by key.
+    pub async fn destination(
+        &self,
+        record: &RecordContext,
+        failure: &Failure,
+    ) -> Option<Destination> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| route_matches(r, record, failure))?;
+        let topic = route.topic_for(&record.topic);
+        let partition = match (route.partition, record.partition) {
+            (DeadLetterPartition::Original, Some(p)) => {
+                let count = self.partition_count(&topic).await;
+                count.is_some_and(|c| p < c).then_some(p)
+            }
+            _ => None,
+        };
+        Some(Destination {
+            topic,
+            partition,
+            context_headers: route.context_headers_enable,
+        })
+    }
+
+    /// The partition count of `topic` (cached for [`PARTITION_COUNT_TTL`]); `None` when it can't be read
+    /// now (logged): the record then goes by key.
+    async fn partition_count(&self, topic: &str) -> Option<i32> {
+        let cached = self
+            .partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .copied();
+        if let Some((count, read)) = cached
+            && read.elapsed() < PARTITION_COUNT_TTL
+        {
+            return Some(count);
+        }
+        let (producer, name) = (self.producer.clone(), topic.to_string());
+        let read = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(10))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == name && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len())
+                })
+        })
+        .await;
+        match read {
+            Ok(Ok(count)) if count > 0 => {
+                let count = i32::try_from(count).unwrap_or(i32::MAX);
+                self.partition_counts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(topic.to_string(), (count, Instant::now()));
+                Some(count)
+            }
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => "the topic is not there".into(),
+                };
+                tracing::warn!(
+                    topic,
+                    "dead-letter topic's partitions unknown ({why}); this record goes by key"
+                );
+                cached.map(|(count, _)| count)
+            }
+        }
+    }
+
     /// Hands one failed record to the producer without waiting; the returned future resolves with the
     /// broker's acknowledgement. `Err` when the producer can't take it now (its queue is full).
     pub fn enqueue(
         &self,
+        to: &Destination,
         record: &RecordContext,
         failure: &Failure,
         connector: &str,
         task_id: u32,
     ) -> Result<rdkafka::producer::DeliveryFuture, Failure> {
-        let out = self.dead_letter_record(record, failure, connector, task_id);
+        let out = self.dead_letter_record(to, record, failure, connector, task_id);
         self.producer
             .send_result(out)
             .map_err(|(e, _)| Failure::kafka(Stage::KafkaProduce, &e))
@@ -166,13 +297,17 @@ impl DeadLetterQueue {
     /// The dead-letter record: the original key, value and headers, plus the context headers.
     fn dead_letter_record<'a>(
         &'a self,
+        to: &'a Destination,
         record: &'a RecordContext,
         failure: &Failure,
         connector: &str,
         task_id: u32,
     ) -> FutureRecord<'a, [u8], [u8]> {
-        let headers = self.headers(record, failure, connector, task_id);
-        let mut out: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        let headers = self.headers(to.context_headers, record, failure, connector, task_id);
+        let mut out: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(&to.topic).headers(headers);
+        if let Some(p) = to.partition {
+            out = out.partition(p);
+        }
         if let Some(ts) = record.timestamp_ms {
             out = out.timestamp(ts);
         }
@@ -187,6 +322,7 @@ impl DeadLetterQueue {
 
     fn headers(
         &self,
+        context_headers: bool,
         record: &RecordContext,
         failure: &Failure,
         connector: &str,
@@ -199,7 +335,7 @@ impl DeadLetterQueue {
                 value: v.as_deref(),
             });
         }
-        if self.context_headers {
+        if context_headers {
             // Both formats carry the message and stack trace twice: each gets half the budget.
             let budget = match self.format {
                 ContextHeadersFormat::Both => self.header_budget / 2,
@@ -270,12 +406,13 @@ impl DeadLetterQueue {
     /// Writes one failed record and waits for the broker's acknowledgement.
     pub async fn send(
         &self,
+        to: &Destination,
         record: &RecordContext,
         failure: &Failure,
         connector: &str,
         task_id: u32,
     ) -> Result<(), Failure> {
-        let out = self.dead_letter_record(record, failure, connector, task_id);
+        let out = self.dead_letter_record(to, record, failure, connector, task_id);
         self.producer
             .send(out, Duration::from_secs(30))
             .await
@@ -449,20 +586,120 @@ mod tests {
         assert_eq!(header_budget(None), CONTEXT_HEADERS_MAX_BYTES);
     }
 
-    fn queue(format: ContextHeadersFormat, header_budget: usize) -> DeadLetterQueue {
-        DeadLetterQueue {
-            topic: "dlq".into(),
-            context_headers: true,
+    const WRITE_EXCEPTION_CLASS: &str = "com.mongodb.kafka.connect.sink.dlq.WriteException";
+
+    fn route(topic: &str, partition: DeadLetterPartition) -> TaskDeadLetterRoute {
+        TaskDeadLetterRoute {
+            stages: vec![],
+            error_classes: vec![],
+            topics: vec![],
+            topic: topic.into(),
+            context_headers_enable: true,
+            partition,
+        }
+    }
+
+    fn queue_of(
+        routes: Vec<TaskDeadLetterRoute>,
+        format: ContextHeadersFormat,
+        header_budget: usize,
+    ) -> DeadLetterQueue {
+        DeadLetterQueue::new(
+            routes,
             format,
-            consumer_group: Some("g".into()),
-            converter_messages: ConverterMessages::Sluice,
+            Some("g".into()),
+            ConverterMessages::Sluice,
             header_budget,
             // Never connects: only its records are built here.
-            producer: rdkafka::ClientConfig::new()
+            rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", "127.0.0.1:9")
                 .create()
                 .unwrap(),
+        )
+    }
+
+    fn queue(format: ContextHeadersFormat, header_budget: usize) -> DeadLetterQueue {
+        queue_of(
+            vec![route("dlq", DeadLetterPartition::Key)],
+            format,
+            header_budget,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_first_matching_route_takes_a_record_and_may_keep_its_partition() {
+        let conversion = TaskDeadLetterRoute {
+            stages: vec![Stage::KeyConverter, Stage::ValueConverter],
+            ..route("{topic}.DLT", DeadLetterPartition::Original)
+        };
+        let duplicates = TaskDeadLetterRoute {
+            error_classes: vec!["11000".into()],
+            topics: vec!["orders".into()],
+            context_headers_enable: false,
+            ..route("writes", DeadLetterPartition::Key)
+        };
+        let q = queue_of(
+            vec![conversion, duplicates],
+            ContextHeadersFormat::Connect,
+            4096,
+        );
+        // The partition count is known (as a read would have cached it): 2 partitions.
+        q.partition_counts
+            .lock()
+            .unwrap()
+            .insert("orders.DLT".into(), (2, Instant::now()));
+        let record = |topic: &str, partition: i32| RecordContext {
+            topic: topic.into(),
+            partition: Some(partition),
+            ..Default::default()
+        };
+        let bad_json = Failure::conversion(Stage::ValueConverter, "value is not JSON");
+        let to = q
+            .destination(&record("orders", 1), &bad_json)
+            .await
+            .unwrap();
+        assert_eq!(
+            to,
+            Destination {
+                topic: "orders.DLT".into(),
+                partition: Some(1),
+                context_headers: true
+            }
+        );
+        // Partition 5 is not in orders.DLT: by key.
+        let to = q
+            .destination(&record("orders", 5), &bad_json)
+            .await
+            .unwrap();
+        assert_eq!(to.partition, None);
+        let duplicate =
+            Failure::new(Stage::TaskPut, WRITE_EXCEPTION_CLASS, "E11000", false).with_code(11000);
+        let to = q
+            .destination(&record("orders", 1), &duplicate)
+            .await
+            .unwrap();
+        assert_eq!(
+            (to.topic.as_str(), to.partition, to.context_headers),
+            ("writes", None, false)
+        );
+        // Matched by class name, whole or its last part.
+        for name in [WRITE_EXCEPTION_CLASS, "WriteException"] {
+            let r = TaskDeadLetterRoute {
+                error_classes: vec![name.into()],
+                ..route("w", DeadLetterPartition::Key)
+            };
+            assert!(
+                route_matches(&r, &record("orders", 0), &duplicate),
+                "{name}"
+            );
         }
+        // Another topic's duplicate, or another stage's failure: no route takes it.
+        assert_eq!(
+            q.destination(&record("payments", 0), &duplicate).await,
+            None
+        );
+        let tombstone = Failure::conversion(Stage::TaskPut, "Could not create write model");
+        assert_eq!(q.destination(&record("orders", 0), &tombstone).await, None);
     }
 
     #[test]
@@ -475,7 +712,7 @@ mod tests {
             ..Default::default()
         };
         let huge = Failure::new(Stage::TaskPut, "X", "m".repeat(40_000), false);
-        let headers = queue(ContextHeadersFormat::Both, 4096).headers(&record, &huge, "c", 0);
+        let headers = queue(ContextHeadersFormat::Both, 4096).headers(true, &record, &huge, "c", 0);
         let context: usize = headers
             .iter()
             .filter(|h| h.key.starts_with(HEADER_PREFIX) || h.key.starts_with("kafka_dlt-"))
@@ -486,7 +723,8 @@ mod tests {
             "Connect's and Spring's headers: {context} bytes"
         );
         let silent = Failure::new(Stage::TaskPut, "java.lang.NullPointerException", "", false);
-        let headers = queue(ContextHeadersFormat::Connect, 4096).headers(&record, &silent, "c", 0);
+        let headers =
+            queue(ContextHeadersFormat::Connect, 4096).headers(true, &record, &silent, "c", 0);
         let message = headers
             .iter()
             .find(|h| h.key == format!("{HEADER_PREFIX}exception.message"))

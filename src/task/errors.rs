@@ -17,7 +17,7 @@ use crate::crd::connector::{ErrorsSpec, Tolerance};
 use crate::text::without_record_contents;
 use crate::wire::TerminationReason;
 
-use super::dlq::DeadLetterQueue;
+use super::dlq::{DeadLetterQueue, Destination};
 use super::failure::{Dependency, Failure, RecordContext, Stage, is_retriable};
 use super::metrics::TaskMetrics;
 
@@ -233,6 +233,7 @@ pub struct ErrorHandler {
 
 struct PendingDeadLetter {
     delivery: rdkafka::producer::DeliveryFuture,
+    to: Destination,
     record: RecordContext,
     failure: Failure,
 }
@@ -413,18 +414,21 @@ impl ErrorHandler {
                 record: Some(Box::new(record)),
             }));
         }
-        if let Some(dlq) = &self.dlq {
+        if let Some(dlq) = &self.dlq
+            && let Some(to) = dlq.destination(&record, &failure).await
+        {
             // Pipelined: acknowledgements are checked by `flush_dead_letters` before offsets move.
             self.metrics.record_dlq_request(key);
-            match dlq.enqueue(&record, &failure, &self.connector, self.task_id) {
+            match dlq.enqueue(&to, &record, &failure, &self.connector, self.task_id) {
                 Ok(delivery) => self.pending.lock().await.push(PendingDeadLetter {
                     delivery,
+                    to,
                     record,
                     failure,
                 }),
                 Err(_) => {
                     self.metrics.record_dlq_failure(key);
-                    self.send_dead_letter(dlq, &record, &failure, waiter)
+                    self.send_dead_letter(dlq, &to, &record, &failure, waiter)
                         .await?;
                 }
             }
@@ -445,7 +449,7 @@ impl ErrorHandler {
             if !matches!(p.delivery.await, Ok(Ok(_))) {
                 self.metrics
                     .record_dlq_failure(p.record.ledger_key().as_deref());
-                self.send_dead_letter(dlq, &p.record, &p.failure, waiter)
+                self.send_dead_letter(dlq, &p.to, &p.record, &p.failure, waiter)
                     .await?;
             }
         }
@@ -481,6 +485,7 @@ impl ErrorHandler {
     async fn send_dead_letter<W: Wait>(
         &self,
         dlq: &DeadLetterQueue,
+        to: &Destination,
         record: &RecordContext,
         failure: &Failure,
         waiter: &W,
@@ -490,7 +495,7 @@ impl ErrorHandler {
         let sent = self
             .retry(waiter, || async {
                 self.metrics.record_dlq_request(key);
-                dlq.send(record, failure, &self.connector, self.task_id)
+                dlq.send(to, record, failure, &self.connector, self.task_id)
                     .await
                     .inspect_err(|_| {
                         self.metrics.record_dlq_failure(key);

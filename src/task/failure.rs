@@ -2,34 +2,8 @@
 //! class, code, whether a retry can help), and the record's coordinates and contents. Kafka and MongoDB
 //! errors are classified here, in one place for every stage. A leaf: it uses nothing else of the task.
 
-/// Kafka Connect's stages (`__connect.errors.stage`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum Stage {
-    KeyConverter,
-    ValueConverter,
-    HeaderConverter,
-    Transformation,
-    TaskPut,
-    TaskPoll,
-    KafkaProduce,
-    KafkaConsume,
-}
-
-impl Stage {
-    /// The name Kafka Connect writes.
-    pub fn connect_name(self) -> &'static str {
-        match self {
-            Stage::KeyConverter => "KEY_CONVERTER",
-            Stage::ValueConverter => "VALUE_CONVERTER",
-            Stage::HeaderConverter => "HEADER_CONVERTER",
-            Stage::Transformation => "TRANSFORMATION",
-            Stage::TaskPut => "TASK_PUT",
-            Stage::TaskPoll => "TASK_POLL",
-            Stage::KafkaProduce => "KAFKA_PRODUCE",
-            Stage::KafkaConsume => "KAFKA_CONSUME",
-        }
-    }
-}
+/// Kafka Connect's stages (`__connect.errors.stage`), as routes name them.
+pub use crate::crd::connector::ErrorStage as Stage;
 
 /// What a task depends on that can be unavailable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -194,12 +168,15 @@ impl std::fmt::Display for Failure {
 /// `notRetryable` (Spring Kafka's not-retryable exceptions). Outages are always waited out, whatever
 /// `notRetryable` says: they are not about the record.
 pub fn is_retriable(failure: &Failure, not_retryable: &[String]) -> bool {
-    failure.retriable
-        && !not_retryable.iter().any(|n| {
-            n == &failure.class
-                || failure.class.rsplit('.').next() == Some(n.as_str())
-                || failure.code.is_some_and(|c| n == &c.to_string())
-        })
+    failure.retriable && !not_retryable.iter().any(|n| names_failure(n, failure))
+}
+
+/// Whether `name` (as `notRetryable` and dead-letter routes take them) names the failure: its error class
+/// whole or its last part, or its MongoDB error code.
+pub fn names_failure(name: &str, failure: &Failure) -> bool {
+    name == failure.class
+        || failure.class.rsplit('.').next() == Some(name)
+        || failure.code.is_some_and(|c| name == c.to_string())
 }
 
 /// Where a record came from and what it held.

@@ -127,23 +127,22 @@ pub async fn run_with_metrics(
         ),
         _ => None,
     };
-    let dlq = match &cfg.errors.dead_letter_topic {
-        Some(topic) => Some(dlq::DeadLetterQueue {
-            topic: topic.clone(),
-            context_headers: cfg.errors.context_headers_enable,
-            format: cfg.errors.spec.context_headers_format,
-            converter_messages: cfg.errors.spec.converter_messages,
-            header_budget: dlq::header_budget(cfg.errors.spec.context_headers_max_bytes),
-            consumer_group: cfg
-                .sink
+    let routes = &cfg.errors.dead_letter_routes;
+    let dlq = match routes.is_empty() {
+        true => None,
+        false => Some(dlq::DeadLetterQueue::new(
+            routes.clone(),
+            cfg.errors.spec.context_headers_format,
+            cfg.sink
                 .is_some()
                 .then(|| names::sink_consumer_group(&cfg.namespace, &cfg.connector)),
-            producer: match &transactional {
+            cfg.errors.spec.converter_messages,
+            dlq::header_budget(cfg.errors.spec.context_headers_max_bytes),
+            match &transactional {
                 Some(t) => t.producer().clone(),
                 None => dead_letter_producer(&cfg)?,
             },
-        }),
-        None => None,
+        )),
     };
     let handler = Arc::new(ErrorHandler::new(
         cfg.errors.spec.clone(),

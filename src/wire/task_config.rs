@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::crd::common::SaslMechanism;
 pub use crate::crd::connector::ConnectorType;
-use crate::crd::connector::{ErrorsSpec, SinkSpec, SourceSpec, StartupMode};
+use crate::crd::connector::{
+    DeadLetterPartition, ErrorStage, ErrorsSpec, SinkSpec, SourceSpec, StartupMode,
+    TOPIC_PLACEHOLDER,
+};
 
 /// The config of one task of one connector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,16 +94,42 @@ pub struct TaskSource {
     pub startup_mode: StartupMode,
 }
 
-/// Error handling: the Connector's settings with the dead-letter target resolved.
+/// Error handling: the Connector's settings with the dead-letter destinations resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskErrors {
     pub spec: ErrorsSpec,
-    /// The dead-letter topic, from the DeadLetterQueue or the plain topic name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_topic: Option<String>,
-    /// Whether dead-letter records get the `__connect.errors.*` headers.
+    /// Where failed records go, in order: the first route a record matches takes it; none, no dead letter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_routes: Vec<TaskDeadLetterRoute>,
+}
+
+/// One dead-letter destination, its topic resolved: the `spec.errors.deadLetterRoutes[]` entries, then
+/// `spec.errors.deadLetterQueueRef` / `deadLetterQueueTopic` as the route that takes every record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskDeadLetterRoute {
+    /// Empty lists match every record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<ErrorStage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// The topic, from the DeadLetterQueue or the plain name; `{topic}` stands for the original topic.
+    pub topic: String,
+    /// Whether dead-letter records get the context headers.
+    #[serde(default)]
     pub context_headers_enable: bool,
+    #[serde(default)]
+    pub partition: DeadLetterPartition,
+}
+
+impl TaskDeadLetterRoute {
+    /// The route's topic for a record from (or to) `original`.
+    pub fn topic_for(&self, original: &str) -> String {
+        self.topic.replace(TOPIC_PLACEHOLDER, original)
+    }
 }
 
 /// Why a task config can't be used.
@@ -143,12 +172,22 @@ mod tests {
 
     const SINK: &str = "type: mongodb-sink\nconnector: orders\nnamespace: shop\ntaskId: 0\ntasks: 1\n\
         kafka: {bootstrapServers: 'k:9092'}\nmongodb: {database: shop, collection: orders}\n\
-        sink: {topics: [orders]}\nerrors: {spec: {}, contextHeadersEnable: true}\nhttpPort: 8080\n";
+        sink: {topics: [orders]}\nerrors: {spec: {}, deadLetterRoutes: [{topic: orders.DLT, contextHeadersEnable: true}]}\nhttpPort: 8080\n";
 
     #[test]
     fn parses_a_sink_task() {
         let cfg = TaskConfig::parse(SINK).unwrap();
         assert_eq!(cfg.connector, "orders");
+        let route = &cfg.errors.dead_letter_routes[0];
+        assert_eq!(
+            (
+                route.topic_for("orders"),
+                route.partition,
+                route.stages.len()
+            ),
+            ("orders.DLT".to_string(), DeadLetterPartition::Key, 0),
+            "a route with defaults, its topic per original topic"
+        );
         assert_eq!(cfg.connector_type, ConnectorType::MongodbSink);
         assert_eq!(cfg.sink.unwrap().topics.unwrap(), ["orders"]);
         assert_eq!(

@@ -85,8 +85,7 @@ pub fn task_config(conn: &Connector, task_id: u32, resolved: &Resolved) -> TaskC
         sink: spec.sink.clone(),
         errors: TaskErrors {
             spec: spec.errors.clone(),
-            dead_letter_topic: resolved.dead_letter_topic.clone(),
-            context_headers_enable: resolved.context_headers_enable,
+            dead_letter_routes: resolved.dead_letter_routes.clone(),
         },
         http_port: TASK_HTTP_PORT,
         discard_writes: false,
@@ -233,8 +232,14 @@ mod tests {
 
     fn resolved() -> Resolved {
         Resolved {
-            dead_letter_topic: Some("orders-dlq".into()),
-            context_headers_enable: true,
+            dead_letter_routes: vec![crate::wire::task_config::TaskDeadLetterRoute {
+                stages: vec![],
+                error_classes: vec![],
+                topics: vec![],
+                topic: "orders-dlq".into(),
+                context_headers_enable: true,
+                partition: Default::default(),
+            }],
         }
     }
 
@@ -242,8 +247,7 @@ mod tests {
     fn task_configs_resolve_the_dead_letter_queue_and_offsets() {
         let cfg = task_config(&connector(SINK), 1, &resolved());
         assert_eq!((cfg.task_id, cfg.tasks), (1, 2));
-        assert_eq!(cfg.errors.dead_letter_topic.as_deref(), Some("orders-dlq"));
-        assert!(cfg.errors.context_headers_enable);
+        assert_eq!(cfg.errors.dead_letter_routes, resolved().dead_letter_routes);
 
         let mut src = connector(SOURCE);
         let cfg = task_config(&src, 0, &Resolved::default());

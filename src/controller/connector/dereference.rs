@@ -15,6 +15,7 @@ use super::plan::ObservedPod;
 use super::task_poller::Sample;
 use crate::controller::secrets::{Secrets, kafka_secret_names};
 use crate::controller::{Context, Result};
+use crate::crd::connector::TOPIC_PLACEHOLDER;
 use crate::crd::{Connector, DeadLetterQueue};
 use crate::kafka::read;
 use crate::kafka::{self, Clients};
@@ -25,8 +26,8 @@ use crate::wire::TaskKafka;
 #[derive(Debug, Default)]
 pub struct Dereferenced {
     pub secrets: Secrets,
-    /// The referenced DeadLetterQueue, if the spec names one and it exists.
-    pub dead_letter_queue: Option<DeadLetterQueue>,
+    /// The DeadLetterQueues the spec references (its routes' and its own) that exist, by name.
+    pub dead_letter_queues: BTreeMap<String, DeadLetterQueue>,
     /// The topics the Connector reads or writes without creating them, in spec order, with what the broker
     /// said (`Ok(false)`: missing; `Err`: Kafka could not be asked). Looked up until the first that is not
     /// there; none when the Kafka credentials can't be read.
@@ -49,16 +50,58 @@ pub struct TopicLookup {
     pub exists: Result<bool, String>,
 }
 
-/// The topics a Connector needs to exist: the sink's topics, and a plain dead-letter topic.
+/// The topics a Connector needs to exist: the sink's topics, and its plain dead-letter topics (a `{topic}`
+/// one for each of the sink's topics; with `topicsRegex`, or on a source, those are not known ahead).
 pub fn needed_topics(conn: &Connector) -> Vec<(String, &'static str)> {
     let mut needed = Vec::new();
-    if let Some(topics) = conn.spec.sink.as_ref().and_then(|s| s.topics.as_ref()) {
+    let sink_topics = conn.spec.sink.as_ref().and_then(|s| s.topics.as_ref());
+    if let Some(topics) = sink_topics {
         needed.extend(topics.iter().map(|t| (t.clone(), "spec.sink.topics")));
     }
-    if let Some(topic) = &conn.spec.errors.dead_letter_queue_topic {
-        needed.push((topic.clone(), "spec.errors.deadLetterQueueTopic"));
+    let errors = &conn.spec.errors;
+    let plain = errors
+        .dead_letter_routes
+        .iter()
+        .filter_map(|r| {
+            let field = "spec.errors.deadLetterRoutes[].deadLetterQueueTopic";
+            Some((
+                r.dead_letter_queue_topic.as_ref()?,
+                r.topics.as_slice(),
+                field,
+            ))
+        })
+        .chain(
+            errors
+                .dead_letter_queue_topic
+                .as_ref()
+                .map(|t| (t, &[][..], "spec.errors.deadLetterQueueTopic")),
+        );
+    for (topic, only, field) in plain {
+        if !topic.contains(TOPIC_PLACEHOLDER) {
+            needed.push((topic.clone(), field));
+            continue;
+        }
+        for original in sink_topics.into_iter().flatten() {
+            if only.is_empty() || only.contains(original) {
+                needed.push((topic.replace(TOPIC_PLACEHOLDER, original), field));
+            }
+        }
     }
+    let mut seen = BTreeSet::new();
+    needed.retain(|(t, _)| seen.insert(t.clone()));
     needed
+}
+
+/// The names of the DeadLetterQueues a Connector's errors spec references, its routes' first.
+pub fn referenced_dead_letter_queues(conn: &Connector) -> BTreeSet<String> {
+    let errors = &conn.spec.errors;
+    errors
+        .dead_letter_routes
+        .iter()
+        .filter_map(|r| r.dead_letter_queue_ref.as_ref())
+        .chain(errors.dead_letter_queue_ref.as_ref())
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 /// `now` is the reconcile's clock, so the rotation this reads for is the one the reconcile then decides.
@@ -73,14 +116,15 @@ pub async fn dereference(
     let mut wanted = vec![uri.name.clone()];
     wanted.extend(kafka_secret_names(&conn.spec.kafka));
     let secrets = Secrets::read(client, ns, wanted).await?;
-    let dead_letter_queue = match &conn.spec.errors.dead_letter_queue_ref {
-        Some(r) => {
-            Api::<DeadLetterQueue>::namespaced(client.clone(), ns)
-                .get_opt(&r.name)
-                .await?
+    let mut dead_letter_queues = BTreeMap::new();
+    for name in referenced_dead_letter_queues(conn) {
+        if let Some(dlq) = Api::<DeadLetterQueue>::namespaced(client.clone(), ns)
+            .get_opt(&name)
+            .await?
+        {
+            dead_letter_queues.insert(name, dlq);
         }
-        None => None,
-    };
+    }
     let mut topics = Vec::new();
     let needed = needed_topics(conn);
     // The operator's Kafka settings; none when the credentials can't be read (validate says why).
@@ -142,7 +186,7 @@ pub async fn dereference(
     }
     Ok(Dereferenced {
         secrets,
-        dead_letter_queue,
+        dead_letter_queues,
         topics,
         pods,
         samples: ctx.reports.of(ns, &conn.name_any()),

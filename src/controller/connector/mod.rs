@@ -108,7 +108,7 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
         conn,
         &plan,
         &found.samples,
-        valid.resolved.dead_letter_topic.as_deref(),
+        valid.resolved.dead_letter_destination().as_deref(),
         now,
         ctx.config.record_errors_window,
         ctx.config.task_status_interval,

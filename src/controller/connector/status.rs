@@ -99,14 +99,14 @@ pub fn signals(
     conn: &Connector,
     plan: &Plan,
     samples: &BTreeMap<u32, Sample>,
-    dead_letter_topic: Option<&str>,
+    dead_letter_destination: Option<&str>,
     now: Timestamp,
     window: Duration,
     poll_interval: Duration,
 ) -> (Signals, Option<Duration>) {
     let mut requeue: Option<Duration> = None;
     let mut within = |d: Duration| requeue = Some(requeue.map_or(d, |r| r.min(d)));
-    let record_errors = record_errors_message(samples, now, window, dead_letter_topic);
+    let record_errors = record_errors_message(samples, now, window, dead_letter_destination);
     if record_errors.is_some() {
         within(poll_interval);
     }
@@ -136,15 +136,15 @@ pub fn record_errors_message(
     samples: &BTreeMap<u32, Sample>,
     now: Timestamp,
     window: Duration,
-    dead_letter_topic: Option<&str>,
+    dead_letter_destination: Option<&str>,
 ) -> Option<String> {
     let parts: Vec<String> = samples
         .iter()
         .filter_map(|(id, sample)| {
             let (errors, dlq) = sample.errors_within(now, window);
             (errors > 0).then(|| {
-                let sent = match dead_letter_topic {
-                    Some(topic) => format!(", {dlq} sent to DLQ {topic}"),
+                let sent = match dead_letter_destination {
+                    Some(destination) => format!(", {dlq} sent to {destination}"),
                     None => String::new(),
                 };
                 format!(
@@ -654,8 +654,13 @@ mod tests {
         s.history = [(now - SignedDuration::from_secs(60), 0, 0), (now, 12, 12)].into();
         let samples = BTreeMap::from([(0, s)]);
         assert_eq!(
-            record_errors_message(&samples, now, Duration::from_secs(300), Some("orders-dlq"))
-                .as_deref(),
+            record_errors_message(
+                &samples,
+                now,
+                Duration::from_secs(300),
+                Some("DLQ orders-dlq")
+            )
+            .as_deref(),
             Some("task 0: 12 record errors in the last 5m, 12 sent to DLQ orders-dlq")
         );
         let later = now + SignedDuration::from_secs(600);

@@ -5,16 +5,31 @@
 use kube::ResourceExt;
 
 use super::dereference::Dereferenced;
+use crate::controller::dead_letter_queue::topic::topic_name;
 use crate::controller::{Problem, reason};
 use crate::crd::Connector;
+use crate::crd::connector::DeadLetterRoute;
 use crate::kafka::Clients;
 use crate::wire::TaskKafka;
+use crate::wire::task_config::TaskDeadLetterRoute;
 
 /// What the spec points at, resolved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
-    pub dead_letter_topic: Option<String>,
-    pub context_headers_enable: bool,
+    /// The dead-letter routes, then the default destination as a route that takes every record.
+    pub dead_letter_routes: Vec<TaskDeadLetterRoute>,
+}
+
+impl Resolved {
+    /// Where dead letters go, for a status message (`12 sent to DLQ orders-dlq`): `DLQ <topic>` for one
+    /// destination, `their dead-letter routes` for more.
+    pub fn dead_letter_destination(&self) -> Option<String> {
+        match self.dead_letter_routes.as_slice() {
+            [] => None,
+            [one] => Some(format!("DLQ {}", one.topic)),
+            _ => Some("their dead-letter routes".into()),
+        }
+    }
 }
 
 /// A spec that can be used.
@@ -32,32 +47,9 @@ pub fn validate(conn: &Connector, found: &Dereferenced) -> Result<Validated, Pro
     let creds = found
         .secrets
         .kafka_credentials(&conn.spec.kafka, "spec.kafka")?;
-    let errors = &conn.spec.errors;
-    let mut resolved = Resolved {
-        dead_letter_topic: errors.dead_letter_queue_topic.clone(),
-        context_headers_enable: errors.context_headers_enable.unwrap_or(false),
+    let resolved = Resolved {
+        dead_letter_routes: dead_letter_routes(conn, found)?,
     };
-    if let Some(r) = &errors.dead_letter_queue_ref {
-        let Some(dlq) = &found.dead_letter_queue else {
-            return Err(Problem::new(
-                reason::DEAD_LETTER_QUEUE_NOT_FOUND,
-                format!(
-                    "DeadLetterQueue {}/{} (spec.errors.deadLetterQueueRef) not found",
-                    conn.namespace().unwrap_or_default(),
-                    r.name
-                ),
-            ));
-        };
-        resolved.dead_letter_topic = Some(
-            dlq.spec
-                .topic_name
-                .clone()
-                .unwrap_or_else(|| dlq.name_any()),
-        );
-        resolved.context_headers_enable = errors
-            .context_headers_enable
-            .unwrap_or(dlq.spec.context_headers_enable);
-    }
     if let Some(pipeline) = conn.spec.source.as_ref().and_then(|s| s.pipeline.as_ref()) {
         match serde_json::from_str::<serde_json::Value>(pipeline) {
             Ok(serde_json::Value::Array(_)) => {}
@@ -112,12 +104,76 @@ pub fn validate(conn: &Connector, found: &Dereferenced) -> Result<Validated, Pro
     })
 }
 
+/// `spec.errors.deadLetterRoutes`, then `deadLetterQueueRef` / `deadLetterQueueTopic` as the route taking
+/// every record, each with its topic, context headers and partition resolved.
+fn dead_letter_routes(
+    conn: &Connector,
+    found: &Dereferenced,
+) -> Result<Vec<TaskDeadLetterRoute>, Problem> {
+    let errors = &conn.spec.errors;
+    let fallback = DeadLetterRoute {
+        stages: Vec::new(),
+        error_classes: Vec::new(),
+        topics: Vec::new(),
+        dead_letter_queue_ref: errors.dead_letter_queue_ref.clone(),
+        dead_letter_queue_topic: errors.dead_letter_queue_topic.clone(),
+        partition: None,
+    };
+    let mut routes = Vec::new();
+    for (i, route) in errors
+        .dead_letter_routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Some(i), r))
+        .chain(std::iter::once((None, &fallback)))
+    {
+        let field = match i {
+            Some(i) => format!("spec.errors.deadLetterRoutes[{i}].deadLetterQueueRef"),
+            None => "spec.errors.deadLetterQueueRef".to_string(),
+        };
+        let (topic, queue_headers) =
+            match (&route.dead_letter_queue_ref, &route.dead_letter_queue_topic) {
+                (Some(r), _) => {
+                    let Some(dlq) = found.dead_letter_queues.get(&r.name) else {
+                        return Err(Problem::new(
+                            reason::DEAD_LETTER_QUEUE_NOT_FOUND,
+                            format!(
+                                "DeadLetterQueue {}/{} ({field}) not found",
+                                conn.namespace().unwrap_or_default(),
+                                r.name
+                            ),
+                        ));
+                    };
+                    (topic_name(dlq), Some(dlq.spec.context_headers_enable))
+                }
+                (None, Some(topic)) => (topic.clone(), None),
+                (None, None) => continue,
+            };
+        routes.push(TaskDeadLetterRoute {
+            stages: route.stages.clone(),
+            error_classes: route.error_classes.clone(),
+            topics: route.topics.clone(),
+            topic,
+            context_headers_enable: errors
+                .context_headers_enable
+                .or(queue_headers)
+                .unwrap_or(false),
+            partition: route
+                .partition
+                .unwrap_or(errors.dead_letter_queue_partition),
+        });
+    }
+    Ok(routes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::dereference::TopicLookup;
     use super::super::plan::tests::{SINK, SOURCE, connector};
     use super::*;
     use crate::controller::secrets::Secrets;
+    use crate::crd::DeadLetterQueue;
+    use crate::crd::connector::{DeadLetterPartition, ErrorStage as Stage};
     use k8s_openapi::api::core::v1::Secret;
 
     fn secret(name: &str, keys: &[&str]) -> Secret {
@@ -140,13 +196,15 @@ mod tests {
                     secret("kafka-user", &["username", "password"]),
                 ],
             ),
-            dead_letter_queue: Some(
+            dead_letter_queues: [(
+                "orders-dlq".to_string(),
                 serde_yaml::from_str(
                     "apiVersion: sluice.dev/v1alpha1\nkind: DeadLetterQueue\nmetadata: {name: orders-dlq}\n\
                      spec: {kafka: {bootstrapServers: 'k:9092'}, topicName: dlq.orders, contextHeadersEnable: true}",
                 )
                 .unwrap(),
-            ),
+            )]
+            .into(),
             topics: vec![TopicLookup {
                 topic: "orders".into(),
                 field: "spec.sink.topics",
@@ -160,11 +218,19 @@ mod tests {
     fn a_usable_spec_resolves_its_dead_letter_queue() {
         let v = validate(&connector(SINK), &everything()).unwrap();
         assert_eq!(
-            v.resolved,
-            Resolved {
-                dead_letter_topic: Some("dlq.orders".into()),
+            v.resolved.dead_letter_routes,
+            [TaskDeadLetterRoute {
+                stages: vec![],
+                error_classes: vec![],
+                topics: vec![],
+                topic: "dlq.orders".into(),
                 context_headers_enable: true,
-            }
+                partition: DeadLetterPartition::Key,
+            }]
+        );
+        assert_eq!(
+            v.resolved.dead_letter_destination().as_deref(),
+            Some("DLQ dlq.orders")
         );
         assert_eq!(v.kafka.producer.get("sasl.username"), Some("x"));
     }
@@ -185,7 +251,7 @@ mod tests {
             validate(&conn, &found).err().unwrap().reason,
             reason::KAFKA_UNAVAILABLE
         );
-        found.dead_letter_queue = None;
+        found.dead_letter_queues.clear();
         let p = validate(&conn, &found).err().unwrap();
         assert_eq!(
             (p.reason, p.message.as_str()),
@@ -206,6 +272,62 @@ mod tests {
             p.message.contains("spec.mongodb.connectionUriSecretRef"),
             "{}",
             p.message
+        );
+    }
+
+    #[test]
+    fn routes_resolve_in_order_before_the_default_destination() {
+        let mut conn = connector(SINK);
+        conn.spec.errors = serde_yaml::from_str(
+            "{tolerance: all, deadLetterQueueRef: {name: orders-dlq}, deadLetterQueuePartition: original,
+              deadLetterRoutes: [
+                {stages: [KEY_CONVERTER, VALUE_CONVERTER], deadLetterQueueTopic: '{topic}.DLT', partition: key},
+                {errorClasses: ['11000'], deadLetterQueueRef: {name: writes}}]}",
+        )
+        .unwrap();
+        let p = validate(&conn, &everything()).err().unwrap();
+        assert_eq!(
+            (p.reason, p.message.as_str()),
+            (
+                reason::DEAD_LETTER_QUEUE_NOT_FOUND,
+                "DeadLetterQueue shop/writes (spec.errors.deadLetterRoutes[1].deadLetterQueueRef) not found"
+            )
+        );
+        let mut found = everything();
+        let writes: DeadLetterQueue = serde_yaml::from_str(
+            "apiVersion: sluice.dev/v1alpha1\nkind: DeadLetterQueue\nmetadata: {name: writes}\n\
+             spec: {kafka: {bootstrapServers: 'k:9092'}}",
+        )
+        .unwrap();
+        found.dead_letter_queues.insert("writes".into(), writes);
+        let routes = validate(&conn, &found).unwrap().resolved.dead_letter_routes;
+        let summary: Vec<(&str, bool, DeadLetterPartition)> = routes
+            .iter()
+            .map(|r| (r.topic.as_str(), r.context_headers_enable, r.partition))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                // A plain topic: headers off unless the spec turns them on.
+                ("{topic}.DLT", false, DeadLetterPartition::Key),
+                // A queue's topic defaults to its name, its headers to the queue's (on by default).
+                ("writes", true, DeadLetterPartition::Original),
+                ("dlq.orders", true, DeadLetterPartition::Original),
+            ]
+        );
+        assert_eq!(
+            routes[0].stages,
+            [Stage::KeyConverter, Stage::ValueConverter]
+        );
+        assert_eq!(routes[1].error_classes, ["11000"]);
+        assert!(routes[2].stages.is_empty() && routes[2].error_classes.is_empty());
+        assert_eq!(
+            Resolved {
+                dead_letter_routes: routes
+            }
+            .dead_letter_destination()
+            .as_deref(),
+            Some("their dead-letter routes")
         );
     }
 

@@ -24,11 +24,13 @@ use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::conditions::{self, READY};
+use super::connector::dereference::referenced_dead_letter_queues;
 use super::events::EventType;
 use super::secrets::{Secrets, kafka_secret_names};
 use super::{Context, Error, RETRY_AFTER_ERROR, Result, apply};
-use crate::crd::dead_letter_queue::{Inspection, TopicStatus};
-use crate::crd::{Connector, DeadLetterQueue, DeadLetterQueueStatus};
+use crate::crd::connector::TOPIC_PLACEHOLDER;
+use crate::crd::dead_letter_queue::{Inspection, RouteStatus, TopicStatus};
+use crate::crd::{Connector, DeadLetterQueue, DeadLetterQueueStatus, LocalObjectRef};
 use crate::kafka::Clients;
 use crate::names;
 use crate::wire::TaskKafka;
@@ -40,24 +42,90 @@ const REPLAY_PROGRESS_REFRESH: Duration = Duration::from_secs(10);
 /// How soon the inspection goes on when one refresh did not read everything.
 const BACKLOG_REFRESH: Duration = Duration::from_millis(100);
 
-/// Whether a Connector sends its failed records to this queue.
-pub fn feeds(conn: &Connector, dlq: &DeadLetterQueue) -> bool {
-    conn.spec
-        .errors
-        .dead_letter_queue_ref
-        .as_ref()
-        .is_some_and(|r| r.name == dlq.name_any())
+/// The routes of a Connector that send failed records to this queue: those naming it by reference, and
+/// those whose plain topic is the queue's topic on the same Kafka (a `{topic}` one for some original
+/// topic: one of a sink's topics, or any for a `topicsRegex` sink or a source).
+pub fn routes_into(conn: &Connector, dlq: &DeadLetterQueue) -> Vec<RouteStatus> {
+    let errors = &conn.spec.errors;
+    let own = topic::topic_name(dlq);
+    let same_kafka = conn.spec.kafka.bootstrap_servers == dlq.spec.kafka.bootstrap_servers;
+    let sink_topics = conn.spec.sink.as_ref().and_then(|s| s.topics.as_ref());
+    let into = |r: Option<&LocalObjectRef>, t: Option<&String>, only: &[String]| match (r, t) {
+        (Some(r), _) => r.name == dlq.name_any(),
+        (None, Some(plain)) if same_kafka && !plain.contains(TOPIC_PLACEHOLDER) => *plain == own,
+        (None, Some(template)) if same_kafka => {
+            original_topic(template, &own).is_some_and(|original| {
+                (only.is_empty() || only.contains(&original))
+                    && sink_topics.is_none_or(|ts| ts.contains(&original))
+            })
+        }
+        (None, _) => false,
+    };
+    let mut routes: Vec<RouteStatus> = errors
+        .dead_letter_routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            into(
+                r.dead_letter_queue_ref.as_ref(),
+                r.dead_letter_queue_topic.as_ref(),
+                &r.topics,
+            )
+        })
+        .map(|(i, r)| RouteStatus {
+            connector: conn.name_any(),
+            field: format!("spec.errors.deadLetterRoutes[{i}]"),
+            stages: r.stages.clone(),
+            error_classes: r.error_classes.clone(),
+            topics: r.topics.clone(),
+        })
+        .collect();
+    if into(
+        errors.dead_letter_queue_ref.as_ref(),
+        errors.dead_letter_queue_topic.as_ref(),
+        &[],
+    ) {
+        routes.push(RouteStatus {
+            connector: conn.name_any(),
+            field: "spec.errors".into(),
+            ..Default::default()
+        });
+    }
+    routes
 }
 
-/// Connectors in the list that send failed records to this queue.
-pub fn referencing_connectors(dlq: &DeadLetterQueue, connectors: &[Connector]) -> Vec<String> {
-    let mut names: Vec<String> = connectors
+/// The original topic whose dead letters a `template` with one `{topic}` sends to `topic` (`None` when it
+/// never does, or has several `{topic}`).
+fn original_topic(template: &str, topic: &str) -> Option<String> {
+    match template.split_once(TOPIC_PLACEHOLDER) {
+        None => None,
+        Some((before, after)) if !after.contains(TOPIC_PLACEHOLDER) => topic
+            .strip_prefix(before)
+            .and_then(|rest| rest.strip_suffix(after))
+            .filter(|original| !original.is_empty())
+            .map(String::from),
+        Some(_) => None,
+    }
+}
+
+/// Whether a Connector sends failed records to this queue.
+pub fn feeds(conn: &Connector, dlq: &DeadLetterQueue) -> bool {
+    !routes_into(conn, dlq).is_empty()
+}
+
+/// Connectors in the list that send failed records to this queue, and their routes here.
+pub fn referencing_connectors(
+    dlq: &DeadLetterQueue,
+    connectors: &[Connector],
+) -> (Vec<String>, Vec<RouteStatus>) {
+    let mut routes: Vec<RouteStatus> = connectors
         .iter()
-        .filter(|c| feeds(c, dlq))
-        .map(|c| c.name_any())
+        .flat_map(|c| routes_into(c, dlq))
         .collect();
-    names.sort();
-    names
+    routes.sort_by(|a, b| (&a.connector, &a.field).cmp(&(&b.connector, &b.field)));
+    let mut names: Vec<String> = routes.iter().map(|r| r.connector.clone()).collect();
+    names.dedup();
+    (names, routes)
 }
 
 #[tracing::instrument(skip_all, fields(dlq = %dlq.name_any(), namespace = dlq.namespace().unwrap_or_default()))]
@@ -119,6 +187,7 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
                 .await?;
     }
     // Status.
+    let (connectors, routes) = referencing_connectors(dlq, &connectors);
     let requeue = next.requeue(&ready, ctx.config.dead_letter_refresh);
     let status = DeadLetterQueueStatus {
         replays: next.replays,
@@ -131,7 +200,8 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
             Timestamp::now(),
         ),
         topic: topic.ok().or(old.topic),
-        connectors: referencing_connectors(dlq, &connectors),
+        connectors,
+        routes,
     };
     if dlq.status.as_ref() != Some(&status) {
         let api: Api<DeadLetterQueue> = Api::namespaced(ctx.client.clone(), &ns);
@@ -253,10 +323,10 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default().labels(names::LABEL_DEAD_LETTER_QUEUE),
         )
         .watches(connectors, watcher::Config::default(), |conn: Connector| {
-            let ns = conn.namespace();
-            conn.spec.errors.dead_letter_queue_ref.clone().map(|r| {
-                ObjectRef::<DeadLetterQueue>::new(&r.name).within(ns.as_deref().unwrap_or_default())
-            })
+            let ns = conn.namespace().unwrap_or_default();
+            referenced_dead_letter_queues(&conn)
+                .into_iter()
+                .map(move |name| ObjectRef::<DeadLetterQueue>::new(&name).within(&ns))
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -289,6 +359,57 @@ mod tests {
             conn("c", Some("other")),
             conn("d", None),
         ];
-        assert_eq!(referencing_connectors(&dlq(ORDERS), &all), ["a", "b"]);
+        assert_eq!(referencing_connectors(&dlq(ORDERS), &all).0, ["a", "b"]);
+    }
+
+    #[test]
+    fn routes_by_reference_or_by_topic_name_are_shown() {
+        let conn: Connector = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector", "metadata": { "name": "shop" },
+            "spec": { "type": "mongodb-sink", "kafka": { "bootstrapServers": "k:9092" },
+                      "mongodb": { "connectionUriSecretRef": { "name": "m", "key": "uri" } },
+                      "sink": { "topics": ["orders", "payments"] },
+                      "errors": { "tolerance": "all", "deadLetterQueueTopic": "all-failures",
+                                  "deadLetterRoutes": [
+                        { "stages": ["VALUE_CONVERTER"], "deadLetterQueueTopic": "{topic}.DLT" },
+                        { "errorClasses": ["11000"], "topics": ["payments"], "deadLetterQueueRef": { "name": "writes" } },
+                        { "topics": ["refunds"], "deadLetterQueueTopic": "{topic}.DLT" } ] } }
+        }))
+        .unwrap();
+        let queue = |name: &str, topic: &str, servers: &str| -> DeadLetterQueue {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterQueue", "metadata": { "name": name },
+                "spec": { "topicName": topic, "kafka": { "bootstrapServers": servers } }
+            }))
+            .unwrap()
+        };
+        let fields = |d: &DeadLetterQueue| -> Vec<String> {
+            routes_into(&conn, d).into_iter().map(|r| r.field).collect()
+        };
+        let orders_dlt = queue("orders-dlt", "orders.DLT", "k:9092");
+        assert_eq!(fields(&orders_dlt), ["spec.errors.deadLetterRoutes[0]"]);
+        let route = &routes_into(&conn, &orders_dlt)[0];
+        assert_eq!(
+            route.stages,
+            [crate::crd::connector::ErrorStage::ValueConverter]
+        );
+        // `refunds` is not one of the sink's topics; another Kafka's `orders.DLT` is another topic.
+        assert!(fields(&queue("refunds-dlt", "refunds.DLT", "k:9092")).is_empty());
+        assert!(fields(&queue("orders-dlt", "orders.DLT", "other:9092")).is_empty());
+        // By reference, whatever the topic is called.
+        assert_eq!(
+            fields(&queue("writes", "w", "other:9092")),
+            ["spec.errors.deadLetterRoutes[1]"]
+        );
+        assert_eq!(
+            fields(&queue("everything", "all-failures", "k:9092")),
+            ["spec.errors"]
+        );
+        assert_eq!(
+            original_topic("{topic}.DLT", "orders.DLT").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(original_topic("dlq-{topic}", "orders.DLT"), None);
+        assert_eq!(original_topic("{topic}.DLT", ".DLT"), None);
     }
 }
