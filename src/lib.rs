@@ -12,11 +12,13 @@
 //! - [`names`]: labels, annotations, object names, consumer groups, offset keys, ports.
 //! - [`duration`], [`text`]: durations as the CRDs write them; cutting text to a limit.
 //! - [`docs`]: the API reference generated from the CRD schemas.
+//! - [`convert`]: a Kafka Connect connector config as a Connector (`sluice convert`).
 //!
 //! Dependencies point one way: `controller`, `task` and `replay` use `wire`, `kafka`, `names` and `crd`;
 //! `task` and `replay` never use `controller`, and `controller` uses nothing of `task` or `replay`.
 
 pub mod controller;
+pub mod convert;
 pub mod crd;
 pub mod docs;
 pub mod duration;

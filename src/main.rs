@@ -40,6 +40,16 @@ enum Command {
         #[arg(long, env = "SLUICE_TASK_CONFIG")]
         config: PathBuf,
     },
+    /// Print a Kafka Connect MongoDB connector's config as a Connector manifest, with what could not be
+    /// mapped. Input: Connect's REST JSON (`GET /connectors/<name>`), its bare config map, or a Strimzi
+    /// KafkaConnector (YAML or JSON).
+    Convert {
+        /// The file to read; `-` reads standard input.
+        file: PathBuf,
+        /// Kafka's bootstrap servers (a Connect worker setting, so not in connector configs).
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+    },
     /// Replay dead-letter records (what a DeadLetterQueue's replay pod runs).
     Replay {
         /// The replay's config as JSON, as the operator renders it.
@@ -99,6 +109,10 @@ fn main() -> ExitCode {
         Command::Task { config } => run_task(&config),
         Command::Crdgen { out_dir } => crdgen(out_dir.as_deref()),
         Command::Replay { config } => run_replay(&config),
+        Command::Convert {
+            file,
+            bootstrap_servers,
+        } => convert(&file, bootstrap_servers),
         Command::Docgen { out } => match out {
             None => {
                 print!("{}", sluice::docs::reference());
@@ -112,6 +126,34 @@ fn main() -> ExitCode {
                 ),
             },
         },
+    }
+}
+
+fn convert(file: &std::path::Path, bootstrap_servers: Option<String>) -> ExitCode {
+    let read = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let input = match read {
+        Ok(text) => text,
+        Err(err) => {
+            return fail(
+                TerminationReason::ConfigInvalid,
+                &format!("{}: {err}", file.display()),
+            );
+        }
+    };
+    let options = sluice::convert::Options { bootstrap_servers };
+    match sluice::convert::convert(&input, &options) {
+        Ok(converted) => {
+            print!("{}", sluice::convert::render(&converted));
+            ExitCode::SUCCESS
+        }
+        Err(why) => fail(
+            TerminationReason::ConfigInvalid,
+            &format!("{}: {why}", file.display()),
+        ),
     }
 }
 

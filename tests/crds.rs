@@ -387,3 +387,40 @@ async fn kubectl_get_shows_the_printer_columns_and_short_names() {
         "{table}"
     );
 }
+
+/// `sluice convert` on the Connect and Strimzi configs of `tests/convert/`: the apiserver takes every
+/// manifest it prints (a server-side dry run), so a converted config applies as printed.
+#[tokio::test]
+async fn converted_kafka_connect_configs_are_accepted_by_the_apiserver() {
+    let Some(env) = Env::get() else { return };
+    let client = env.kube().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, &env, "crd-convert").await;
+    let connectors: Api<Connector> = Api::namespaced(client.clone(), &ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for file in [
+        "connect-source.json",
+        "connect-sink.json",
+        "strimzi-kafkaconnector.yaml",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["convert", "--bootstrap-servers", "kafka:9092"])
+            .arg(repo_path("tests/convert").join(file))
+            .output()
+            .expect("run sluice convert");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conn: Connector =
+            serde_yaml::from_str(&printed).unwrap_or_else(|e| panic!("{file}: {e}\n{printed}"));
+        if let Err(e) = connectors.create(&dry_run, &conn).await {
+            panic!("{file}: the apiserver refused the converted manifest: {e}\n{printed}");
+        }
+    }
+}
