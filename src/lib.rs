@@ -13,6 +13,8 @@
 //! - [`duration`], [`text`]: durations as the CRDs write them; cutting text to a limit.
 //! - [`docs`]: the API reference generated from the CRD schemas.
 //! - [`convert`]: a Kafka Connect connector config as a Connector (`sluice convert`).
+//! - [`kubectl`]: `sluice` (and `kubectl sluice`) at a terminal: `dlq peek`, `rotate`, `reset-offsets`,
+//!   `restart`.
 //!
 //! Dependencies point one way: `controller`, `task` and `replay` use `wire`, `kafka`, `names` and `crd`;
 //! `task` and `replay` never use `controller`, and `controller` uses nothing of `task` or `replay`.
@@ -23,6 +25,7 @@ pub mod crd;
 pub mod docs;
 pub mod duration;
 pub mod kafka;
+pub mod kubectl;
 pub mod names;
 pub mod replay;
 pub mod task;

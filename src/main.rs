@@ -50,12 +50,80 @@ enum Command {
         #[arg(long)]
         bootstrap_servers: Option<String>,
     },
+    /// DeadLetterQueues at a terminal.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Rotate a source Connector's offset partition name now (the `sluice.dev/rotate-offsets` annotation).
+    Rotate {
+        connector: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Delete a stopped Connector's offsets (the `sluice.dev/reset-offsets` annotation; it waits while the
+    /// Connector runs).
+    ResetOffsets {
+        connector: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Restart a Connector's tasks (all, or `--task N`) by deleting their pods.
+    Restart {
+        connector: String,
+        #[arg(long)]
+        task: Option<u32>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// Replay dead-letter records (what a DeadLetterQueue's replay pod runs).
     Replay {
         /// The replay's config as JSON, as the operator renders it.
         #[arg(long, env = "SLUICE_REPLAY_CONFIG")]
         config: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print the last records of a DeadLetterQueue with their error context (record contents only with
+    /// --include-records).
+    Peek(PeekArgs),
+}
+
+#[derive(clap::Args)]
+struct PeekArgs {
+    /// The DeadLetterQueue.
+    dlq: String,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// How many records, the newest last.
+    #[arg(long, default_value_t = 10)]
+    last: usize,
+    /// How many of the newest records of each partition to search with filters.
+    #[arg(long, default_value_t = 10_000)]
+    scan: i64,
+    /// Only these error classes (repeat the flag for more).
+    #[arg(long = "error-class")]
+    error_classes: Vec<String>,
+    /// Only records from these original topics.
+    #[arg(long = "original-topic")]
+    original_topics: Vec<String>,
+    /// Only records of these Connectors.
+    #[arg(long = "connector")]
+    connectors: Vec<String>,
+    /// Only records dead-lettered at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<String>,
+    /// Only records dead-lettered before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<String>,
+    /// Show keys, values and the server's messages whole: record contents, which may be personal data.
+    #[arg(long)]
+    include_records: bool,
+    /// `text` or `json`.
+    #[arg(short, long, default_value = "text")]
+    output: String,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +177,29 @@ fn main() -> ExitCode {
         Command::Task { config } => run_task(&config),
         Command::Crdgen { out_dir } => crdgen(out_dir.as_deref()),
         Command::Replay { config } => run_replay(&config),
+        Command::Dlq {
+            command: DlqCommand::Peek(args),
+        } => peek(args),
+        Command::Rotate {
+            connector,
+            namespace,
+        } => at_terminal(sluice::kubectl::rotate(namespace.as_deref(), &connector)),
+        Command::ResetOffsets {
+            connector,
+            namespace,
+        } => at_terminal(sluice::kubectl::reset_offsets(
+            namespace.as_deref(),
+            &connector,
+        )),
+        Command::Restart {
+            connector,
+            task,
+            namespace,
+        } => at_terminal(sluice::kubectl::restart(
+            namespace.as_deref(),
+            &connector,
+            task,
+        )),
         Command::Convert {
             file,
             bootstrap_servers,
@@ -129,6 +220,59 @@ fn main() -> ExitCode {
     }
 }
 
+/// A terminal command that could not do what it was asked: why, on stderr, and exit status 1 (no
+/// termination message: it runs in no pod).
+fn refuse(why: &str) -> ExitCode {
+    eprintln!("sluice: {why}");
+    ExitCode::FAILURE
+}
+
+/// Runs a terminal command on a small runtime: its message on stdout, or its error on stderr.
+fn at_terminal(command: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(command) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => refuse(&why),
+    }
+}
+
+fn peek(args: PeekArgs) -> ExitCode {
+    if args.output != "text" && args.output != "json" {
+        return refuse(&format!("--output {}: text or json", args.output));
+    }
+    let json = args.output == "json";
+    let request = sluice::kubectl::Peek {
+        namespace: args.namespace,
+        dlq: args.dlq,
+        last: args.last,
+        scan: args.scan,
+        filter: sluice::crd::dead_letter_queue::ReplayFilter {
+            error_classes: args.error_classes,
+            original_topics: args.original_topics,
+            connectors: args.connectors,
+            from: args.from,
+            to: args.to,
+        },
+        include_records: args.include_records,
+    };
+    at_terminal(async move {
+        let records = sluice::kubectl::peek(&request).await?;
+        Ok(if json {
+            serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?
+        } else {
+            sluice::kubectl::render_text(&records)
+                .trim_end()
+                .to_string()
+        })
+    })
+}
+
 fn convert(file: &std::path::Path, bootstrap_servers: Option<String>) -> ExitCode {
     let read = if file == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin())
@@ -138,10 +282,7 @@ fn convert(file: &std::path::Path, bootstrap_servers: Option<String>) -> ExitCod
     let input = match read {
         Ok(text) => text,
         Err(err) => {
-            return fail(
-                TerminationReason::ConfigInvalid,
-                &format!("{}: {err}", file.display()),
-            );
+            return refuse(&format!("{}: {err}", file.display()));
         }
     };
     let options = sluice::convert::Options { bootstrap_servers };
@@ -150,10 +291,7 @@ fn convert(file: &std::path::Path, bootstrap_servers: Option<String>) -> ExitCod
             print!("{}", sluice::convert::render(&converted));
             ExitCode::SUCCESS
         }
-        Err(why) => fail(
-            TerminationReason::ConfigInvalid,
-            &format!("{}: {why}", file.display()),
-        ),
+        Err(why) => refuse(&format!("{}: {why}", file.display())),
     }
 }
 

@@ -41,6 +41,10 @@ pub const CONTEXT_HEADERS_MAX_BYTES: usize = 16 * 1024;
 pub const OPERATOR_CLIENT_ID: &str = "sluice-operator";
 /// The consumer group the operator inspects dead-letter topics with (it never commits).
 pub const INSPECTION_GROUP: &str = "sluice-operator-dlq-inspection";
+/// The Kafka client id of `sluice` at a terminal (`dlq peek`).
+pub const CLI_CLIENT_ID: &str = "sluice-cli";
+/// The consumer group `sluice dlq peek` reads dead-letter topics with (it never commits).
+pub const PEEK_GROUP: &str = "sluice-cli-dlq-peek";
 /// The consumer group a source reads its stored offset with (it never commits).
 pub const OFFSET_READER_GROUP: &str = "sluice-offset-reader";
 

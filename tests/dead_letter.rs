@@ -154,6 +154,142 @@ async fn the_dead_letter_queue_shows_what_is_in_it_and_keeps_counting() {
         assert_eq!(next.by_error_class.get(data_exception), Some(want));
         assert_eq!(next.by_original_topic.get(&topic), Some(want));
     }
+    // `sluice dlq peek` (also `kubectl sluice dlq peek`): the last records with their context, no record
+    // contents unless asked; JSON for scripts; the replay filter's filters.
+    let sluice = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .output()
+            .expect("run sluice");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sluice {}: {}{stdout}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let text = sluice(&["dlq", "peek", "orders-dlq", "-n", &ns, "--last", "2"]);
+    let firsts: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(firsts.len(), 2, "{text}");
+    assert!(
+        firsts
+            .iter()
+            .all(|l| l.ends_with(&format!("{data_exception} at VALUE_CONVERTER"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  from {topic} partition 0 offset 8, connector orders-sink task 0"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("poison") && !text.contains("value:"),
+        "no record contents: {text}"
+    );
+    let json = sluice(&[
+        "dlq",
+        "peek",
+        "orders-dlq",
+        "-n",
+        &ns,
+        "--last",
+        "5",
+        "--include-records",
+        "-o",
+        "json",
+    ]);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(records.len(), 5, "{json}");
+    let offsets: Vec<i64> = records
+        .iter()
+        .map(|r| r["originalOffset"].as_i64().unwrap())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {offsets:?}"
+    );
+    assert_eq!(records[0]["value"], "not json either", "{json}");
+    assert_eq!(records[0]["key"], "k");
+    // As a kubectl plugin: a link named kubectl-sluice on the PATH.
+    let plugins = std::env::temp_dir().join(unique("kubectl-plugins"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), plugins.join("kubectl-sluice"))
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new(format!("{}/kubectl", env.bin_dir))
+        .args([
+            "sluice",
+            "dlq",
+            "peek",
+            "orders-dlq",
+            "-n",
+            &ns,
+            "--last",
+            "1",
+        ])
+        .env("PATH", path)
+        .output()
+        .expect("run kubectl sluice");
+    let _ = std::fs::remove_dir_all(&plugins);
+    let via_kubectl = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        via_kubectl.lines().next(),
+        firsts.last().copied(),
+        "the newest record: {via_kubectl}"
+    );
+    let none = sluice(&[
+        "dlq",
+        "peek",
+        "orders-dlq",
+        "-n",
+        &ns,
+        "--original-topic",
+        "payments",
+    ]);
+    assert_eq!(none.trim(), "no dead letters");
+
+    // `restart` deletes the task pod and the operator starts it again; `reset-offsets` on a running
+    // Connector waits (a Warning Event says so).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let before = pods.get("orders-sink-task-0").await.unwrap().metadata.uid;
+    let said = sluice(&["restart", "orders-sink", "-n", &ns]);
+    assert!(said.starts_with("deleted orders-sink-task-0"), "{said}");
+    let pods = &pods;
+    wait_for("a new task pod", WAIT, || async {
+        match pods
+            .get_opt("orders-sink-task-0")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(p) if p.metadata.uid != before => Ok(()),
+            other => Err(format!("{:?}", other.map(|p| p.metadata.uid))),
+        }
+    })
+    .await;
+    let said = sluice(&["reset-offsets", "orders-sink", "-n", &ns]);
+    assert!(said.contains("the reset waits"), "{said}");
+    wait_for("an OffsetResetPending Event", WAIT, || async {
+        let events = support::events_for(&client, &ns, "orders-sink").await;
+        if events.iter().any(|(_, r, _)| r == "OffsetResetPending") {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    })
+    .await;
+
     // Nothing new: the counts stay as they are over further refreshes (one a second).
     let api: Api<DeadLetterQueue> = Api::namespaced(client.clone(), &ns);
     holds_for("steady counts", Duration::from_secs(3), || async {
