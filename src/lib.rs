@@ -17,7 +17,9 @@
 //!   `restart`.
 //!
 //! Dependencies point one way: `controller`, `task` and `replay` use `wire`, `kafka`, `names` and `crd`;
-//! `task` and `replay` never use `controller`, and `controller` uses nothing of `task` or `replay`.
+//! `task` and `replay` never use `controller`, and `controller` uses nothing of `task` or `replay`. The
+//! terminal commands (`kubectl`) read Secrets and DeadLetterQueue topics as `controller` does and filter
+//! as `replay` does; nothing uses them.
 
 pub mod controller;
 pub mod convert;

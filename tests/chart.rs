@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use serde::Deserialize;
 use sluice::crd::dead_letter_queue::replay_phase;
 use sluice::crd::{Connector, DeadLetterQueue};
 use support::{Env, create_secret, install_crds, namespace, wait_for};
@@ -434,4 +435,99 @@ async fn helm_install_runs_the_operator_as_a_pod_that_makes_every_example_ready(
         }
     })
     .await;
+}
+
+/// The operations kit: promtool (built from Prometheus' Go module) checks the alerting rules and runs
+/// their unit tests (`tests/monitoring/rules_test.yaml`); the dashboard is Grafana JSON whose every panel
+/// queries something; the chart renders both, off by default, as they are in `charts/sluice/files/`.
+/// (`tests/monitoring.rs` checks that a running operator and task export every series they use.)
+#[test]
+fn the_alerting_rules_pass_promtool_and_the_chart_ships_them_and_the_dashboard_as_written() {
+    let Some(env) = Env::get() else { return };
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/sluice/files/sluice-rules.yaml"
+    );
+    let checked = ok(&env, "promtool", &["check", "rules", rules], None);
+    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
+    let tests = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/monitoring/rules_test.yaml"
+    );
+    ok(&env, "promtool", &["test", "rules", tests], None);
+
+    let dashboard_text =
+        std::fs::read_to_string(Path::new(CHART).join("files/sluice-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard_text).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids: Vec<i64> = panels.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        assert!(
+            targets
+                .iter()
+                .all(|t| t["expr"].as_str().is_some_and(|e| e.contains("sluice_")))
+        );
+    }
+
+    let template = |extra: &[&str]| {
+        let mut args = vec!["template", "sluice", CHART, "--namespace", "sluice-system"];
+        args.extend_from_slice(extra);
+        ok(&env, "helm", &args, None)
+    };
+    let kinds = |rendered: &str| -> Vec<String> {
+        serde_yaml::Deserializer::from_str(rendered)
+            .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+            .filter_map(|v| v["kind"].as_str().map(String::from))
+            .collect()
+    };
+    let plain = kinds(&template(&[]));
+    for kind in ["PodMonitor", "PrometheusRule"] {
+        assert!(
+            !plain.iter().any(|k| k == kind),
+            "off by default: {plain:?}"
+        );
+    }
+    let all = template(&[
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+    ]);
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&all)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .collect();
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let rule = find("PrometheusRule");
+    let written: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(rules).unwrap()).unwrap();
+    assert_eq!(
+        rule["spec"]["groups"], written["groups"],
+        "the rules as written"
+    );
+    let dashboards = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard ConfigMap with the sidecar's label");
+    let shipped: serde_json::Value = serde_json::from_str(
+        dashboards["data"]["sluice-dashboard.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, dashboard, "the dashboard as written");
+    let pod_monitor = find("PodMonitor");
+    assert_eq!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        "http"
+    );
 }

@@ -94,9 +94,12 @@ impl TaskMetrics {
             task: task_id.to_string(),
         };
         let mut registry = Registry::default();
+        // Each counter's series exists from the start, at 0: a rate or an alert on it sees the first
+        // error, not only the second.
         let mut counter = |name: &str, help: &str| {
             let f = Family::<TaskLabels, Counter>::default();
             registry.register(name, help, f.clone());
+            let _ = f.get_or_create(&labels);
             f
         };
         let record_failures = counter(
@@ -138,6 +141,7 @@ impl TaskMetrics {
             "KIP-298 last-error-timestamp, ms since the epoch",
             last_error.clone(),
         );
+        let _ = last_error.get_or_create(&labels);
         let unavailable = Family::<DependencyLabels, Gauge>::default();
         registry.register(
             "sluice_task_dependency_unavailable",

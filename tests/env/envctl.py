@@ -14,6 +14,7 @@ bench`` gives it the release build).
     envctl.py leftovers        list processes of this environment still alive (exit 1 if any)
 
 Pinned versions live in the build inputs: tests/env/kube/go.mod (Kubernetes, etcd), tests/env/helm/go.mod,
+tests/env/prometheus/go.mod (promtool),
 tests/env/kafka/pom.xml, tests/env/mongo/pom.xml, and PYMONGO / PYTEST below (the fault peer's venv).
 """
 
@@ -123,6 +124,9 @@ def build() -> None:
     helm = ENV_SRC / "helm"
     cached("helm", [helm / "go.mod", helm / "go.sum"], [BIN / "helm"],
            lambda: go_build(helm, ["helm.sh/helm/v3/cmd/helm"]))
+    prometheus = ENV_SRC / "prometheus"
+    cached("promtool", [prometheus / "go.mod", prometheus / "go.sum"], [BIN / "promtool"],
+           lambda: go_build(prometheus, ["github.com/prometheus/prometheus/cmd/promtool"]))
     for name in ("kafka", "mongo"):
         pom = ENV_SRC / name / "pom.xml"
         cached(name, [pom, *(ENV_SRC / name).glob("src/**/*.java")], [ENV_SRC / name / "target" / "lib"],

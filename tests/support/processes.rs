@@ -58,7 +58,8 @@ impl Operator {
             .is_some_and(|(_, body)| body.lines().any(|l| l == "sluice_operator_leader 1"))
     }
 
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
+    /// GET `path` of the operator's metrics server: (status, body).
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(&self.metrics_addr, path).await
     }
 
@@ -234,7 +235,7 @@ fn sigterm(child: &std::process::Child) {
 
 /// A GET over plain HTTP/1.1 (the operator's and tasks' own servers): status code and body; `None` if
 /// nothing answers.
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -64,7 +64,10 @@ async fn reconcile_fresh(conn: &Connector, ctx: &Context) -> Result<Action> {
     let api: Api<Connector> = Api::namespaced(ctx.client.clone(), &ns);
     match api.get_opt(&conn.name_any()).await? {
         Some(fresh) => reconcile_connector(&fresh, &ns, ctx).await,
-        None => Ok(Action::await_change()),
+        None => {
+            ctx.metrics.forget_connector(&ns, &conn.name_any());
+            Ok(Action::await_change())
+        }
     }
 }
 
@@ -75,6 +78,8 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
         Ok(valid) => valid,
         Err(problem) => {
             let status = status::build_status(conn, None, Some(&problem), &Signals::default(), now);
+            ctx.metrics
+                .observe_connector(ns, &conn.name_any(), &status, now);
             apply::report_problem(ctx, conn, &problem, status).await?;
             return Ok(Action::requeue(RETRY_PROBLEM));
         }
@@ -119,6 +124,8 @@ async fn reconcile_connector(conn: &Connector, ns: &str, ctx: &Context) -> Resul
     apply::apply_pods(ctx, conn, &plan, &desired).await?;
     apply::announce_failures(ctx, conn, &plan).await;
     let status = status::build_status(conn, Some(&plan), None, &signals, now);
+    ctx.metrics
+        .observe_connector(ns, &conn.name_any(), &status, now);
     apply::announce_outages(ctx, conn, &status).await;
     apply::write_status(ctx, conn, status).await?;
 

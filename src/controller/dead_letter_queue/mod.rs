@@ -187,6 +187,10 @@ async fn reconcile_dead_letter_queue(dlq: &DeadLetterQueue, ctx: &Context) -> Re
                 .await?;
     }
     // Status.
+    if let Some(i) = &next.inspection {
+        ctx.metrics
+            .observe_dead_letter_queue(&ns, &dlq.name_any(), i.depth);
+    }
     let (connectors, routes) = referencing_connectors(dlq, &connectors);
     let requeue = next.requeue(&ready, ctx.config.dead_letter_refresh);
     let status = DeadLetterQueueStatus {
