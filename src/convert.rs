@@ -51,6 +51,7 @@ pub fn convert(input: &str, options: &Options) -> Result<Converted, String> {
         settings.insert(k.clone(), text);
     }
     let mut c = Conversion {
+        name: name.clone(),
         settings,
         unmapped: Vec::new(),
         differences: Vec::new(),
@@ -228,6 +229,8 @@ fn split_input(doc: &Value) -> Result<(String, &Map<String, Value>, StrimziField
 
 /// The settings not yet taken, and the notes so far.
 struct Conversion {
+    /// The connector's name.
+    name: String,
     settings: BTreeMap<String, String>,
     unmapped: Vec<(String, String)>,
     differences: Vec<String>,
@@ -559,6 +562,15 @@ impl Conversion {
         if let Some(ms) = self.take_parsed::<i64>("offset.flush.interval.ms") {
             s.insert("offsetFlushIntervalMs".into(), json!(ms));
         }
+        // Go on from Connect's committed offsets: its group, unless the config names another.
+        let group = self
+            .take("consumer.override.group.id")
+            .unwrap_or_else(|| format!("connect-{}", self.name));
+        self.differences.push(format!(
+            "consumerGroupId {group}: the sink goes on from the offsets the Connect connector committed (stop \
+             it first); remove the field for a group of sluice's own"
+        ));
+        s.insert("consumerGroupId".into(), json!(group));
         for (key, why) in [
             (
                 "namespace.mapper",
@@ -837,6 +849,10 @@ mod tests {
         assert_eq!(
             sink["bulkWriteOrdered"], true,
             "Connect's default, not sluice's"
+        );
+        assert_eq!(
+            sink["consumerGroupId"], "connect-orders-sink",
+            "Connect's group"
         );
         assert_eq!(sink["deleteOnNullValues"], true);
         assert_eq!(sink["valueConverter"], "json");

@@ -92,9 +92,10 @@ pub fn replay_labels(dead_letter_queue: &str, id: &str) -> BTreeMap<String, Stri
     ])
 }
 
-/// The consumer group of the sink Connector `connector` in `namespace` (Kafka Connect: `connect-<name>`).
-pub fn sink_consumer_group(namespace: &str, connector: &str) -> String {
-    format!("sluice-{namespace}-{connector}")
+/// The consumer group of the sink Connector `connector` in `namespace`: `spec.sink.consumerGroupId`, else
+/// `sluice-<namespace>-<connector>` (Kafka Connect's is `connect-<name>`).
+pub fn sink_consumer_group(namespace: &str, connector: &str, chosen: Option<&str>) -> String {
+    chosen.map_or_else(|| format!("sluice-{namespace}-{connector}"), String::from)
 }
 
 /// The consumer group (and `transactional.id`) of replay `id` of a DeadLetterQueue: it holds the
@@ -165,7 +166,14 @@ mod tests {
         assert_eq!(task_config_map("orders"), "orders-tasks");
         assert_eq!(task_config_key(0), "task-0.yaml");
         assert_eq!(replay_pod("orders-dlq", "fix-1"), "orders-dlq-replay-fix-1");
-        assert_eq!(sink_consumer_group("shop", "orders"), "sluice-shop-orders");
+        assert_eq!(
+            sink_consumer_group("shop", "orders", None),
+            "sluice-shop-orders"
+        );
+        assert_eq!(
+            sink_consumer_group("shop", "orders", Some("connect-orders")),
+            "connect-orders"
+        );
         assert_eq!(
             replay_group("shop", "orders-dlq", "fix-1"),
             "sluice-replay.shop.orders-dlq.fix-1"

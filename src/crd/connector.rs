@@ -457,6 +457,13 @@ pub struct SinkSpec {
     /// tombstone without a key is a record error either way. Never dropped silently.
     #[serde(default)]
     pub delete_on_null_values: bool,
+    /// The consumer group the sink's tasks read in; default `sluice-<namespace>-<name>`. To take over
+    /// from a Kafka Connect sink, name its group (`connect-<connector name>`, or its
+    /// `consumer.override.group.id`): the tasks go on from the offsets Connect committed, so nothing is
+    /// read twice or skipped across the switch (stop the Connect connector first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub consumer_group_id: Option<String>,
 }
 
 fn default_key_converter() -> Converter {

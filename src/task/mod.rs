@@ -133,9 +133,13 @@ pub async fn run_with_metrics(
         false => Some(dlq::DeadLetterQueue::new(
             routes.clone(),
             cfg.errors.spec.context_headers_format,
-            cfg.sink
-                .is_some()
-                .then(|| names::sink_consumer_group(&cfg.namespace, &cfg.connector)),
+            cfg.sink.as_ref().map(|sink| {
+                names::sink_consumer_group(
+                    &cfg.namespace,
+                    &cfg.connector,
+                    sink.consumer_group_id.as_deref(),
+                )
+            }),
             cfg.errors.spec.converter_messages,
             dlq::header_budget(cfg.errors.spec.context_headers_max_bytes),
             match &transactional {

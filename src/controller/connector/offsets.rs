@@ -299,7 +299,14 @@ pub fn decide_reset(conn: &Connector, pods: &[ObservedPod]) -> ResetDecision {
                 partition_name,
             }
         }
-        None => ResetTarget::ConsumerGroup(names::sink_consumer_group(&ns, &conn.name_any())),
+        None => ResetTarget::ConsumerGroup(names::sink_consumer_group(
+            &ns,
+            &conn.name_any(),
+            conn.spec
+                .sink
+                .as_ref()
+                .and_then(|s| s.consumer_group_id.as_deref()),
+        )),
     };
     ResetDecision::Due { request, target }
 }

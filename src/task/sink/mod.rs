@@ -75,7 +75,11 @@ impl Sink {
         config
             .set(
                 "group.id",
-                names::sink_consumer_group(&self.cfg.namespace, &self.cfg.connector),
+                names::sink_consumer_group(
+                    &self.cfg.namespace,
+                    &self.cfg.connector,
+                    self.spec.consumer_group_id.as_deref(),
+                ),
             )
             .set(
                 "client.id",
