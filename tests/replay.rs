@@ -471,9 +471,19 @@ async fn a_replay_killed_midway_continues_and_replays_each_record_exactly_once()
     .await;
     assert!(partway.counts.replayed < 35, "{partway:#?}");
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
-    let pod = pods.get("kill-dlq-replay-slow").await.unwrap();
-    let first_uid = pod.uid();
-    let pid = running_pid(&pod).expect("the replay pod's pid");
+    let pods_ref = &pods;
+    // The local node reports the pod's process in its status a little after the process starts working.
+    let (first_uid, pid) = wait_for("the replay pod's pid in its status", WAIT, || async move {
+        let pod = pods_ref
+            .get("kill-dlq-replay-slow")
+            .await
+            .map_err(|e| e.to_string())?;
+        match running_pid(&pod) {
+            Some(pid) => Ok((pod.uid(), pid)),
+            None => Err(format!("{:?}", pod.status)),
+        }
+    })
+    .await;
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }

@@ -63,7 +63,7 @@ pub struct Metrics {
     /// 1 while this replica holds the leader Lease (and reconciles), else 0.
     leader: Gauge,
     /// What the leader last wrote into each Connector's and DeadLetterQueue's status, for dashboards and
-    /// alerts (`deploy/monitoring`): no series on a standby replica.
+    /// alerts (`charts/sluice/files/`): no series on a standby replica.
     connector_ready: Family<ConnectorLabels, Gauge>,
     task_restarts: Family<TaskLabels, Gauge>,
     last_rotation: Family<ConnectorLabels, Gauge>,
