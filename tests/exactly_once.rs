@@ -21,7 +21,9 @@ use support::{
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A source task config with exactly once on and heartbeats off; `connector` names the task (its
-/// `transactional.id`).
+/// `transactional.id`) and its offsets topic: a task SIGKILLed in a transaction holds back every
+/// `read_committed` read of its offsets partition until the broker aborts it, so tests running side by
+/// side keep their offsets apart (README Guarantees 8).
 fn config(env: &Env, db: &str, connector: &str, dlq: Option<&str>) -> String {
     config_with(env, db, connector, dlq, "{intervalMs: 0}")
 }
@@ -32,7 +34,7 @@ fn config_with(env: &Env, db: &str, connector: &str, dlq: Option<&str>, heartbea
         "type: mongodb-source\nconnector: {connector}\nnamespace: test\ntaskId: 0\ntasks: 1\n\
          kafka: {{bootstrapServers: '{}'}}\nmongodb: {{database: {db}, collection: orders}}\n\
          source:\n  spec: {{topicPrefix: eos, heartbeat: {heartbeat}, exactlyOnce: required}}\n  \
-         offsetPartitionName: {connector}\n  offsetStorageTopic: sluice-offsets\n  startupMode: latest\n\
+         offsetPartitionName: {connector}\n  offsetStorageTopic: offsets-{connector}\n  startupMode: latest\n\
          errors:\n  spec: {{tolerance: all}}{}",
         env.kafka_bootstrap,
         dlq.map(|t| format!("\n  deadLetterRoutes: [{{topic: {t}, contextHeadersEnable: true}}]"))
@@ -188,7 +190,7 @@ async fn the_operator_reports_a_fenced_task_with_a_warning_event_and_restarts_it
             "mongodb": { "connectionUriSecretRef": { "name": "mongo", "key": "uri" },
                          "database": db, "collection": "orders" },
             "source": { "topicPrefix": "eos", "heartbeat": { "intervalMs": 0 },
-                        "exactlyOnce": "required" },
+                        "exactlyOnce": "required", "offsets": { "storageTopic": format!("offsets-{name}") } },
         }),
     )
     .await;
