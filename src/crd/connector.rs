@@ -671,6 +671,11 @@ pub const TOPIC_TEMPLATE_PATTERN: &str =
 /// The placeholder for a failed record's original topic in a dead-letter topic name.
 pub const TOPIC_PLACEHOLDER: &str = "{topic}";
 
+/// The dead-letter topic `template` names for a record from (or to) `original`.
+pub fn dead_letter_topic_for(template: &str, original: &str) -> String {
+    template.replace(TOPIC_PLACEHOLDER, original)
+}
+
 /// Which partition of a dead-letter topic a failed record goes to.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -748,28 +753,6 @@ pub struct DeadLetterRoute {
     /// The dead-letter partition (see `spec.errors.deadLetterQueuePartition`, which is the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<DeadLetterPartition>,
-}
-
-impl DeadLetterRoute {
-    /// What the route takes, for people: `stages TASK_PUT, errorClasses 11000` (`every failed record`).
-    pub fn describe_match(&self) -> String {
-        let mut parts = Vec::new();
-        if !self.stages.is_empty() {
-            let stages: Vec<&str> = self.stages.iter().map(|s| s.connect_name()).collect();
-            parts.push(format!("stages {}", stages.join(", ")));
-        }
-        if !self.error_classes.is_empty() {
-            parts.push(format!("errorClasses {}", self.error_classes.join(", ")));
-        }
-        if !self.topics.is_empty() {
-            parts.push(format!("topics {}", self.topics.join(", ")));
-        }
-        if parts.is_empty() {
-            "every failed record".into()
-        } else {
-            parts.join("; ")
-        }
-    }
 }
 
 /// How a converter's failure reads in a dead letter.

@@ -12,7 +12,7 @@ use crate::crd::common::SaslMechanism;
 pub use crate::crd::connector::ConnectorType;
 use crate::crd::connector::{
     DeadLetterPartition, ErrorStage, ErrorsSpec, SinkSpec, SourceSpec, StartupMode,
-    TOPIC_PLACEHOLDER,
+    dead_letter_topic_for,
 };
 
 /// The config of one task of one connector.
@@ -128,7 +128,7 @@ pub struct TaskDeadLetterRoute {
 impl TaskDeadLetterRoute {
     /// The route's topic for a record from (or to) `original`.
     pub fn topic_for(&self, original: &str) -> String {
-        self.topic.replace(TOPIC_PLACEHOLDER, original)
+        dead_letter_topic_for(&self.topic, original)
     }
 }
 

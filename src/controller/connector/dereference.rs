@@ -15,7 +15,7 @@ use super::plan::ObservedPod;
 use super::task_poller::Sample;
 use crate::controller::secrets::{Secrets, kafka_secret_names};
 use crate::controller::{Context, Result};
-use crate::crd::connector::TOPIC_PLACEHOLDER;
+use crate::crd::connector::{TOPIC_PLACEHOLDER, dead_letter_topic_for};
 use crate::crd::{Connector, DeadLetterQueue};
 use crate::kafka::read;
 use crate::kafka::{self, Clients};
@@ -83,7 +83,7 @@ pub fn needed_topics(conn: &Connector) -> Vec<(String, &'static str)> {
         }
         for original in sink_topics.into_iter().flatten() {
             if only.is_empty() || only.contains(original) {
-                needed.push((topic.replace(TOPIC_PLACEHOLDER, original), field));
+                needed.push((dead_letter_topic_for(topic, original), field));
             }
         }
     }
